@@ -1,0 +1,103 @@
+"""`flaxner train / eval / tag`: parse the command line and call one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from flaxner.config import ConfigError, load_config
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/mbert-conll2003.yaml",
+                   help="YAML config (path, or the name of one in configs/); default: the seed recipe")
+    p.add_argument("--output-dir", default=None, help="run folder (default runs/<config name>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=1")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flaxner.config import resolve_config_path
+
+    if args.resume and not args.output_dir:
+        raise ConfigError("--resume needs --output-dir, the run folder to continue")
+    path = args.config
+    if args.resume and args.config == "configs/mbert-conll2003.yaml":
+        # A resumed run rebuilds exactly the config it was started with.
+        from pathlib import Path
+
+        saved = Path(args.output_dir) / "config.yaml"
+        path = saved if saved.is_file() else path
+    cfg = load_config(resolve_config_path(path), args.overrides)
+    from flaxner.train import Interrupted, train
+
+    try:
+        summary = train(cfg, args.output_dir, resume=args.resume)
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 128 + e.signum
+    from flaxner.export import epoch_table
+
+    print("\n" + epoch_table(summary["history"]))
+    if "test" in summary:
+        t = summary["test"]
+        print(f"\ntest: precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} "
+              f"accuracy {t['accuracy']:.4f}")
+    print(f"\nrun folder: {summary['run_dir']}  (model in {summary['run_dir']}/model)  "
+          f"compiled train shapes: {len(summary['compiled_train_shapes'])}  total {summary['total_s']:.0f}s")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flaxner.predict import evaluate_model
+
+    scores = evaluate_model(args.model, split=args.split, source=args.data, batch_size=args.batch_size)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from flaxner.tagger import run_cli
+
+    return run_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flaxner", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="fine-tune a BERT for NER")
+    _train_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="score a trained model on a CoNLL split")
+    p.add_argument("--model", required=True, help="run folder or HF model folder")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--data", default="builtin", help="data.source: builtin, a CoNLL folder or a hub name")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
+    from flaxner.tagger import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_tag)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `flaxner` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax._src", "orbax", "transformers.modeling_flax_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"flaxner {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

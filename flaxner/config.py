@@ -1,0 +1,246 @@
+"""Typed, frozen run configuration: YAML files with `base:` inheritance plus dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The repo's configs/ folder (the package is installed in editable mode from the repo).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "builtin" (the compressed CoNLL-2003 copy in the package), a folder of CoNLL column files, or a hub dataset name.
+    source: str = "builtin"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: str = "test"
+    max_length: int = 512
+    # Padded lengths a batch may take; a batch is padded to the smallest one that fits its longest sentence.
+    buckets: tuple[int, ...] = (16, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
+    label_all_tokens: bool = False
+    # Cap on sentences per split, for quick runs and tests; 0 means all.
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # A hub name (bert-base-multilingual-cased) or a local HF folder; "minilm" is the offline packaged MiniLM.
+    name: str = "bert-base-multilingual-cased"
+    from_pt: bool = False
+    dtype: str = "float32"
+    # Set to build a randomly initialised BERT of this shape instead of loading weights (tests, speed work).
+    random_init: bool = False
+    hidden_size: int = 0
+    num_layers: int = 0
+    num_heads: int = 0
+    intermediate_size: int = 0
+    tokenizer: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 3e-5
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    epochs: int = 4
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # "grouped": length-grouped batches reshuffled every epoch; "random": plain shuffled batches as the seed run.
+    batching: str = "grouped"
+    # Stop after this many optimizer steps (0: run all epochs); for smoke tests.
+    max_steps: int = 0
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    eval_test: bool = True
+    compilation_cache: str = "~/.cache/flaxner/jax"
+    distributed: bool = False
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    batch_size: int = 32
+    max_length: int = 512
+    stride: int = 128
+    aggregation: str = "first"
+    lookahead: int = 2048
+    buckets: tuple[int, ...] = (32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tag: TagConfig = field(default_factory=TagConfig)
+    name: str = "run"
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check `value` against a dataclass field type, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        (inner, _) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {inner.__name__}, got {value!r}")
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if typ in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+    if typ in (int, float, str) and not isinstance(value, typ):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in raw.items():
+        typ = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            kwargs[name] = _build(typ, value, key)
+        else:
+            kwargs[name] = _coerce(value, typ, key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, or the name of a packaged config (`tiny`, `configs/tiny.yaml`)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config file not found: {path}")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"{path}: `base:` loop through {[str(s) for s in seen]}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    return _merge(_read_yaml(resolve_config_path(base_path), seen + (path,)), raw)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=5e-5` -> (["train", "learning_rate"], 5e-05), the value read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.learning_rate=5e-5")
+    key, _, text = item.partition("=")
+    value = yaml.safe_load(text) if text.strip() else ""
+    # YAML 1.1 reads 5e-5 as a string; accept it as the float it obviously is.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a config file (or the defaults), apply dotted overrides, and validate every key and type."""
+    raw: dict = {}
+    if path is not None:
+        raw = _read_yaml(resolve_config_path(path))
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone do not catch."""
+    t, d = cfg.train, cfg.data
+    if t.batching not in ("grouped", "random"):
+        raise ConfigError(f"train.batching: expected 'grouped' or 'random', got {t.batching!r}")
+    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype: expected float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if cfg.tag.aggregation not in ("first", "average", "max"):
+        raise ConfigError(f"tag.aggregation: expected first, average or max, got {cfg.tag.aggregation!r}")
+    for name, value in (("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size),
+                        ("train.epochs", t.epochs), ("data.max_length", d.max_length)):
+        if value <= 0:
+            raise ConfigError(f"{name}: must be positive, got {value}")
+    if not d.buckets or list(d.buckets) != sorted(set(d.buckets)):
+        raise ConfigError(f"data.buckets: must be strictly increasing, got {list(d.buckets)}")
+    if d.buckets[-1] < d.max_length:
+        raise ConfigError(f"data.buckets: the largest bucket {d.buckets[-1]} must be >= data.max_length {d.max_length}")
+    if t.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate: must be positive, got {t.learning_rate}")
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain YAML-ready data (tuples become lists)."""
+    def conv(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return [conv(v) for v in x]
+        if isinstance(x, dict):
+            return {k: conv(v) for k, v in x.items()}
+        return x
+    return conv(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config so a later `flaxner tag` or `--resume` rebuilds the same run."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    """Copy of `cfg` with some fields of some sections replaced: replace(cfg, train={"epochs": 1})."""
+    changes = {}
+    for sec, fields in sections.items():
+        if isinstance(fields, dict):
+            changes[sec] = dataclasses.replace(getattr(cfg, sec), **fields)
+        else:
+            changes[sec] = fields
+    return dataclasses.replace(cfg, **changes)
+

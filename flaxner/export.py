@@ -1,0 +1,135 @@
+"""What a run leaves behind: metrics.jsonl, the HF-format model, the model card, the progress bar and tables."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from flaxner.config import Config
+
+
+class MetricsLog:
+    """Append-only JSON lines; on resume, lines past the restored step are dropped so nothing is duplicated."""
+
+    def __init__(self, path: Path, keep_until: int = 0):
+        self.path = Path(path)
+        kept = []
+        if keep_until and self.path.exists():
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= keep_until]
+        self.path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (a run folder or the file itself)."""
+    p = Path(path)
+    p = p / "metrics.jsonl" if p.is_dir() else p
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+@contextlib.contextmanager
+def progress(total: int, initial: int = 0):
+    bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def save_model(model, params, tokenizer, out: Path) -> None:
+    """HF-format export (flax_model.msgpack, config.json with id2label, tokenizer) that Flax and PyTorch
+    (`from_flax=True`) both load."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, params=params)
+    tokenizer.save_pretrained(out)
+
+
+def format_scores(m: dict) -> str:
+    return " ".join(f"{k}={m[k]:.4f}" for k in ("loss", "precision", "recall", "f1", "accuracy") if k in m)
+
+
+def epoch_table(history: list[dict]) -> str:
+    """The seed card's per-epoch table as Markdown."""
+    head = "| Training Loss | Epoch | Step | Validation Loss | Precision | Recall | F1 | Accuracy |"
+    rows = [head, "|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|"]
+    for h in history:
+        rows.append(f"| {h['train_loss']:.4f} | {h['epoch']:.1f} | {h['step']} | {h['loss']:.4f} | "
+                    f"{h['precision']:.4f} | {h['recall']:.4f} | {h['f1']:.4f} | {h['accuracy']:.4f} |")
+    return "\n".join(rows)
+
+
+def _versions() -> str:
+    import flax
+    import jax
+    import optax
+    import transformers
+
+    import flaxner
+
+    return "\n".join(f"- {n} {v}" for n, v in (
+        ("flaxner", flaxner.__version__), ("Transformers", transformers.__version__), ("JAX", jax.__version__),
+        ("Flax", flax.__version__), ("Optax", optax.__version__), ("Python", platform.python_version())))
+
+
+def write_card(run_dir: Path, cfg: Config, summary: dict) -> None:
+    """README.md in the seed card's format, beside the exported model."""
+    t, hist = cfg.train, summary["history"]
+    best = max(hist, key=lambda h: h["f1"]) if hist else None
+    results = "" if best is None else (
+        f"It achieves the following results on the evaluation set (epoch {best['epoch']:.0f}):\n"
+        f"- Loss: {best['loss']:.4f}\n- Precision: {best['precision']:.4f}\n- Recall: {best['recall']:.4f}\n"
+        f"- F1: {best['f1']:.4f}\n- Accuracy: {best['accuracy']:.4f}\n")
+    test = summary.get("test")
+    if test:
+        results += (f"\nOn the test set: precision {test['precision']:.4f}, recall {test['recall']:.4f}, "
+                    f"F1 {test['f1']:.4f}, accuracy {test['accuracy']:.4f}.\n")
+    card = f"""---
+library_name: transformers
+tags:
+- token-classification
+- flax
+- generated_from_flaxner
+datasets:
+- conll2003
+---
+
+# {cfg.name}
+
+This model is a fine-tuned version of [{cfg.model.name}](https://huggingface.co/{cfg.model.name}) on the conll2003
+dataset, trained with flaxner (JAX/Flax). {results}
+## Training procedure
+
+### Training hyperparameters
+
+The following hyperparameters were used during training:
+- learning_rate: {t.learning_rate:g}
+- train_batch_size: {t.batch_size}
+- eval_batch_size: {t.eval_batch_size}
+- seed: {t.seed}
+- optimizer: Adam with betas=({t.adam_b1},{t.adam_b2}) and epsilon={t.adam_eps:g}, weight decay {t.weight_decay:g}
+- max_grad_norm: {t.max_grad_norm:g}
+- lr_scheduler_type: linear (warm-up steps: {t.warmup_steps})
+- num_epochs: {t.epochs}
+- batching: {t.batching} (buckets {list(cfg.data.buckets)})
+- dtype: {cfg.model.dtype}
+- devices: {summary.get('devices', 1)}
+
+### Training results
+
+{epoch_table(hist)}
+
+### Framework versions
+
+{_versions()}
+"""
+    (run_dir / "README.md").write_text(card)
+    if (run_dir / "model").is_dir():
+        (run_dir / "model" / "README.md").write_text(card)

@@ -1,0 +1,64 @@
+"""Label inventory, word-tag to sub-token alignment, and IOB2 tags to spans."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# The hub's conll2003 `ner_tags` order; label ids are positions in this list.
+CONLL_LABELS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+IGNORE = -100
+
+
+def label2id(labels: Sequence[str] = CONLL_LABELS) -> dict[str, int]:
+    """Map each tag to its id."""
+    return {lab: i for i, lab in enumerate(labels)}
+
+
+def b_to_i(labels: Sequence[str]) -> np.ndarray:
+    """For each label id, the id of its I- twin (itself for O and I- tags), for `label_all_tokens`."""
+    ids = label2id(labels)
+    return np.array([ids.get("I-" + lab[2:], i) if lab.startswith("B-") else i for i, lab in enumerate(labels)])
+
+
+def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int],
+                 label_all_tokens: bool = False, b_to_i_map: np.ndarray | None = None) -> list[int]:
+    """Word-level label ids -> one id per sub-token: the first sub-token of a word gets the word's label, the rest
+    IGNORE (or the label with B- turned into I- when `label_all_tokens`); special tokens get IGNORE."""
+    out: list[int] = []
+    prev = None
+    for w in word_ids:
+        if w is None:
+            out.append(IGNORE)
+        elif w != prev:
+            out.append(int(word_labels[w]))
+        elif label_all_tokens:
+            lab = int(word_labels[w])
+            out.append(int(b_to_i_map[lab]) if b_to_i_map is not None else lab)
+        else:
+            out.append(IGNORE)
+        prev = w
+    return out
+
+
+def spans_from_tags(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """IOB2 tags -> (type, first, last+1) word spans, read as seqeval's default mode reads them: a stray I- (or an
+    I- of another type) starts a new span."""
+    spans: list[tuple[str, int, int]] = []
+    cur_type, start = None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, typ = tag.partition("-")
+        if cur_type is not None and (prefix in ("O", "B") or typ != cur_type):
+            spans.append((cur_type, start, i))
+            cur_type = None
+        if prefix in ("B", "I") and cur_type is None:
+            cur_type, start = typ, i
+    return spans
+
+
+def check_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> None:
+    """Refuse a model whose label map cannot express the data's tags."""
+    missing = sorted(set(data_labels) - set(model_labels))
+    if missing:
+        raise ValueError(f"the model's label map {list(model_labels)} lacks the data's tags {missing}")

@@ -1,0 +1,61 @@
+"""Devices, the `data` mesh, host-to-device batch placement and JAX's persistent compilation cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from flaxner.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The mesh every step runs on: parameters replicated, batches split along `data`."""
+
+    mesh: Mesh
+    replicated: NamedSharding
+    batch_sharding: NamedSharding
+
+    @property
+    def n_devices(self) -> int:
+        return self.mesh.devices.size
+
+    def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Place a global numpy batch (the same on every host) onto the mesh, each device taking its rows."""
+        if jax.process_count() == 1:
+            return jax.device_put(batch, self.batch_sharding)
+        return {k: jax.make_array_from_callback(v.shape, self.batch_sharding, lambda i, v=v: v[i])
+                for k, v in batch.items()}
+
+
+def enable_compilation_cache(path: str) -> None:
+    """Persist XLA executables so that a second run with the same shapes compiles nothing."""
+    if not path:
+        return
+    cache = Path(os.path.expanduser(path))
+    cache.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def setup_runtime(tc: TrainConfig) -> Runtime:
+    """Initialise multi-host JAX when asked, enable the compile cache, and build the mesh of all devices."""
+    if tc.distributed:
+        jax.distributed.initialize()  # coordinator, process count and id from the environment / cluster
+    enable_compilation_cache(tc.compilation_cache)
+    devices = np.array(jax.devices())
+    for name, size in (("train.batch_size", tc.batch_size), ("train.eval_batch_size", tc.eval_batch_size)):
+        if size % devices.size:
+            raise ValueError(f"{name}={size} is not divisible by the {devices.size} devices")
+    mesh = Mesh(devices, ("data",))
+    log.info("%d device(s) on %d host(s): %s", devices.size, jax.process_count(), devices[0].platform)
+    return Runtime(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))

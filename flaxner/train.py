@@ -1,0 +1,244 @@
+"""Fine-tuning: Adam + linear schedule in a jitted, data-parallel step; seqeval every epoch; orbax checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxner import export
+from flaxner.checkpoint import Checkpointer, abstract_like
+from flaxner.config import Config, TrainConfig, save_config
+from flaxner.data import Encoded, encode, iter_batches, load_split
+from flaxner.evaluate import evaluate, jit_eval_step
+from flaxner.labels import CONLL_LABELS, IGNORE
+from flaxner.model import make_model, make_tokenizer
+from flaxner.runtime import Runtime, setup_runtime
+
+log = logging.getLogger(__name__)
+
+
+def make_schedule(tc: TrainConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up (none by default) then linear decay to 0 at `total_steps`, as the HF Trainer's."""
+    decay = optax.linear_schedule(tc.learning_rate, 0.0, max(total_steps - tc.warmup_steps, 1))
+    if not tc.warmup_steps:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, tc.learning_rate, tc.warmup_steps), decay],
+                                [tc.warmup_steps])
+
+
+def make_optimizer(tc: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping, then Adam(W) on the linear schedule, as the HF Trainer's defaults."""
+    schedule = make_schedule(tc, total_steps)
+    # The Trainer exempts biases and LayerNorm weights from weight decay.
+    decay_mask = functools.partial(jax.tree_util.tree_map_with_path,
+                                   lambda path, _: not any(str(getattr(k, "key", "")).lower() in ("bias", "scale")
+                                                           for k in path))
+    adam = optax.adamw(schedule, tc.adam_b1, tc.adam_b2, tc.adam_eps, weight_decay=tc.weight_decay,
+                       mask=decay_mask) if tc.weight_decay else optax.adam(schedule, tc.adam_b1, tc.adam_b2, tc.adam_eps)
+    return optax.chain(optax.clip_by_global_norm(tc.max_grad_norm), adam) if tc.max_grad_norm else adam
+
+
+def loss_fn(params, batch: dict, dropout_rng, apply_fn: Callable, train: bool = True):
+    """Cross-entropy summed over labelled tokens and divided by their count, so padding and later sub-tokens
+    weigh nothing (what PyTorch's ignore_index=-100 mean does)."""
+    logits = apply_fn(batch["input_ids"], batch["attention_mask"], params=params, dropout_rng=dropout_rng,
+                      train=train).logits.astype(jnp.float32)  # [batch, seq, num_labels]
+    labels = batch["labels"]
+    mask = labels != IGNORE
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, labels, 0))
+    count = jnp.sum(mask)
+    return jnp.sum(ce * mask) / jnp.maximum(count, 1), count
+
+
+def train_step(state: dict, batch: dict, apply_fn: Callable, tx: optax.GradientTransformation):
+    """One optimizer step; the dropout key is derived from the run key and the step, so a resumed run draws
+    the same masks."""
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, apply_fn)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    return new_state, {"loss": loss, "tokens": count, "grad_norm": optax.global_norm(grads)}
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, rt: Runtime) -> Callable:
+    """`train_step` jitted once per batch shape, state donated, state replicated and batch split over `data`."""
+    return jax.jit(functools.partial(train_step, apply_fn=apply_fn, tx=tx), donate_argnums=0,
+                   in_shardings=(rt.replicated, rt.batch_sharding), out_shardings=(rt.replicated, rt.replicated))
+
+
+def init_state(params, tx: optax.GradientTransformation, seed: int, rt: Runtime) -> dict:
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.PRNGKey(seed)}
+    return jax.device_put(state, rt.replicated)
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved in {run_dir}; "
+                         f"continue with --resume --output-dir {run_dir}")
+        self.signum = signum
+
+
+def load_data(cfg: Config, tokenizer) -> dict[str, tuple[Encoded, list[list[str]]]]:
+    """Encoded train/eval/test splits with their word-level gold tags."""
+    out = {}
+    splits = {"train": cfg.data.train_split, "eval": cfg.data.eval_split}
+    if cfg.train.eval_test:
+        splits["test"] = cfg.data.test_split
+    for key, split in splits.items():
+        ds = load_split(cfg.data, split)
+        gold = [[CONLL_LABELS[t] for t in tags] for tags in ds[:]["ner_tags"]]
+        out[key] = (encode(ds, tokenizer, cfg.data), gold)
+    return out
+
+
+def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
+          stop_after: int = 0) -> dict:
+    """Run the recipe of `cfg` into `output_dir`; returns the final summary. `stop_after` simulates an
+    interruption after that many steps (tests)."""
+    t0 = time.perf_counter()
+    rt = setup_runtime(cfg.train)
+    tc = cfg.train
+    run_dir = Path(output_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    labels = list(CONLL_LABELS)
+
+    tokenizer = make_tokenizer(cfg.model)
+    data = load_data(cfg, tokenizer)
+    train_enc = data["train"][0]
+    model, params = make_model(cfg.model, labels, seed=tc.seed, vocab_size=len(tokenizer))
+    steps_per_epoch = -(-len(train_enc.input_ids) // tc.batch_size)
+    total_steps = tc.max_steps or steps_per_epoch * tc.epochs
+    tx = make_optimizer(tc, total_steps)
+    schedule = make_schedule(tc, total_steps)
+    state = init_state(params, tx, tc.seed, rt)
+    del params
+    t_load = time.perf_counter() - t0
+
+    ckpt = Checkpointer(run_dir, tc.keep_checkpoints)
+    meta = {"epoch": 0, "batch": 0, "best_f1": -1.0, "history": [], "labels": labels,
+            "epoch_loss": 0.0, "epoch_batches": 0}
+    if resume and ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(abstract_like(state))
+        log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), meta["epoch"], meta["batch"])
+    metrics_log = export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"]))
+
+    step_fn = make_train_step(model.__call__, tx, rt)
+    eval_fn = jit_eval_step(model.__call__)
+    bucket_shapes: set[int] = set()
+    timings = {"load_s": t_load, "train_s": 0.0, "eval_s": 0.0}
+    pad_id = tokenizer.pad_token_id or 0
+    best_params = None
+
+    with _Stop() as stop, export.progress(total_steps, int(state["step"])) as bar:
+        while meta["epoch"] < tc.epochs and int(state["step"]) < total_steps:
+            epoch = meta["epoch"]
+            t_ep = time.perf_counter()
+            pending, real_tokens = [], 0
+            for idx, batch in iter_batches(train_enc, tc.batch_size, cfg.data.buckets, tc.seed, epoch,
+                                           tc.batching, start=meta["batch"], pad_id=pad_id):
+                bucket_shapes.add(batch["input_ids"].shape[1])
+                state, m = step_fn(state, rt.put(batch))
+                real_tokens += int(batch["attention_mask"].sum())
+                meta["batch"] += 1
+                pending.append(m)
+                step = int(state["step"])
+                if len(pending) >= tc.log_every or meta["batch"] * tc.batch_size >= len(train_enc.input_ids):
+                    losses = _flush(pending, meta)
+                    lr = float(schedule(step))
+                    metrics_log.write({"type": "train", "step": step, "epoch": epoch + meta["batch"] / steps_per_epoch,
+                                       "loss": float(np.mean(losses)), "learning_rate": lr})
+                    bar.set_postfix(loss=f"{np.mean(losses):.4f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{real_tokens / (time.perf_counter() - t_ep):.0f}")
+                bar.update(1)
+                if stop_after and step >= stop_after or stop.signum:
+                    _flush(pending, meta)
+                    ckpt.save(step, state, meta)
+                    ckpt.close()
+                    raise Interrupted(stop.signum or signal.SIGTERM, step, run_dir)
+                if tc.save_every and step % tc.save_every == 0:
+                    _flush(pending, meta)
+                    ckpt.save(step, state, meta)
+                if step >= total_steps:
+                    break
+            _flush(pending, meta)
+            timings["train_s"] += time.perf_counter() - t_ep
+            t_ev = time.perf_counter()
+            ev, _ = evaluate(eval_fn, state["params"], *data["eval"], labels, tc.eval_batch_size,
+                             cfg.data.buckets, rt.put, pad_id)
+            timings["eval_s"] += time.perf_counter() - t_ev
+            step = int(state["step"])
+            row = {"type": "eval", "epoch": epoch + 1, "step": step,
+                   "train_loss": meta["epoch_loss"] / max(meta["epoch_batches"], 1),
+                   **{k: v for k, v in ev.items()}}
+            metrics_log.write(row)
+            meta["history"].append({k: v for k, v in row.items() if k != "per_type"})
+            improved = ev["f1"] > meta["best_f1"]
+            if improved:
+                meta["best_f1"] = ev["f1"]
+                best_params = jax.device_get(state["params"])
+                export.save_model(model, best_params, tokenizer, run_dir / "model")
+            meta.update(epoch=epoch + 1, batch=0, epoch_loss=0.0, epoch_batches=0)
+            ckpt.save(step, state, meta, best=improved)
+            log.info("epoch %d: %s", epoch + 1, export.format_scores(ev))
+
+    summary = {"run_dir": str(run_dir), "steps": int(state["step"]), "history": meta["history"],
+               "best_f1": meta["best_f1"], "compiled_train_shapes": sorted(bucket_shapes),
+               "devices": rt.n_devices, **timings}
+    if "test" in data:
+        if best_params is None:  # resumed after the best epoch: take it from the best checkpoint
+            best_state, _ = ckpt.restore(abstract_like(state), which="best")
+            best_params = best_state["params"]
+        test, _ = evaluate(eval_fn, jax.device_put(best_params, rt.replicated), *data["test"], labels,
+                           tc.eval_batch_size, cfg.data.buckets, rt.put, pad_id)
+        metrics_log.write({"type": "test", "step": int(state["step"]), **test})
+        summary["test"] = test
+    ckpt.close()
+    summary["total_s"] = time.perf_counter() - t0
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    export.write_card(run_dir, cfg, summary)
+    return summary
+
+
+def _flush(pending: list, meta: dict) -> list[float]:
+    """Move the losses of steps not yet read into the epoch's running sum (this waits for those steps)."""
+    losses = [float(x["loss"]) for x in pending]
+    meta["epoch_loss"] += sum(losses)
+    meta["epoch_batches"] += len(losses)
+    pending.clear()
+    return losses
+
