@@ -1,0 +1,191 @@
+"""Pure host-side pieces of tagging: sub-token windows, length-sorted fixed-shape batches, and word/span
+aggregation of per-token predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flaxner.labels import spans_from_tags
+
+
+def plan_windows(n: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Cover `n` sub-tokens with windows of at most `size` tokens overlapping by `stride`; each token is owned by
+    the window whose centre is nearest (the one where it has the most context on both sides).
+
+    Returns (start, end, own_start, own_end) per window; the owned ranges tile [0, n) exactly."""
+    if n <= size:
+        return [(0, n, 0, n)]
+    step = size - stride
+    starts = list(range(0, n - size, step)) + [n - size]
+    out = []
+    own_lo = 0
+    for k, a in enumerate(starts):
+        if k + 1 < len(starts):
+            # First token whose distance to the next window's centre is smaller (ties stay with this window).
+            own_hi = (2 * a + size - 1 + 2 * starts[k + 1] + size - 1) // 4 + 1
+        else:
+            own_hi = n
+        out.append((a, a + size, own_lo, own_hi))
+        own_lo = own_hi
+    return out
+
+
+@dataclass
+class DocState:
+    """A document in flight: its sub-tokens and the per-token predictions its windows fill in."""
+
+    index: int
+    text: str
+    ids: np.ndarray        # [n] int32, no special tokens
+    word_ids: np.ndarray   # [n] int32
+    offsets: np.ndarray    # [n, 2] character offsets into `text`
+    pending: int = 0       # windows not yet predicted
+    pred: np.ndarray | None = None   # [n] label ids ("first") or [n, C] probabilities
+    score: np.ndarray | None = None  # [n] probability of pred ("first")
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    doc: DocState
+    start: int
+    end: int
+    own_start: int
+    own_end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 2  # [CLS] ... [SEP]
+
+
+def rows_for(doc: DocState, size: int, stride: int) -> list[Row]:
+    """The windows of one document as batch rows (none for a document without sub-tokens)."""
+    n = len(doc.ids)
+    if n == 0:
+        return []
+    return [Row(doc, *w) for w in plan_windows(n, size, stride)]
+
+
+def bucket_of(length: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"a row of {length} sub-tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def rows_per_batch(bucket: int, batch_size: int, batch_tokens: int, multiple: int) -> int:
+    """Rows of a batch of padded length `bucket`: a fixed token budget (short rows, many of them) when
+    `batch_tokens` is set, else `batch_size`; a multiple of the device count."""
+    rows = max(batch_tokens // bucket, 1) if batch_tokens else batch_size
+    return max(multiple, rows // multiple * multiple)
+
+
+def pack(rows: list[Row], buckets: Sequence[int], batch_size: int, batch_tokens: int,
+         multiple: int = 1) -> tuple[list[tuple[int, list[Row]]], list[Row]]:
+    """Sort rows longest first and cut them into (bucket, rows) batches, each batch padded to the bucket of its
+    longest row; the last, partial batch is returned separately so the caller can top it up with later rows."""
+    rows = sorted(rows, key=lambda r: -r.length)
+    out: list[tuple[int, list[Row]]] = []
+    i = 0
+    while i < len(rows):
+        b = bucket_of(rows[i].length, buckets)
+        k = rows_per_batch(b, batch_size, batch_tokens, multiple)
+        if i + k > len(rows):
+            return out, rows[i:]
+        out.append((b, rows[i:i + k]))
+        i += k
+    return out, []
+
+
+def collate(rows: list[Row], bucket: int, n_rows: int, cls_id: int, sep_id: int,
+            pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and attention_mask, [n_rows, bucket] int32; missing rows are all padding."""
+    ids = np.full((n_rows, bucket), pad_id, dtype=np.int32)
+    mask = np.zeros((n_rows, bucket), dtype=np.int32)
+    for r, row in enumerate(rows):
+        m = row.end - row.start
+        ids[r, 0] = cls_id
+        ids[r, 1:m + 1] = row.doc.ids[row.start:row.end]
+        ids[r, m + 1] = sep_id
+        mask[r, :m + 2] = 1
+    return ids, mask
+
+
+def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
+    """Copy one row's predictions for the tokens it owns into its document; True when the document is complete.
+
+    `pred` is the row's [bucket] label ids (with `score` its [bucket] probabilities) or [bucket, C] probabilities."""
+    doc = row.doc
+    n = len(doc.ids)
+    if doc.pred is None:
+        doc.pred = np.zeros((n,) + pred.shape[1:], dtype=pred.dtype)
+        if score is not None:
+            doc.score = np.zeros(n, dtype=np.float32)
+    lo, hi = 1 + row.own_start - row.start, 1 + row.own_end - row.start
+    doc.pred[row.own_start:row.own_end] = pred[lo:hi]
+    if score is not None:
+        doc.score[row.own_start:row.own_end] = score[lo:hi]
+    doc.pending -= 1
+    return doc.pending == 0
+
+
+def entities(doc: DocState, labels: Sequence[str], aggregation: str = "first") -> list[dict]:
+    """Word labels from sub-token predictions (`first`, `average` or `max`), IOB2 word tags -> spans with
+    character offsets into the original text and the mean word probability as score."""
+    n = len(doc.ids)
+    if n == 0:
+        return []
+    w = doc.word_ids
+    first = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])  # first sub-token of each word
+    last = np.r_[first[1:], n] - 1
+    if aggregation == "first":
+        word_label = doc.pred[first]
+        word_score = doc.score[first]
+    elif aggregation == "average":
+        mean = np.add.reduceat(doc.pred, first, axis=0) / np.diff(np.r_[first, n])[:, None]
+        word_label, word_score = mean.argmax(-1), mean.max(-1)
+    elif aggregation == "max":
+        best = doc.pred.max(-1)
+        pick = np.array([a + int(best[a:b + 1].argmax()) for a, b in zip(first, last)], dtype=np.int64)
+        word_label, word_score = doc.pred[pick].argmax(-1), best[pick]
+    else:
+        raise ValueError(f"aggregation: expected first, average or max, got {aggregation!r}")
+    starts, ends = doc.offsets[first, 0].tolist(), doc.offsets[last, 1].tolist()
+    cum = np.r_[0.0, np.cumsum(word_score, dtype=np.float64)].tolist()
+    out = []
+    for typ, a, b in spans_from_tags([labels[i] for i in word_label.tolist()]):
+        s, e = starts[a], ends[b - 1]
+        out.append({"text": doc.text[s:e], "label": typ, "start": s, "end": e,
+                    "score": round((cum[b] - cum[a]) / (b - a), 5)})
+    return out
+
+
+def encode(backend, chunk: list) -> list[tuple]:
+    """Tokenize the texts of a chunk of records in one Rust call (again one by one if that fails, so that only the
+    failing line fails): (record, DocState) pairs, None for records with an error."""
+    todo = [r for r in chunk if r.error is None]
+    try:
+        encs = backend.encode_batch([r.text for r in todo], add_special_tokens=False)
+    except Exception:
+        encs = []
+        for r in todo:
+            try:
+                encs.append(backend.encode(r.text, add_special_tokens=False))
+            except Exception as e:
+                r.error = f"line {r.line}: the tokenizer failed ({type(e).__name__}: {e})"
+                encs.append(None)
+    by_rec = {id(r): e for r, e in zip(todo, encs)}
+    out = []
+    for r in chunk:
+        enc = by_rec.get(id(r))
+        if r.error is not None or enc is None:
+            out.append((r, None))
+            continue
+        n = len(enc.ids)
+        words = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int32)
+        offsets = np.array(enc.offsets, dtype=np.int64).reshape(n, 2)
+        out.append((r, DocState(r.line, r.text, np.array(enc.ids, dtype=np.int32), words, offsets)))
+    return out
