@@ -71,6 +71,8 @@ class TrainConfig:
     eval_test: bool = True
     compilation_cache: str = "~/.cache/flaxner/jax"
     distributed: bool = False
+    # Hold only the embedding rows of ids in the run's data in the optimizer; exact when weight_decay is 0.
+    compact_vocab: bool = True
 
 
 @dataclass(frozen=True)

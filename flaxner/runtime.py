@@ -36,6 +36,24 @@ class Runtime:
                 for k, v in batch.items()}
 
 
+_COMPILES = {"count": 0, "seconds": 0.0}
+
+
+def _count_compile(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES["count"] += 1
+        _COMPILES["seconds"] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+def compile_stats() -> dict[str, float]:
+    """XLA executables built in this process so far (compiled, or loaded from the persistent cache), and the
+    seconds that took."""
+    return dict(_COMPILES)
+
+
 def enable_compilation_cache(path: str) -> None:
     """Persist XLA executables so that a second run with the same shapes compiles nothing."""
     if not path:

@@ -22,7 +22,8 @@ from flaxner.data import Encoded, encode, iter_batches, load_split
 from flaxner.evaluate import evaluate, jit_eval_step
 from flaxner.labels import CONLL_LABELS, IGNORE
 from flaxner.model import make_model, make_tokenizer
-from flaxner.runtime import Runtime, setup_runtime
+from flaxner.runtime import Runtime, compile_stats, setup_runtime
+from flaxner.vocab import CompactVocab
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, rt: Ru
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int, rt: Runtime) -> dict:
+    """Replicated train state; `params` are copied, since the step donates (deletes) the state it is given."""
+    params = jax.device_put(params, rt.replicated, may_alias=False)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "rng": jax.random.PRNGKey(seed)}
     return jax.device_put(state, rt.replicated)
@@ -130,6 +133,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     """Run the recipe of `cfg` into `output_dir`; returns the final summary. `stop_after` simulates an
     interruption after that many steps (tests)."""
     t0 = time.perf_counter()
+    compiles0 = compile_stats()
     rt = setup_runtime(cfg.train)
     tc = cfg.train
     run_dir = Path(output_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -139,8 +143,17 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
 
     tokenizer = make_tokenizer(cfg.model)
     data = load_data(cfg, tokenizer)
+    model, full_params = make_model(cfg.model, labels, seed=tc.seed, vocab_size=len(tokenizer))
+    params, vocab, train_model = full_params, None, model
+    if tc.compact_vocab and not tc.weight_decay:
+        vocab = CompactVocab.from_encoded([enc for enc, _ in data.values()], model.config.vocab_size,
+                                          tokenizer.all_special_ids)
+        data = {k: (vocab.encode(enc), gold) for k, (enc, gold) in data.items()}
+        params = vocab.shrink(full_params)
+        train_model = vocab.model(model)
+        log.info("compact vocabulary: %d of %d embedding rows occur in the data", len(vocab.ids),
+                 model.config.vocab_size)
     train_enc = data["train"][0]
-    model, params = make_model(cfg.model, labels, seed=tc.seed, vocab_size=len(tokenizer))
     steps_per_epoch = -(-len(train_enc.input_ids) // tc.batch_size)
     total_steps = tc.max_steps or steps_per_epoch * tc.epochs
     tx = make_optimizer(tc, total_steps)
@@ -157,11 +170,11 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), meta["epoch"], meta["batch"])
     metrics_log = export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"]))
 
-    step_fn = make_train_step(model.__call__, tx, rt)
-    eval_fn = jit_eval_step(model.__call__)
+    step_fn = make_train_step(train_model.__call__, tx, rt)
+    eval_fn = jit_eval_step(train_model.__call__)
     bucket_shapes: set[int] = set()
     timings = {"load_s": t_load, "train_s": 0.0, "eval_s": 0.0}
-    pad_id = tokenizer.pad_token_id or 0
+    pad_id = int(vocab.remap[tokenizer.pad_token_id]) if vocab else tokenizer.pad_token_id or 0
     best_params = None
 
     with _Stop() as stop, export.progress(total_steps, int(state["step"])) as bar:
@@ -211,13 +224,16 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             if improved:
                 meta["best_f1"] = ev["f1"]
                 best_params = jax.device_get(state["params"])
-                export.save_model(model, best_params, tokenizer, run_dir / "model")
+                export.save_model(model, vocab.expand(best_params, full_params) if vocab else best_params,
+                                  tokenizer, run_dir / "model")
             meta.update(epoch=epoch + 1, batch=0, epoch_loss=0.0, epoch_batches=0)
             ckpt.save(step, state, meta, best=improved)
             log.info("epoch %d: %s", epoch + 1, export.format_scores(ev))
 
     summary = {"run_dir": str(run_dir), "steps": int(state["step"]), "history": meta["history"],
                "best_f1": meta["best_f1"], "compiled_train_shapes": sorted(bucket_shapes),
+               "xla_compiles": compile_stats()["count"] - compiles0["count"],
+               "compile_s": compile_stats()["seconds"] - compiles0["seconds"],
                "devices": rt.n_devices, **timings}
     if "test" in data:
         if best_params is None:  # resumed after the best epoch: take it from the best checkpoint

@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny config, a tiny random BERT, the CoNLL snippet, and one tiny trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> str:
+    """One persistent XLA cache for the session, so each shape compiles once across tests."""
+    return str(tmp_path_factory.mktemp("jax-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(compile_cache):
+    from flaxner.config import load_config
+
+    return load_config(ROOT / "configs" / "tiny.yaml", [f"train.compilation_cache={compile_cache}"])
+
+
+@pytest.fixture(scope="session")
+def snippet() -> Path:
+    """Seven CoNLL-2003 sentences (with a -DOCSTART- line) in the shipped column format."""
+    return FIXTURES / "snippet.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_cfg):
+    from flaxner.model import make_tokenizer
+
+    return make_tokenizer(tiny_cfg.model)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg, tiny_tokenizer):
+    """(model, params) of a random 2-layer BERT, hidden 32, with the fixture vocab."""
+    from flaxner.model import make_model
+
+    return make_model(tiny_cfg.model, seed=0, vocab_size=len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cfg, tmp_path_factory) -> dict:
+    """One finished tiny training run (2 epochs on 48 sentences): its summary, with run_dir."""
+    from flaxner.train import train
+
+    return train(tiny_cfg, tmp_path_factory.mktemp("runs") / "tiny")

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
+
+from flaxner.config import DataConfig
+from flaxner.data import encode, load_split
+from flaxner.evaluate import compute_metrics, evaluate, jit_eval_step
+from flaxner.labels import CONLL_LABELS
+
+CASES = [
+    ([["B-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "B-LOC"]]),
+    ([["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]], [["B-PER", "O", "O", "B-LOC"], ["I-ORG", "O"]]),
+    ([["B-MISC", "I-MISC", "O"], ["O", "B-LOC"]], [["O", "O", "O"], ["B-PER", "B-LOC"]]),
+    ([["O", "O"]], [["B-ORG", "I-ORG"]]),
+]
+
+
+@pytest.mark.parametrize("gold, pred", CASES)
+def test_metrics_equal_seqeval(gold, pred):
+    m = compute_metrics(gold, pred)
+    assert m["precision"] == precision_score(gold, pred, zero_division=0)
+    assert m["recall"] == recall_score(gold, pred, zero_division=0)
+    assert m["f1"] == f1_score(gold, pred, zero_division=0)
+    assert m["accuracy"] == accuracy_score(gold, pred)
+    rep = classification_report(gold, pred, output_dict=True, zero_division=0)
+    for typ, row in m["per_type"].items():
+        assert row["f1"] == rep[typ]["f1-score"] and row["support"] == rep[typ]["support"]
+
+
+def test_hand_case_values():
+    m = compute_metrics(*CASES[1])
+    # gold spans: PER(0-2), LOC(3), ORG(0); predicted: PER(0-1), LOC(3), ORG(0) -> 2 of 3 right
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_evaluate_scores_every_word_with_a_partial_last_batch(tiny_model, tiny_tokenizer, snippet):
+    model, params = tiny_model
+    ds = load_split(DataConfig(source=str(snippet.parent), train_split="snippet"), "snippet")
+    enc = encode(ds, tiny_tokenizer, DataConfig(max_length=24))  # long sentences split into pieces
+    gold = [[CONLL_LABELS[t] for t in tags] for tags in ds[:]["ner_tags"]]
+    step = jit_eval_step(model.__call__)
+    m, pred = evaluate(step, params, enc, gold, CONLL_LABELS, 4, (16, 32), pad_id=0)
+    assert [len(p) for p in pred] == [len(g) for g in gold]
+    assert m == {**compute_metrics(gold, pred), "loss": m["loss"]}
+    # the same predictions with another batch size (another partial batch)
+    m2, pred2 = evaluate(step, params, enc, gold, CONLL_LABELS, 8, (16, 32), pad_id=0)
+    assert pred2 == pred and np.isclose(m2["loss"], m["loss"], rtol=1e-5)

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+from seqeval.metrics.sequence_labeling import get_entities
+
+from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id, spans_from_tags
+
+L = label2id()
+
+
+@pytest.mark.parametrize("word_ids, word_labels, all_tokens, expected", [
+    # [CLS] w0 w1 [SEP]: one piece per word
+    ([None, 0, 1, None], [L["B-PER"], L["O"]], False, [IGNORE, L["B-PER"], L["O"], IGNORE]),
+    # a word split into three pieces: only the first is labelled
+    ([None, 0, 0, 0, 1, None], [L["B-LOC"], L["O"]], False, [IGNORE, L["B-LOC"], IGNORE, IGNORE, L["O"], IGNORE]),
+    # label_all_tokens: later pieces get the I- twin of a B- tag
+    ([None, 0, 0, 1, 1, None], [L["B-ORG"], L["I-ORG"]], True,
+     [IGNORE, L["B-ORG"], L["I-ORG"], L["I-ORG"], L["I-ORG"], IGNORE]),
+    # a long word (many pieces) at the end, no specials (a truncated or windowed piece)
+    ([0, 1, 1, 1, 1, 1], [L["O"], L["B-MISC"]], False, [L["O"], L["B-MISC"], IGNORE, IGNORE, IGNORE, IGNORE]),
+    # the same word id after a special token is a new start
+    ([None, 0, None, 0], [L["B-PER"]], False, [IGNORE, L["B-PER"], IGNORE, L["B-PER"]]),
+])
+def test_align_labels(word_ids, word_labels, all_tokens, expected):
+    assert align_labels(word_ids, word_labels, all_tokens, b_to_i(CONLL_LABELS)) == expected
+
+
+def test_b_to_i_map():
+    m = b_to_i(CONLL_LABELS)
+    assert [CONLL_LABELS[i] for i in m] == ["O", "I-PER", "I-PER", "I-ORG", "I-ORG", "I-LOC", "I-LOC", "I-MISC",
+                                            "I-MISC"]
+
+
+@pytest.mark.parametrize("tags", [
+    ["B-PER", "I-PER", "O", "B-LOC"],
+    ["I-PER", "I-PER", "O"],                 # stray I- starts a span
+    ["B-PER", "I-LOC", "I-LOC", "O"],        # type change mid-span
+    ["B-PER", "B-PER", "I-PER"],
+    ["O", "O"],
+    ["B-MISC"],
+    ["I-ORG", "B-ORG", "O", "I-ORG", "I-MISC"],
+])
+def test_spans_match_seqeval(tags):
+    ours = spans_from_tags(tags)
+    theirs = [(t, s, e + 1) for t, s, e in get_entities(tags)]
+    assert sorted(ours) == sorted(theirs)
+    assert len(ours) == len(theirs) and isinstance(ours[0] if ours else (), tuple)
+
+
+def test_labels_are_hub_order():
+    assert CONLL_LABELS[0] == "O" and CONLL_LABELS[1:3] == ("B-PER", "I-PER") and len(np.unique(CONLL_LABELS)) == 9
