@@ -51,9 +51,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flaxner.predict import evaluate_model
+    from flaxner.evaluate import evaluate_model
 
-    scores = evaluate_model(args.model, split=args.split, source=args.data, batch_size=args.batch_size)
+    scores = evaluate_model(args.model, split=args.split, source=args.data, batch_size=args.batch_size,
+                            limit=args.limit)
     print(json.dumps(scores, indent=2))
     return 0
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="validation")
     p.add_argument("--data", default="builtin", help="data.source: builtin, a CoNLL folder or a hub name")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
     from flaxner.tagger import add_arguments

@@ -134,9 +134,9 @@ class Encoded:
 
 
 def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS) -> Encoded:
-    """Tokenize word lists, align labels to first sub-tokens, and split (never cut) sentences longer than
+    """Tokenize word lists (a Dataset or a dict of columns `tokens`, `ner_tags`), align labels to first sub-tokens, and split (never cut) sentences longer than
     `max_length` sub-tokens into consecutive pieces of whole words."""
-    cols = ds[:]  # plain lists (datasets 5 returns lazy Column objects for ds[name])
+    cols = ds if isinstance(ds, dict) else ds[:]  # plain lists (datasets 5 gives lazy Columns for ds[name])
     tokens_col, tags_col = cols["tokens"], cols["ner_tags"]
     enc = tokenizer(tokens_col, is_split_into_words=True, add_special_tokens=False, truncation=False)
     bmap = b_to_i(labels)

@@ -1,0 +1,41 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flaxner.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_train_cli_runs_and_prints_table(tmp_path, capsys, compile_cache):
+    out = tmp_path / "run"
+    code = main(["train", "--config", "tiny", "--output-dir", str(out), "train.epochs=1", "train.eval_test=false",
+                 f"train.compilation_cache={compile_cache}"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| Training Loss | Epoch | Step |" in text and f"run folder: {out}" in text
+    assert (out / "model" / "flax_model.msgpack").is_file()
+    scores = main(["eval", "--model", str(out), "--split", "test", "--limit", "20"])
+    assert scores == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["sentences"] == 20 and 0 <= printed["f1"] <= 1 and "per_type" in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--config", "tiny", "train.nope=1"], "unknown key"),
+    (["train", "--config", "does-not-exist.yaml"], "config file not found"),
+    (["train", "--config", "tiny", "data.source=/no/such/folder"], "no such folder"),
+    (["train", "--resume"], "--resume needs --output-dir"),
+])
+def test_errors_are_clear_and_early(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_script_entry_point_help():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "--output-dir" in out.stdout and "--resume" in out.stdout
