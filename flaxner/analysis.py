@@ -1,0 +1,265 @@
+"""What the explore notebook shows: dataset and padding statistics, training curves, span-level error analysis, and
+entities highlighted in HTML. Plain data in and out; the figures are in `flaxner.plots`."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from flaxner.config import Config, DataConfig, load_config
+from flaxner.data import batch_order, bucket_for
+from flaxner.labels import CONLL_LABELS, spans_from_tags
+
+MISSED = "missed"
+SPURIOUS = "spurious"
+# Fixed colours for the CoNLL types; other labels take the next free colour of the palette.
+TYPE_COLORS = {"PER": "#ffd166", "ORG": "#8ecae6", "LOC": "#95d5b2", "MISC": "#e5b3fe"}
+PALETTE = ("#f4a261", "#bde0fe", "#ffafcc", "#caffbf", "#fdffb6", "#d0d1ff", "#ffc6ff", "#9bf6ff")
+
+
+def explore_config(run_dir: str | Path | None, config: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config a run folder was trained with (its config.yaml), else `config`; dotted `overrides` on top."""
+    saved = Path(run_dir, "config.yaml") if run_dir else None
+    return load_config(saved if saved and saved.is_file() else config, list(overrides))
+
+
+def split_stats(ds, labels: Sequence[str] = CONLL_LABELS) -> dict:
+    """Sentences, words and entities (in total and per type) of one `datasets.Dataset` split."""
+    tags_col = ds[:]["ner_tags"]
+    per_type: Counter = Counter()
+    words = 0
+    for tags in tags_col:
+        words += len(tags)
+        per_type.update(typ for typ, _, _ in spans_from_tags([labels[t] for t in tags]))
+    return {"sentences": len(tags_col), "tokens": words, "entities": sum(per_type.values()),
+            "per_type": dict(sorted(per_type.items()))}
+
+
+def dataset_stats(cfg: DataConfig, splits: Sequence[str] | None = None) -> dict[str, dict]:
+    """`split_stats` of each split (default: the config's train, eval and test splits), `cfg.limit` applied."""
+    from flaxner.data import load_split
+
+    splits = splits or (cfg.train_split, cfg.eval_split, cfg.test_split)
+    return {s: split_stats(load_split(cfg, s)) for s in splits}
+
+
+def stats_table(stats: dict[str, dict]) -> list[dict]:
+    """One flat row per split (sentences, tokens, entities, then one column per type) for a table."""
+    types = sorted({t for s in stats.values() for t in s["per_type"]})
+    return [{"split": name, "sentences": s["sentences"], "tokens": s["tokens"], "entities": s["entities"],
+             **{t: s["per_type"].get(t, 0) for t in types}} for name, s in stats.items()]
+
+
+def bucket_costs(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int = 0,
+                 mode: str = "grouped") -> list[dict]:
+    """Per bucket length, the batches of one training epoch padded to it: rows, real and padded sub-tokens, and
+    the share of padding (the batches `flaxner.data.iter_batches` builds for epoch 0)."""
+    lengths = np.asarray(lengths)
+    acc = {b: {"bucket": b, "batches": 0, "rows": 0, "real_tokens": 0, "padded_tokens": 0} for b in buckets}
+    for idx in batch_order(lengths, batch_size, seed, 0, mode):
+        row = acc[bucket_for(int(lengths[idx].max()), buckets)]
+        row["batches"] += 1
+        row["rows"] += len(idx)
+        row["real_tokens"] += int(lengths[idx].sum())
+        row["padded_tokens"] += batch_size * row["bucket"]
+    out = [r for r in acc.values() if r["batches"]]
+    for r in out:
+        r["padding"] = 1 - r["real_tokens"] / r["padded_tokens"]
+    return out
+
+
+def epoch_curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """metrics.jsonl rows (`flaxner.export.read_metrics`) split into the logged training losses and the
+    per-epoch evaluation scores (without the per-type breakdown), each in step order."""
+    train = sorted(({k: r[k] for k in ("step", "epoch", "loss", "learning_rate") if k in r}
+                    for r in rows if r.get("type") == "train"), key=lambda r: r["step"])
+    evals = sorted(({k: v for k, v in r.items() if k not in ("type", "per_type")}
+                    for r in rows if r.get("type") == "eval"), key=lambda r: r["step"])
+    return {"train": train, "eval": evals}
+
+
+@dataclass
+class Confusion:
+    """Span-level confusion of entity types: rows are gold types plus SPURIOUS (a predicted span with no gold span
+    of the same boundaries), columns predicted types plus MISSED (a gold span with no predicted span of the same
+    boundaries). counts[i, j] counts spans; the diagonal holds the exact matches seqeval scores."""
+
+    types: list[str]
+    counts: np.ndarray  # [len(types) + 1, len(types) + 1]
+    rows: list[str] = field(init=False)
+    cols: list[str] = field(init=False)
+
+    def __post_init__(self):
+        self.rows = [*self.types, SPURIOUS]
+        self.cols = [*self.types, MISSED]
+
+    def count(self, gold: str, pred: str) -> int:
+        return int(self.counts[self.rows.index(gold), self.cols.index(pred)])
+
+
+def confusion_matrix(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]],
+                     types: Sequence[str] | None = None) -> Confusion:
+    """Match gold and predicted spans of each sentence by their word boundaries and count type pairs."""
+    pairs: Counter = Counter()
+    for gold, pred in zip(gold_tags, pred_tags, strict=True):
+        g = {(a, b): t for t, a, b in spans_from_tags(gold)}
+        p = {(a, b): t for t, a, b in spans_from_tags(pred)}
+        pairs.update((t, p.get(k, MISSED)) for k, t in g.items())
+        pairs.update((SPURIOUS, t) for k, t in p.items() if k not in g)
+    if types is None:
+        types = sorted({t for pair in pairs for t in pair} - {MISSED, SPURIOUS})
+    conf = Confusion(list(types), np.zeros((len(types) + 1, len(types) + 1), dtype=np.int64))
+    for (g, p), n in pairs.items():
+        conf.counts[conf.rows.index(g), conf.cols.index(p)] += n
+    return conf
+
+
+def span_errors(gold: Sequence[str], pred: Sequence[str]) -> int:
+    """Gold spans not predicted exactly (type and boundaries) plus predicted spans not in gold."""
+    g, p = set(spans_from_tags(gold)), set(spans_from_tags(pred))
+    return len(g ^ p)
+
+
+def worst_sentences(tokens: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]],
+                    pred_tags: Sequence[Sequence[str]], n: int = 10) -> list[dict]:
+    """The `n` sentences with the most span errors (ties: in corpus order), with their gold and predicted
+    spans as (type, words) and the index of the sentence in the split."""
+    errors = [span_errors(g, p) for g, p in zip(gold_tags, pred_tags, strict=True)]
+    order = sorted((i for i, e in enumerate(errors) if e), key=lambda i: (-errors[i], i))[:n]
+
+    def spans(toks, tags):
+        return [(t, " ".join(toks[a:b])) for t, a, b in spans_from_tags(tags)]
+
+    return [{"index": i, "errors": errors[i], "tokens": list(tokens[i]), "gold_tags": list(gold_tags[i]),
+             "pred_tags": list(pred_tags[i]), "gold": spans(tokens[i], gold_tags[i]),
+             "pred": spans(tokens[i], pred_tags[i])} for i in order]
+
+
+def words_to_text(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[dict]]:
+    """Words joined by spaces, and the spans of IOB2 `tags` as entities with character offsets into that text."""
+    starts, pos = [], 0
+    for w in tokens:
+        starts.append(pos)
+        pos += len(w) + 1
+    text = " ".join(tokens)
+    ents = []
+    for t, a, b in spans_from_tags(tags):
+        s, e = starts[a], starts[b - 1] + len(tokens[b - 1])
+        ents.append({"text": text[s:e], "label": t, "start": s, "end": e})
+    return text, ents
+
+
+def label_colors(labels: Sequence[str]) -> dict[str, str]:
+    """A background colour per entity label: the CoNLL ones fixed, others from the palette in order."""
+    out, free = {}, iter(PALETTE * (len(labels) // len(PALETTE) + 1))
+    for lab in labels:
+        out[lab] = TYPE_COLORS.get(lab) or next(free)
+    return out
+
+
+def highlight_html(text: str, entities: Sequence[dict] | dict, colors: dict[str, str] | None = None) -> str:
+    """`text` as HTML (escaped, whitespace kept) with each entity's characters text[start:end] inside a coloured
+    <mark> followed by its label. Takes a list of entities or a dict holding them under "entities"."""
+    if isinstance(entities, dict):
+        entities = entities["entities"]
+    ents = sorted(entities, key=lambda e: (e["start"], e["end"]))
+    colors = {**label_colors(sorted({e["label"] for e in ents})), **(colors or {})}
+    parts, pos = [], 0
+    for e in ents:
+        s, t = int(e["start"]), int(e["end"])
+        if not pos <= s < t <= len(text):
+            raise ValueError(f"entity {e} overlaps the previous one or lies outside the text of {len(text)} chars")
+        title = e["label"] + (f" {e['score']:.3f}" if "score" in e else "")
+        parts.append(html.escape(text[pos:s]))
+        parts.append(f'<mark style="background:{colors[e["label"]]};padding:0 2px;border-radius:3px" '
+                     f'title="{html.escape(title)}">{html.escape(text[s:t])}</mark>'
+                     f'<sup style="font-size:70%;font-weight:bold">{html.escape(e["label"])}</sup>')
+        pos = t
+    parts.append(html.escape(text[pos:]))
+    return f'<div style="white-space:pre-wrap;line-height:1.9">{"".join(parts)}</div>'
+
+
+def tagged_html(texts: Sequence[str], results: Sequence[Sequence[dict] | dict]) -> str:
+    """Several texts with their entities (as `Tagger.tag` returns them), one highlighted block each."""
+    labels = sorted({e["label"] for r in results for e in (r["entities"] if isinstance(r, dict) else r)})
+    colors = label_colors(labels)
+    legend = " ".join(f'<mark style="background:{colors[lab]}">{html.escape(lab)}</mark>' for lab in labels)
+    blocks = [f"<p><b>{i}</b> ({len(t)} chars)</p>{highlight_html(t, r, colors)}"
+              for i, (t, r) in enumerate(zip(texts, results, strict=True))]
+    return f"<div>{legend}</div>" + "<hr>".join(blocks)
+
+
+def worst_html(items: Sequence[dict]) -> str:
+    """`worst_sentences` as an HTML table: gold and predicted spans highlighted side by side."""
+    rows = []
+    for it in items:
+        cells = [highlight_html(*words_to_text(it["tokens"], it[k])) for k in ("gold_tags", "pred_tags")]
+        rows.append(f"<tr><td>{it['index']}</td><td>{it['errors']}</td>"
+                    f'<td style="text-align:left">{cells[0]}</td><td style="text-align:left">{cells[1]}</td></tr>')
+    return ("<table><tr><th>sentence</th><th>errors</th><th>gold</th><th>predicted</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def subtoken_count(tokenizer, text: str) -> int:
+    """Sub-tokens of `text` without specials (no warning past the model's length: that is the point here)."""
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def make_long_text(tokenizer, filler: str, tail: str, min_subtokens: int = 512) -> str:
+    """`filler` repeated until the text exceeds `min_subtokens` sub-tokens, then `tail` (put an entity there to
+    see that the tagger's windows reach the end of a long document)."""
+    parts = []
+    while subtoken_count(tokenizer, " ".join(parts)) <= min_subtokens:
+        parts.append(filler)
+    return " ".join([*parts, tail])
+
+
+@dataclass
+class SplitPredictions:
+    """Word-level gold and predicted tags of a split, with the scores `flaxner.evaluate` gives them."""
+
+    split: str
+    tokens: list[list[str]]
+    gold: list[list[str]]
+    pred: list[list[str]]
+    metrics: dict
+
+
+def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation", limit: int | None = None,
+                  data: DataConfig | None = None, batch_size: int | None = None) -> SplitPredictions:
+    """Load a trained model (a run folder, an HF folder, or the tuple `flaxner.model.load_trained` returns) and
+    predict a split of its data: the run's `config.yaml` data section unless `data` is given, `limit`
+    sentences (None: the config's limit, 0: all)."""
+    from flaxner.data import encode, load_split
+    from flaxner.evaluate import evaluate, jit_eval_step
+    from flaxner.labels import check_labels
+    from flaxner.model import load_trained
+
+    saved = None
+    if isinstance(run_dir_or_model, tuple):
+        model, params, tokenizer, labels = run_dir_or_model
+    else:
+        model, params, tokenizer, labels = load_trained(run_dir_or_model)
+        cfg_path = Path(run_dir_or_model) / "config.yaml"
+        saved = load_config(cfg_path) if cfg_path.is_file() else None
+    data = data or (saved.data if saved else DataConfig())
+    if limit is not None:
+        data = replace(data, limit=limit)
+    batch_size = batch_size or (saved.train.eval_batch_size if saved else 16)
+    ds = load_split(data, split)
+    names = ds.features["ner_tags"].feature.names
+    check_labels(labels, names)
+    cols = ds[:]
+    gold = [[names[t] for t in tags] for tags in cols["ner_tags"]]
+    # Label ids as the model numbers them (its order may differ from the data's), so that the loss is right.
+    to_model = {lab: i for i, lab in enumerate(labels)}
+    enc = encode({"tokens": cols["tokens"], "ner_tags": [[to_model[t] for t in tags] for tags in gold]}, tokenizer,
+                 data, labels)
+    metrics, pred = evaluate(jit_eval_step(model.__call__), params, enc, gold, labels, batch_size, data.buckets,
+                             pad_id=tokenizer.pad_token_id or 0)
+    return SplitPredictions(split, [list(t) for t in cols["tokens"]], gold, pred, metrics)
