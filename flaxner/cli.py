@@ -51,11 +51,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flaxner.evaluate import evaluate_model
+    from flaxner.analysis import predict_split
+    from flaxner.config import DataConfig
 
-    scores = evaluate_model(args.model, split=args.split, source=args.data, batch_size=args.batch_size,
-                            limit=args.limit)
-    print(json.dumps(scores, indent=2))
+    data = DataConfig(source=args.data) if args.data else None
+    out = predict_split(args.model, split=args.split, limit=args.limit, data=data, batch_size=args.batch_size)
+    print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
+                     indent=2))
     return 0
 
 
@@ -75,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a trained model on a CoNLL split")
     p.add_argument("--model", required=True, help="run folder or HF model folder")
     p.add_argument("--split", default="validation")
-    p.add_argument("--data", default="builtin", help="data.source: builtin, a CoNLL folder or a hub name")
+    p.add_argument("--data", default=None,
+                   help="data.source: builtin, a CoNLL folder or a hub name (default: the run's, else builtin)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N sentences (0: all)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
     from flaxner.tagger import add_arguments

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
-from flaxner.data import Encoded, encode, iter_batches
+from flaxner.data import Encoded, iter_batches
 from flaxner.labels import IGNORE
 
 
@@ -75,24 +75,3 @@ def jit_eval_step(apply_fn: Callable) -> Callable:
     """The evaluation forward, compiled once per batch shape."""
     return jax.jit(lambda params, batch: eval_step(params, batch, apply_fn))
 
-
-def evaluate_model(path: str, split: str = "validation", source: str = "builtin", batch_size: int = 32,
-                   limit: int = 0) -> dict:
-    """Scores of a trained model (run folder or HF folder) on a CoNLL split: `flaxner eval`."""
-    from flaxner.config import DataConfig
-    from flaxner.data import load_split
-    from flaxner.labels import CONLL_LABELS, check_labels
-    from flaxner.model import load_trained
-
-    model, params, tokenizer, labels = load_trained(path)
-    check_labels(labels, CONLL_LABELS)
-    dcfg = DataConfig(source=source, limit=limit)
-    cols = load_split(dcfg, split)[:]
-    # The data's tag ids are in CoNLL order; the model may order its labels otherwise.
-    gold = [[CONLL_LABELS[t] for t in tags] for tags in cols["ner_tags"]]
-    to_model = {lab: i for i, lab in enumerate(labels)}
-    cols["ner_tags"] = [[to_model[t] for t in tags] for tags in gold]
-    enc = encode(cols, tokenizer, dcfg)
-    metrics, _ = evaluate(jit_eval_step(model.__call__), params, enc, gold, labels, batch_size, dcfg.buckets,
-                          pad_id=tokenizer.pad_token_id or 0)
-    return {"model": str(path), "split": split, "sentences": len(gold), **metrics}

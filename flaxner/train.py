@@ -177,11 +177,12 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     pad_id = int(vocab.remap[tokenizer.pad_token_id]) if vocab else tokenizer.pad_token_id or 0
     best_params = None
 
-    with _Stop() as stop, export.progress(total_steps, int(state["step"])) as bar:
-        while meta["epoch"] < tc.epochs and int(state["step"]) < total_steps:
+    step = int(state["step"])  # tracked on the host so that no step waits for the one before it
+    with _Stop() as stop, export.progress(total_steps, step) as bar:
+        while meta["epoch"] < tc.epochs and step < total_steps:
             epoch = meta["epoch"]
             t_ep = time.perf_counter()
-            pending, real_tokens = [], 0
+            pending, real_tokens, t_log = [], 0, t_ep
             for idx, batch in iter_batches(train_enc, tc.batch_size, cfg.data.buckets, tc.seed, epoch,
                                            tc.batching, start=meta["batch"], pad_id=pad_id):
                 bucket_shapes.add(batch["input_ids"].shape[1])
@@ -189,14 +190,15 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                 real_tokens += int(batch["attention_mask"].sum())
                 meta["batch"] += 1
                 pending.append(m)
-                step = int(state["step"])
+                step += 1
                 if len(pending) >= tc.log_every or meta["batch"] * tc.batch_size >= len(train_enc.input_ids):
                     losses = _flush(pending, meta)
                     lr = float(schedule(step))
                     metrics_log.write({"type": "train", "step": step, "epoch": epoch + meta["batch"] / steps_per_epoch,
                                        "loss": float(np.mean(losses)), "learning_rate": lr})
                     bar.set_postfix(loss=f"{np.mean(losses):.4f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{real_tokens / (time.perf_counter() - t_ep):.0f}")
+                                    tok_s=f"{real_tokens / (time.perf_counter() - t_log):.0f}")
+                    real_tokens, t_log = 0, time.perf_counter()
                 bar.update(1)
                 if stop_after and step >= stop_after or stop.signum:
                     _flush(pending, meta)
@@ -214,7 +216,6 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             ev, _ = evaluate(eval_fn, state["params"], *data["eval"], labels, tc.eval_batch_size,
                              cfg.data.buckets, rt.put, pad_id)
             timings["eval_s"] += time.perf_counter() - t_ev
-            step = int(state["step"])
             row = {"type": "eval", "epoch": epoch + 1, "step": step,
                    "train_loss": meta["epoch_loss"] / max(meta["epoch_batches"], 1),
                    **{k: v for k, v in ev.items()}}
@@ -230,7 +231,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             ckpt.save(step, state, meta, best=improved)
             log.info("epoch %d: %s", epoch + 1, export.format_scores(ev))
 
-    summary = {"run_dir": str(run_dir), "steps": int(state["step"]), "history": meta["history"],
+    summary = {"run_dir": str(run_dir), "steps": step, "history": meta["history"],
                "best_f1": meta["best_f1"], "compiled_train_shapes": sorted(bucket_shapes),
                "xla_compiles": compile_stats()["count"] - compiles0["count"],
                "compile_s": compile_stats()["seconds"] - compiles0["seconds"],
@@ -241,7 +242,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             best_params = best_state["params"]
         test, _ = evaluate(eval_fn, jax.device_put(best_params, rt.replicated), *data["test"], labels,
                            tc.eval_batch_size, cfg.data.buckets, rt.put, pad_id)
-        metrics_log.write({"type": "test", "step": int(state["step"]), **test})
+        metrics_log.write({"type": "test", "step": step, **test})
         summary["test"] = test
     ckpt.close()
     summary["total_s"] = time.perf_counter() - t0
