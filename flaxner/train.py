@@ -23,7 +23,7 @@ from flaxner.evaluate import evaluate, jit_eval_step
 from flaxner.labels import CONLL_LABELS, IGNORE
 from flaxner.model import make_model, make_tokenizer
 from flaxner.runtime import Runtime, compile_stats, setup_runtime
-from flaxner.vocab import CompactVocab
+from flaxner.vocab import compact_model
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +144,10 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     tokenizer = make_tokenizer(cfg.model)
     data = load_data(cfg, tokenizer)
     model, full_params = make_model(cfg.model, labels, seed=tc.seed, vocab_size=len(tokenizer))
-    params, vocab, train_model = full_params, None, model
-    if tc.compact_vocab and not tc.weight_decay:
-        vocab = CompactVocab.from_encoded([enc for enc, _ in data.values()], model.config.vocab_size,
-                                          tokenizer.all_special_ids)
+    train_model, params, vocab = compact_model(tc, model, full_params, [enc for enc, _ in data.values()],
+                                               tokenizer.all_special_ids)
+    if vocab:
         data = {k: (vocab.encode(enc), gold) for k, (enc, gold) in data.items()}
-        params = vocab.shrink(full_params)
-        train_model = vocab.model(model)
-        log.info("compact vocabulary: %d of %d embedding rows occur in the data", len(vocab.ids),
-                 model.config.vocab_size)
     train_enc = data["train"][0]
     steps_per_epoch = -(-len(train_enc.input_ids) // tc.batch_size)
     total_steps = tc.max_steps or steps_per_epoch * tc.epochs

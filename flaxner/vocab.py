@@ -8,6 +8,7 @@ parameters) and the dense scatter of the embedding gradient, every step."""
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from flaxner.data import Encoded
 
+log = logging.getLogger(__name__)
 EMBED_PATH = ("bert", "embeddings", "word_embeddings", "embedding")
 
 
@@ -70,3 +72,14 @@ class CompactVocab:
         table = np.array(_get(full_params, EMBED_PATH), copy=True)
         table[self.ids] = np.asarray(_get(params, EMBED_PATH))
         return _set(params, EMBED_PATH, table)
+
+
+def compact_model(tc, model, params: dict, encs: Iterable[Encoded], special_ids: Iterable[int]):
+    """(model to train, its params, CompactVocab) when `train.compact_vocab` applies (no weight decay), else
+    (model, params, None). Encodings must then go through `vocab.encode` before batching."""
+    if not tc.compact_vocab or tc.weight_decay:
+        return model, params, None
+    vocab = CompactVocab.from_encoded(encs, model.config.vocab_size, special_ids)
+    log.info("compact vocabulary: %d of %d embedding rows occur in the data", len(vocab.ids),
+             model.config.vocab_size)
+    return vocab.model(model), vocab.shrink(params), vocab
