@@ -1,0 +1,189 @@
+"""Shared by the benchmark scripts: machine/versions header, child processes that report JSON, peak RSS,
+medians, and a counter of XLA compilations."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("flaxner", "jax", "jaxlib", "flax", "optax", "transformers", "tokenizers", "torch", "accelerate",
+            "datasets", "numpy")
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, accelerators visible to nvidia-smi, and the OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpus = ""
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem_gib, 1),
+            "gpus": gpus or "none", "os": platform.platform()}
+
+
+def versions() -> dict:
+    """Installed versions of the packages that matter here (missing ones are left out)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    # PYTHONPATH copies (bench/gpu.sh installs wheels with --target) win over the metadata of the image.
+    for name in ("transformers", "tokenizers"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - a broken optional package just goes unreported
+            pass
+    return out
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "") if head else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def header(argv: Sequence[str] | None = None) -> dict:
+    """What a benchmark prints first and stores in its JSON: when, where, which versions, which command."""
+    argv = sys.argv if argv is None else argv
+    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": shlex.join([Path(sys.executable).name,
+                                                                                   *argv]),
+            "commit": git_commit(), "machine": machine(), "versions": versions()}
+    m = info["machine"]
+    print(f"# {info['date']}  commit {info['commit']}")
+    print(f"# machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPUs: {m['gpus']}; {m['os']}")
+    print("# versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(f"# command: {info['command']}", flush=True)
+    return info
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Write atomically, so a reader never sees half a file (children may be killed mid-run)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.replace(p)
+
+
+def run_child(cmd: Sequence[str], json_path: str | Path, timeout: float | None = None,
+              env: dict | None = None) -> dict:
+    """Run one contender in its own process (its output streams through) and return the JSON it wrote,
+    plus `wall_s`, `returncode` and, on failure or timeout, `error` (with what JSON it managed to write)."""
+    json_path = Path(json_path)
+    json_path.unlink(missing_ok=True)
+    print(f"\n$ {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    full_env = {**os.environ, **(env or {})}
+    error = None
+    try:
+        rc = subprocess.run(list(cmd), env=full_env, timeout=timeout).returncode
+        if rc:
+            error = f"exit status {rc}"
+    except subprocess.TimeoutExpired:
+        rc, error = -9, f"killed after the {timeout:.0f} s it was given"
+    out = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    out.update(wall_s=time.perf_counter() - t0, returncode=rc)
+    if error:
+        out["error"] = error
+        print(f"! {error}", flush=True)
+    return out
+
+
+class CompileCounter:
+    """Counts XLA compilations and their time (tracing + lowering + backend compile) per jitted function, from
+    JAX's monitoring events; `snapshot()` then `since(snap)` isolates a phase."""
+
+    EVENTS = {"/jax/core/compile/backend_compile_duration": "backend",
+              "/jax/core/compile/jaxpr_trace_duration": "trace",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower"}
+
+    def __init__(self):
+        import jax.monitoring
+
+        self.count: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **kw) -> None:
+        kind = self.EVENTS.get(event)
+        if kind is None:
+            return
+        name = str(kw.get("fun_name", "?"))
+        if kind == "backend":
+            self.count[name] = self.count.get(name, 0) + 1
+        self.seconds[name] = self.seconds.get(name, 0.0) + duration
+
+    def snapshot(self) -> tuple[dict, dict]:
+        return dict(self.count), dict(self.seconds)
+
+    def since(self, snap: tuple[dict, dict] = ({}, {}), match: str = "") -> tuple[int, float]:
+        """(compilations, seconds) since `snap` of the functions whose name contains `match`."""
+        c0, s0 = snap
+        n = sum(v - c0.get(k, 0) for k, v in self.count.items() if match in k)
+        s = sum(v - s0.get(k, 0.0) for k, v in self.seconds.items() if match in k)
+        return n, s
+
+
+def markdown_table(rows: Sequence[dict], cols: Sequence[tuple[str, str, str]]) -> str:
+    """rows -> Markdown; cols are (key, heading, format spec)."""
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for key, _, spec in cols:
+            v = r.get(key)
+            cells.append("—" if v is None else format(v, spec) if spec else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def flaxner_setup(cfg, model, params, tokenizer, encs: dict):
+    """What `flaxner.train.train` does between building the model and compiling the step (today: the compact
+    vocabulary when `train.compact_vocab` is on). Returns (model to run, its params, encodings, pad id, a
+    function that puts trained params back into the full model's shape). Mirrors train() until flaxner offers
+    this step as a public function."""
+    pad_id = tokenizer.pad_token_id or 0
+    tc = cfg.train
+    if not getattr(tc, "compact_vocab", False) or tc.weight_decay:
+        return model, params, encs, pad_id, lambda p: p
+    from flaxner.vocab import CompactVocab
+
+    vocab = CompactVocab.from_encoded(list(encs.values()), model.config.vocab_size, tokenizer.all_special_ids)
+    return (vocab.model(model), vocab.shrink(params), {k: vocab.encode(e) for k, e in encs.items()},
+            int(vocab.remap[tokenizer.pad_token_id]), lambda p: vocab.expand(p, params))

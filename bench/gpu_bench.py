@@ -1,0 +1,385 @@
+"""One-GPU benchmark (made for one H200, no network; runs on CPU at tiny sizes). Started by bench/gpu.sh.
+
+Parts, each in its own process, in this order so that the goals come first when time runs short:
+  train bfloat16  the seed recipe's shape: mBERT config (vocab 119,547, 12x768) with random weights, every
+                  CoNLL-2003 train batch for 4 epochs plus the per-epoch evaluation, as `flaxner train` runs
+                  it; compile time, step time, epoch time, model FLOP utilisation against the measured bf16
+                  matmul rate, wall time from process start to the last evaluation
+  tag             flaxner's Tagger over a corpus of CoNLL sentences repeated, mixed with long documents
+                  (1 million lines); sub-word tokens/s
+  hf              the HF PyTorch token-classification pipeline on a slice of the same corpus
+  train float32   the recipe again in fp32
+
+    python bench/gpu_bench.py OUT_DIR                 # full size; figures in OUT_DIR/gpu_bench.json
+    python bench/gpu_bench.py OUT_DIR --size tiny     # CPU smoke run (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()  # before the heavy imports: the recipe's wall clock starts here
+PART_T0 = [T0]  # reset per part when all run in one process
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (REPO, CompileCounter, flaxner_setup, header, markdown_table, median,  # noqa: E402
+                    peak_rss_mib, run_child, write_json)
+
+SIZES = {  # config, overrides, keep the config's vocabulary size
+    "mbert": ("mbert-conll2003", ["model.random_init=true", "train.eval_test=false"], True),
+    "tiny": ("tiny", ["train.eval_test=false"], False),
+}
+TINY = {"epochs": 1, "tag_lines": 300, "hf_lines": 40, "long_every": 50, "long_sents": 40, "matmul_n": 256}
+
+
+def default_tokenizer() -> str:
+    """The MiniLM tokenizer files carried in .whl/ (bench/gpu.sh), else the packaged MiniLM (mBERT's own
+    vocabulary is not available offline; the shape, vocab 119,547, is kept)."""
+    carried = REPO / ".whl" / "minilm-tokenizer"
+    return str(carried) if (carried / "tokenizer.json").is_file() else "minilm"
+
+
+def load_cfg(args, dtype: str):
+    from flaxner.config import load_config
+
+    name, overrides, keep_vocab = SIZES[args.size]
+    extra = [f"model.dtype={dtype}", "train.compilation_cache=", f"train.epochs={args.epochs}"]
+    extra += [f"model.tokenizer={args.tokenizer}"] if args.size == "mbert" else []
+    extra += [f"data.limit={args.limit}"] if args.limit else []
+    return load_config(name, [*overrides, *extra]), keep_vocab
+
+
+def matmul_rate(dtype: str, n: int) -> float:
+    """Measured dense matmul rate in FLOP/s ([n, n] @ [n, n], median of 5 groups of 10)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.dtype(dtype))
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        outs = [f(a, b) for _ in range(10)]
+        jax.block_until_ready(outs)
+        times.append((time.perf_counter() - t) / 10)
+    return 2 * n**3 / median(times)
+
+
+def train_flops(conf, batch: int, seq: int) -> float:
+    """Model FLOPs of one training step on a [batch, seq] batch: 3x the forward matmuls (dense layers,
+    attention scores and context, classifier); embedding lookups count nothing."""
+    h, n_layers, inter = conf.hidden_size, conf.num_hidden_layers, conf.intermediate_size
+    dense = n_layers * (4 * h * h + 2 * h * inter) + h * conf.num_labels
+    forward = 2 * batch * seq * dense + n_layers * 4 * batch * seq * seq * h
+    return 3.0 * forward
+
+
+def part_train(args) -> None:
+    """The seed recipe as `flaxner train` runs it, timed per epoch; figures go to args.json after each epoch."""
+    import jax
+
+    from flaxner.data import iter_batches
+    from flaxner.evaluate import evaluate, jit_eval_step
+    from flaxner.export import save_model
+    from flaxner.labels import CONLL_LABELS
+    from flaxner.model import make_model, make_tokenizer
+    from flaxner.runtime import setup_runtime
+    from flaxner.train import init_state, load_data, make_optimizer, make_train_step
+
+    counter = CompileCounter()
+    cfg, keep_vocab = load_cfg(args, args.dtype)
+    tc, labels = cfg.train, list(CONLL_LABELS)
+    rt = setup_runtime(tc)
+    tok = make_tokenizer(cfg.model)
+    data = load_data(cfg, tok)
+    full_model, full_params = make_model(cfg.model, labels, seed=tc.seed, vocab_size=None if keep_vocab else len(tok))
+    model, params, encs, pad_id, expand = flaxner_setup(cfg, full_model, full_params, tok,
+                                                        {k: e for k, (e, _) in data.items()})
+    train_enc, (eval_enc, eval_gold) = encs["train"], (encs["eval"], data["eval"][1])
+    steps_per_epoch = -(-len(train_enc.input_ids) // tc.batch_size)
+    tx = make_optimizer(tc, steps_per_epoch * tc.epochs)
+    state = init_state(params, tx, tc.seed, rt)
+    del params
+    step_fn = make_train_step(model.__call__, tx, rt)
+    eval_fn = jit_eval_step(model.__call__)
+    out = {"part": f"train_{args.dtype}", "dtype": args.dtype, "size": args.size, "devices": [str(d) for d in
+           jax.devices()], "vocab_size": full_model.config.vocab_size, "steps_per_epoch": steps_per_epoch,
+           "sentences": len(train_enc.input_ids), "load_s": time.perf_counter() - PART_T0[0], "epochs": []}
+    for epoch in range(tc.epochs):
+        snap, t_ep = counter.snapshot(), time.perf_counter()
+        pending, loss, steps, real, padded, flops = [], [], 0, 0, 0, 0.0
+        for _, batch in iter_batches(train_enc, tc.batch_size, cfg.data.buckets, tc.seed, epoch, tc.batching,
+                                     pad_id=pad_id):
+            state, m = step_fn(state, rt.put(batch))
+            pending.append(m)
+            b, s = batch["input_ids"].shape
+            steps, real, padded = steps + 1, real + int(batch["attention_mask"].sum()), padded + b * s
+            flops += train_flops(model.config, b, s)
+            if len(pending) >= tc.log_every:  # train() reads the losses back this often
+                loss = [float(x["loss"]) for x in pending]
+                pending.clear()
+        loss = [float(x["loss"]) for x in pending] or loss
+        jax.block_until_ready(state)
+        train_s = time.perf_counter() - t_ep
+        n_train, c_train = counter.since(snap, "train_step")
+        snap, t_ev = counter.snapshot(), time.perf_counter()
+        ev, _ = evaluate(eval_fn, state["params"], eval_enc, eval_gold, labels, tc.eval_batch_size,
+                         cfg.data.buckets, rt.put, pad_id)
+        eval_s = time.perf_counter() - t_ev
+        n_eval, c_eval = counter.since(snap)
+        out["epochs"].append({"epoch": epoch + 1, "steps": steps, "train_s": train_s, "eval_s": eval_s,
+                              "train_compiles": n_train, "train_compile_s": c_train, "eval_compiles": n_eval,
+                              "eval_compile_s": c_eval, "real_tokens": real, "padded_tokens": padded,
+                              "flops": flops, "loss": loss[-1] if loss else None, "f1": ev["f1"],
+                              "eval_loss": ev["loss"]})
+        out["recipe_wall_s"] = time.perf_counter() - PART_T0[0]
+        write_json(args.json, out)
+    eps = out["epochs"]
+    steady = eps[1:] or [dict(eps[0], train_s=eps[0]["train_s"] - eps[0]["train_compile_s"])]
+    compute_s = sum(e["train_s"] for e in steady)
+    out.update(compile_count=sum(e["train_compiles"] + e["eval_compiles"] for e in eps),
+               compile_s=sum(e["train_compile_s"] + e["eval_compile_s"] for e in eps),
+               step_s=median([e["train_s"] / e["steps"] for e in steady]),
+               epoch_s=median([e["train_s"] for e in steady]), eval_s=median([e["eval_s"] for e in eps[1:] or eps]),
+               real_tok_s=sum(e["real_tokens"] for e in steady) / compute_s,
+               padding=1 - sum(e["real_tokens"] for e in eps) / sum(e["padded_tokens"] for e in eps),
+               model_flop_s=sum(e["flops"] for e in steady) / compute_s, final_f1=eps[-1]["f1"])
+    out["bf16_matmul_flop_s"] = matmul_rate("bfloat16", args.matmul_n)
+    out["mfu"] = out["model_flop_s"] / out["bf16_matmul_flop_s"]
+    if args.save_model:  # the tag and hf parts tag with this model
+        save_model(full_model, expand(jax.device_get(state["params"])), tok, Path(args.save_model))
+    out["peak_rss_mib"] = peak_rss_mib()
+    write_json(args.json, out)
+
+
+def make_corpus(n_lines: int, long_every: int, long_sents: int) -> list[str]:
+    """CoNLL-2003 sentences (all splits) cycled to `n_lines` lines; every `long_every`-th line is instead a long
+    document of `long_sents` consecutive sentences (longer than one 512-token window at full size)."""
+    from flaxner.config import DataConfig
+    from flaxner.data import load_split
+
+    sents = [" ".join(t) for split in ("train", "validation", "test")
+             for t in load_split(DataConfig(), split)[:]["tokens"]]
+    lines = []
+    for i in range(n_lines):
+        if long_every and i % long_every == long_every - 1:
+            start = (i * 7) % len(sents)
+            lines.append(" ".join(sents[(start + k) % len(sents)] for k in range(long_sents)))
+        else:
+            lines.append(sents[i % len(sents)])
+    return lines
+
+
+def count_tokens(tok, texts: list[str]) -> int:
+    """Sub-word tokens of the texts, specials not counted (what a tokens/s figure divides)."""
+    return sum(len(x) for i in range(0, len(texts), 10000)
+               for x in tok(texts[i:i + 10000], add_special_tokens=False)["input_ids"])
+
+
+def ensure_model(args, model_dir: Path) -> str:
+    """The model the tag/hf parts run: the one a train part saved, or a random one of the same shape."""
+    if (model_dir / "config.json").is_file():
+        return "trained"
+    from flaxner.export import save_model
+    from flaxner.labels import CONLL_LABELS
+    from flaxner.model import make_model, make_tokenizer
+
+    cfg, keep_vocab = load_cfg(args, "float32")
+    tok = make_tokenizer(cfg.model)
+    model, params = make_model(cfg.model, CONLL_LABELS, seed=0, vocab_size=None if keep_vocab else len(tok))
+    save_model(model, params, tok, model_dir)
+    return "random"
+
+
+def part_tag(args) -> None:
+    out = {"part": "tag", "lines": args.tag_lines}
+    try:
+        from flaxner.config import TagConfig
+        from flaxner.tagger import Tagger
+    except ImportError as e:  # the tagger is optional for the rest of the benchmark
+        write_json(args.json, {**out, "error": f"flaxner.tagger unavailable: {e}"})
+        return
+    counter = CompileCounter()
+    model_dir = Path(args.work) / "model"
+    out["weights"] = ensure_model(args, model_dir)
+    texts = make_corpus(args.tag_lines, args.long_every, args.long_sents)
+    corpus = Path(args.work) / "corpus.jsonl"
+    with corpus.open("w") as f:
+        f.writelines(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts))
+    fields = {f.name for f in dataclasses.fields(TagConfig)}
+    overrides = {k: v for k, v in (("dtype", args.tag_dtype), ("compilation_cache", "")) if k in fields}
+    tagger = Tagger.from_pretrained(str(model_dir), **overrides)
+    out.update(tokens=count_tokens(_tok(model_dir), texts),
+               long_docs=args.tag_lines // args.long_every if args.long_every else 0, settings=overrides)
+    long_docs = texts[args.long_every - 1::args.long_every] if args.long_every else []
+    warm = texts[:args.tag_warmup] + long_docs[:64]
+    snap, t = counter.snapshot(), time.perf_counter()
+    tagger.tag(warm)
+    out.update(warmup_s=time.perf_counter() - t, warmup_compiles=counter.since(snap)[0])
+    times, summaries = [], []
+    snap = counter.snapshot()
+    for _ in range(args.tag_repeats):
+        t = time.perf_counter()
+        summaries.append(tagger.tag_file(str(corpus), str(Path(args.work) / "tagged.jsonl"), progress=False))
+        times.append(time.perf_counter() - t)
+    out.update(wall_s=times, median_s=median(times), tok_s=out["tokens"] / median(times),
+               lines_s=args.tag_lines / median(times), compiles_in_runs=counter.since(snap)[0],
+               tagger_summary=summaries[-1], peak_rss_mib=peak_rss_mib())
+    write_json(args.json, out)
+
+
+def _tok(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def part_hf(args) -> None:
+    """HF's token-classification pipeline (PyTorch) on the first --hf-lines lines of the same corpus."""
+    import torch
+    from transformers import AutoTokenizer, BertForTokenClassification, pipeline
+
+    model_dir = Path(args.work) / "model"
+    out = {"part": "hf", "weights": ensure_model(args, model_dir)}
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda and args.tag_dtype in ("auto", "bfloat16") else torch.float32
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.model_max_length = 512
+    if (model_dir / "model.safetensors").is_file():  # flaxner's export writes PyTorch-layout weights too
+        model = BertForTokenClassification.from_pretrained(str(model_dir))
+    else:  # from_pretrained(from_flax=True) leaves meta tensors in transformers 4.57; load into real ones
+        from transformers import AutoConfig
+        from transformers.modeling_flax_pytorch_utils import load_flax_checkpoint_in_pytorch_model
+
+        model = BertForTokenClassification(AutoConfig.from_pretrained(str(model_dir)))
+        model = load_flax_checkpoint_in_pytorch_model(model, str(model_dir / "flax_model.msgpack"))
+    model = model.to("cuda" if cuda else "cpu", dtype).eval()
+    pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="first", stride=128,
+                    device=0 if cuda else -1, batch_size=args.hf_batch)
+    texts = make_corpus(args.hf_lines, args.long_every, args.long_sents)  # the tag corpus' first lines
+    out.update(lines=len(texts), tokens=count_tokens(tok, texts), dtype=str(dtype), batch_size=args.hf_batch)
+    pipe(texts[:args.hf_batch])
+    times = []
+    for _ in range(args.hf_repeats):
+        t = time.perf_counter()
+        pipe(texts)
+        times.append(time.perf_counter() - t)
+    out.update(wall_s=times, median_s=median(times), tok_s=out["tokens"] / median(times),
+               lines_s=len(texts) / median(times), peak_rss_mib=peak_rss_mib())
+    write_json(args.json, out)
+
+
+def report(res: dict) -> dict:
+    """Print the tables; return the goal checks."""
+    rows = [dict(r, part=k) for k, r in res.items() if k.startswith("train") and "step_s" in r]
+    if rows:
+        print("\n## Training: the seed recipe's shape, every epoch evaluated\n")
+        print(markdown_table(rows, [("part", "run", ""), ("recipe_wall_s", "wall to last eval s", ".1f"),
+                                    ("load_s", "load s", ".1f"), ("compile_count", "compiles", "d"),
+                                    ("compile_s", "compile s", ".1f"), ("step_s", "step s", ".4f"),
+                                    ("epoch_s", "epoch s", ".1f"), ("eval_s", "eval s", ".1f"),
+                                    ("real_tok_s", "real tok/s", ",.0f"), ("mfu", "MFU", ".1%"),
+                                    ("final_f1", "F1 (random init)", ".3f")]))
+    tag, hf = res.get("tag", {}), res.get("hf", {})
+    rows = [dict(r, part=k) for k, r in (("flaxner Tagger", tag), ("HF pipeline", hf)) if "tok_s" in r]
+    if rows:
+        print("\n## Tagging\n")
+        print(markdown_table(rows, [("part", "tagger", ""), ("lines", "lines", ",d"), ("tokens", "sub-words", ",d"),
+                                    ("median_s", "s", ".1f"), ("tok_s", "sub-words/s", ",.0f"),
+                                    ("lines_s", "lines/s", ",.0f")]))
+    goals = {}
+    if "recipe_wall_s" in res.get("train_bfloat16", {}) and len(res["train_bfloat16"].get("epochs", [])) >= 4:
+        goals["seed_recipe_bf16_under_120s"] = res["train_bfloat16"]["recipe_wall_s"] < 120
+    if "tok_s" in tag:
+        goals["tagging_at_least_1M_tok_s"] = tag["tok_s"] >= 1e6
+    if "tok_s" in tag and "tok_s" in hf:
+        goals["tagger_over_hf_pipeline"] = tag["tok_s"] / hf["tok_s"]
+    print("\ngoals: " + json.dumps(goals))
+    return goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="folder for gpu_bench.json (and one JSON per part)")
+    p.add_argument("--size", choices=sorted(SIZES), default="mbert")
+    p.add_argument("--parts", default="train,tag,hf", help="comma-separated subset of train,tag,hf")
+    p.add_argument("--dtypes", default="bfloat16,float32", help="train runs, in order (the first saves the model)")
+    p.add_argument("--epochs", type=int, default=0, help="default 4 (tiny: 1)")
+    p.add_argument("--limit", type=int, default=0, help="training sentences per split (default all)")
+    p.add_argument("--tokenizer", default="", help="tokenizer folder (default .whl/minilm-tokenizer or minilm)")
+    p.add_argument("--tag-lines", type=int, default=0, help="corpus lines (default 1,000,000; tiny 300)")
+    p.add_argument("--long-every", type=int, default=0, help="every Nth line a long document (default 200)")
+    p.add_argument("--long-sents", type=int, default=0, help="sentences per long document (default 60)")
+    p.add_argument("--tag-dtype", default="auto", help="Tagger dtype (auto: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--tag-warmup", type=int, default=2000, help="lines tagged before timing (compiles)")
+    p.add_argument("--tag-repeats", type=int, default=1)
+    p.add_argument("--hf-lines", type=int, default=0, help="pipeline slice (default 20,000; tiny 40)")
+    p.add_argument("--hf-batch", type=int, default=64)
+    p.add_argument("--hf-repeats", type=int, default=1)
+    p.add_argument("--matmul-n", type=int, default=0, help="matmul size for the peak rate (default 8192)")
+    p.add_argument("--deadline-s", type=float, default=540, help="stop starting parts after this; kill at it")
+    p.add_argument("--in-process", action="store_true", help="all parts in this process (CPU smoke tests)")
+    p.add_argument("--work", default="", help="scratch folder for the model and corpus (default a temp dir)")
+    p.add_argument("--part", choices=["train", "tag", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
+    p.add_argument("--save-model", default="", help=argparse.SUPPRESS)
+    p.add_argument("--json", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    tiny = args.size == "tiny"
+    for key, full in (("epochs", 4), ("tag_lines", 1_000_000), ("hf_lines", 20_000), ("long_every", 200),
+                      ("long_sents", 60), ("matmul_n", 8192)):
+        if not getattr(args, key):
+            setattr(args, key, TINY[key] if tiny else full)
+    args.tokenizer = args.tokenizer or default_tokenizer()
+    if args.part:
+        {"train": part_train, "tag": part_tag, "hf": part_hf}[args.part](args)
+        return 0
+
+    info = header()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="gpu_bench-"))
+    parts = args.parts.split(",")
+    dtypes = args.dtypes.split(",") if "train" in parts else []
+    plan = [("train", dtypes[0])] if dtypes else []
+    plan += [(x, "") for x in ("tag", "hf") if x in parts] + [("train", d) for d in dtypes[1:]]
+    res: dict[str, dict] = {}
+    for i, (part, dtype) in enumerate(plan):
+        key = f"train_{dtype}" if dtype else part
+        left = args.deadline_s - (time.perf_counter() - T0)
+        if left < 20:
+            res[key] = {"error": f"skipped: {left:.0f} s left of --deadline-s"}
+            continue
+        sub = argparse.Namespace(**{**vars(args), "part": part, "dtype": dtype or "bfloat16", "work": str(work),
+                                    "json": str(out_dir / f"{key}.json"),
+                                    "save_model": str(work / "model") if i == 0 and part == "train" else ""})
+        if args.in_process:
+            t = PART_T0[0] = time.perf_counter()
+            {"train": part_train, "tag": part_tag, "hf": part_hf}[part](sub)
+            res[key] = dict(json.loads(Path(sub.json).read_text()), wall_s=time.perf_counter() - t)
+            continue
+        cmd = [sys.executable, __file__, args.out, "--part", part, "--json", sub.json]
+        for k, v in vars(sub).items():
+            if k not in ("out", "part", "json", "in_process") and v not in ("", None, False):
+                cmd += [f"--{k.replace('_', '-')}", str(v)]
+        # JAX preallocates most of the GPU; the PyTorch part (which imports flax to convert weights) must not.
+        env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_PLATFORMS": "cpu"} if part == "hf" else {}
+        res[key] = run_child(cmd, sub.json, timeout=left - 5, env=env)
+    goals = report(res)
+    write_json(out_dir / "gpu_bench.json", {**info, "args": {k: v for k, v in vars(args).items()
+                                                             if k not in ("part", "json", "save_model")},
+                                            "parts": res, "goals": goals, "total_s": time.perf_counter() - T0})
+    print(f"\nfigures: {out_dir / 'gpu_bench.json'}  ({time.perf_counter() - T0:.0f} s)")
+    return 1 if any("error" in r for r in res.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

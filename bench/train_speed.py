@@ -1,0 +1,304 @@
+"""Training throughput: flaxner's train step against the PyTorch step of the HF Trainer, on the same sentences.
+
+Contenders, each in its own process (they would fight over the cores and the allocator otherwise):
+  a  flaxner: `make_train_step` on fixed-shape bucketed batches, grouped by length, as `flaxner train` runs it
+  b  PyTorch BertForTokenClassification + the Trainer's AdamW, linear schedule and clipping, random batches with
+     dynamic padding (DataCollatorForTokenClassification): the HF Trainer's defaults, as the seed model was made
+  c  the same PyTorch step on length-grouped batches (the Trainer's group_by_length)
+
+All three draw the same `--steps` x batch sentences of CoNLL-2003 train. Each warms up (for a: one step per
+bucket shape, which compiles), then runs `--repeats` timed passes over its batches; figures are medians.
+
+    python bench/train_speed.py --model minilm
+    python bench/train_speed.py --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (CompileCounter, flaxner_setup, header, markdown_table, median, peak_rss_mib,  # noqa: E402
+                    run_child, write_json)
+
+# config, overrides, keep the config's vocabulary (mBERT: 119,547 rows although the MiniLM tokenizer uses 30,522)
+MODELS = {
+    "minilm": ("minilm-conll2003", [], False),
+    "mbert": ("minilm-conll2003", ["model.name=bert-base-multilingual-cased", "model.random_init=true",
+                                   "model.from_pt=false", "model.tokenizer=minilm"], True),
+    "tiny": ("tiny", [], False),
+}
+DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "tiny": 3}
+CONTENDERS = {"a": "flaxner (bucketed, grouped)", "b": "PyTorch + HF Trainer step (random, dynamic pad)",
+              "c": "PyTorch + HF Trainer step (grouped, dynamic pad)"}
+
+
+def load(args):
+    """Config, tokenizer, encoded train split, the chosen sentences and the vocabulary size to build."""
+    from flaxner.config import load_config
+    from flaxner.data import encode, load_split
+    from flaxner.model import make_tokenizer
+
+    name, overrides, keep_vocab = MODELS[args.model]
+    cfg = load_config(args.config or name, [*overrides, f"train.batch_size={args.batch_size}",
+                                            f"train.compilation_cache={args.compile_cache}", *args.overrides])
+    tok = make_tokenizer(cfg.model)
+    enc = encode(load_split(cfg.data, cfg.data.train_split), tok, cfg.data)
+    n = args.steps * args.batch_size
+    perm = np.random.default_rng(args.seed).permutation(len(enc.input_ids))
+    subset = np.resize(perm, n)  # wraps around when the split is smaller than n (tiny runs)
+    return cfg, tok, enc, subset, None if keep_vocab else len(tok)
+
+
+def order(enc, subset, batch_size: int, seed: int, mode: str) -> list[np.ndarray]:
+    """Batches (row indices of `enc`) over the chosen sentences, as `flaxner.data.batch_order` draws them."""
+    from flaxner.data import batch_order
+
+    return [subset[b] for b in batch_order(enc.lengths[subset], batch_size, seed, 0, mode)]
+
+
+def epoch_padding(enc, batch_size: int, seed: int, mode: str, buckets=None) -> float:
+    """Share of padding over one whole epoch of the full split (context for the sample's figure)."""
+    from flaxner.data import batch_order, bucket_for
+
+    lengths = enc.lengths
+    real = padded = 0
+    for idx in batch_order(lengths, batch_size, seed, 0, mode):
+        longest = int(lengths[idx].max())
+        real += int(lengths[idx].sum())
+        padded += (batch_size if buckets else len(idx)) * (bucket_for(longest, buckets) if buckets else longest)
+    return 1 - real / padded
+
+
+def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
+    import jax
+
+    from flaxner.data import collate
+    from flaxner.labels import CONLL_LABELS
+    from flaxner.model import make_model
+    from flaxner.runtime import setup_runtime
+    from flaxner.train import init_state, load_data, make_optimizer, make_train_step
+
+    counter = CompileCounter()
+    tc = cfg.train
+    rt = setup_runtime(tc)
+    model, params = make_model(cfg.model, CONLL_LABELS, seed=tc.seed, vocab_size=vocab)
+    # every split, as train() sees them (the compact vocabulary covers all of them)
+    encs = {k: e for k, (e, _) in load_data(cfg, tok).items()}
+    model, params, encs, pad_id, _ = flaxner_setup(cfg, model, params, tok, encs)
+    enc = encs["train"]
+    tx = make_optimizer(tc, args.total_steps)
+    state = init_state(params, tx, tc.seed, rt)
+    del params
+    step_fn = make_train_step(model.__call__, tx, rt)
+    batches = order(enc, subset, tc.batch_size, tc.seed, tc.batching)
+    buckets = cfg.data.buckets
+
+    def one_pass(idx_list) -> list[float]:
+        losses, pending = [], []
+        for idx in idx_list:
+            batch = collate(enc, idx, tc.batch_size, buckets, pad_id)
+            state_box[0], m = step_fn(state_box[0], rt.put(batch))
+            pending.append(m)
+            if len(pending) >= tc.log_every:  # `flaxner train` reads the losses back this often
+                losses += [float(x["loss"]) for x in pending]
+                pending.clear()
+        losses += [float(x["loss"]) for x in pending]
+        jax.block_until_ready(state_box[0])
+        return losses
+
+    state_box = [state]
+    first_of_shape = {}
+    for idx in batches:
+        first_of_shape.setdefault(collate(enc, idx, tc.batch_size, buckets, pad_id)["input_ids"].shape[1], idx)
+    snap = counter.snapshot()
+    t0 = time.perf_counter()
+    one_pass(list(first_of_shape.values()))
+    warm_s = time.perf_counter() - t0
+    n_compiles, compile_s = counter.since(snap, "train_step")
+    snap = counter.snapshot()
+    times, losses = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        losses = one_pass(batches)
+        times.append(time.perf_counter() - t0)
+    padded = sum(tc.batch_size * s for s in (collate(enc, i, tc.batch_size, buckets, pad_id)["input_ids"].shape[1]
+                                             for i in batches))
+    return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": n_compiles,
+            "compile_s": compile_s, "recompiles_in_passes": counter.since(snap)[0],
+            "shapes": sorted(int(s) for s in first_of_shape), "last_loss": losses[-1],
+            "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, tc.batching, buckets),
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def torch_model(cfg, vocab):
+    """BertForTokenClassification from the same folder as flaxner (or the same random shape)."""
+    from transformers import BertForTokenClassification
+
+    from flaxner.labels import CONLL_LABELS
+    from flaxner.model import base_config, resolve_name
+
+    labels = {"id2label": dict(enumerate(CONLL_LABELS)), "label2id": {t: i for i, t in enumerate(CONLL_LABELS)}}
+    name = resolve_name(cfg.model.name)
+    if not cfg.model.random_init:
+        return BertForTokenClassification.from_pretrained(name, num_labels=len(CONLL_LABELS), **labels)
+    conf = base_config(name)
+    for field, attr in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
+                        ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
+        if getattr(cfg.model, field):
+            setattr(conf, attr, getattr(cfg.model, field))
+    if vocab:
+        conf.vocab_size = vocab
+    conf.num_labels = len(CONLL_LABELS)
+    conf.id2label, conf.label2id = labels["id2label"], labels["label2id"]
+    return BertForTokenClassification(conf)
+
+
+def make_torch_optimizer(model, tc, total_steps: int):
+    """The optimizer and schedule the HF Trainer builds for these arguments (its class and kwargs, its
+    no-decay groups, its linear schedule)."""
+    import torch
+    from transformers import Trainer, TrainingArguments, get_scheduler
+
+    targs = TrainingArguments(output_dir=tempfile.mkdtemp(), learning_rate=tc.learning_rate,
+                              adam_beta1=tc.adam_b1, adam_beta2=tc.adam_b2, adam_epsilon=tc.adam_eps,
+                              weight_decay=tc.weight_decay, report_to="none", use_cpu=not torch.cuda.is_available())
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
+    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n]
+    decay = [p for n, p in model.named_parameters() if not ("bias" in n or "LayerNorm" in n)]
+    opt = cls([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+              **kwargs)
+    return opt, get_scheduler("linear", opt, num_warmup_steps=tc.warmup_steps, num_training_steps=total_steps)
+
+
+def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
+    import torch
+    from transformers import DataCollatorForTokenClassification
+
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = torch_model(cfg, vocab)
+    model.train()
+    opt, sched = make_torch_optimizer(model, tc, args.total_steps)
+    collator = DataCollatorForTokenClassification(tok)
+    features = {int(i): {"input_ids": enc.input_ids[i].tolist(), "labels": enc.labels[i].tolist()}
+                for i in np.unique(subset)}
+    batches = order(enc, subset, tc.batch_size, tc.seed, mode)
+
+    def one_pass(idx_list) -> tuple[list[float], int]:
+        losses, pending, padded = [], [], 0
+        for idx in idx_list:
+            batch = collator([features[int(i)] for i in idx])
+            padded += batch["input_ids"].numel()
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            opt.step()
+            sched.step()
+            model.zero_grad()
+            pending.append(loss.detach())
+            if len(pending) >= tc.log_every:
+                losses += [float(x) for x in pending]
+                pending.clear()
+        return losses + [float(x) for x in pending], padded
+
+    t0 = time.perf_counter()
+    one_pass(batches[:args.warmup])
+    warm_s = time.perf_counter() - t0
+    times, losses, padded = [], [], 0
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        losses, padded = one_pass(batches)
+        times.append(time.perf_counter() - t0)
+    return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": 0, "compile_s": 0.0,
+            "last_loss": losses[-1], "threads": torch.get_num_threads(),
+            "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, mode)}
+
+
+def worker(args) -> None:
+    t0 = time.perf_counter()
+    cfg, tok, enc, subset, vocab = load(args)
+    load_s = time.perf_counter() - t0
+    if args.worker == "a":
+        out = run_flaxner(args, cfg, tok, enc, subset, vocab)
+    else:
+        out = run_torch(args, cfg, tok, enc, subset, vocab, "random" if args.worker == "b" else "grouped")
+    real = int(enc.lengths[subset].sum())
+    pass_s = median(out["pass_s"])
+    out.update(contender=args.worker, label=CONTENDERS[args.worker], steps=args.steps, sentences=len(subset),
+               real_tokens=real, padding=1 - real / out["padded_tokens"], median_pass_s=pass_s,
+               s_per_step=pass_s / args.steps, real_tok_s=real / pass_s, padded_tok_s=out["padded_tokens"] / pass_s,
+               load_s=load_s, peak_rss_mib=peak_rss_mib())
+    write_json(args.json, out)
+
+
+COLUMNS = [("contender", "", ""), ("label", "contender", ""), ("s_per_step", "s/step", ".3f"),
+           ("real_tok_s", "real tok/s", ",.0f"), ("padded_tok_s", "padded tok/s", ",.0f"),
+           ("padding", "padding", ".1%"), ("epoch_padding", "padding (full epoch)", ".1%"),
+           ("compile_count", "compiles", "d"), ("compile_s", "compile s", ".1f"),
+           ("peak_rss_mib", "peak RSS MiB", ",.0f")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default="minilm")
+    p.add_argument("--config", default="", help="another config instead of the model's (e.g. a tiny one)")
+    p.add_argument("--steps", type=int, default=0, help="batches per timed pass (default: minilm 50, mbert 20)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported")
+    p.add_argument("--warmup", type=int, default=3, help="untimed PyTorch steps first (flaxner: one per shape)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--total-steps", type=int, default=3512, help="schedule length (the seed recipe's 4 epochs)")
+    p.add_argument("--seed", type=int, default=0, help="which sentences are drawn")
+    p.add_argument("--compile-cache", default="", help="JAX persistent cache dir; default none, so compile "
+                   "time is the cold figure")
+    p.add_argument("--only", default="abc", help="contenders to run, e.g. 'ab'")
+    p.add_argument("--json", default="", help="where to write the figures (default bench/out/train_speed-MODEL.json)")
+    p.add_argument("--in-process", action="store_true", help="run the contenders in this process, one after "
+                   "the other (smoke tests only: they disturb each other)")
+    p.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every contender")
+    args = p.parse_args(argv)
+    args.steps = args.steps or DEFAULT_STEPS[args.model]
+    if args.worker:
+        worker(args)
+        return 0
+
+    info = header()
+    info["in_process"] = args.in_process
+    json_path = Path(args.json or Path(__file__).parent / "out" / f"train_speed-{args.model}.json")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in args.only:
+            cmd = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--repeats",
+                   str(args.repeats), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                   "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--compile-cache",
+                   args.compile_cache, "--worker", c, "--json", f"{tmp}/{c}.json"]
+            cmd += ["--config", args.config] if args.config else []
+            if args.in_process:  # smoke tests: no interpreter start per contender, figures not comparable
+                worker(argparse.Namespace(**{**vars(args), "worker": c, "json": f"{tmp}/{c}.json"}))
+                results[c] = json.loads(Path(f"{tmp}/{c}.json").read_text())
+            else:
+                results[c] = run_child(cmd + ["--", *args.overrides], f"{tmp}/{c}.json")
+    ratios = {f"{x}/{y}": results[x]["real_tok_s"] / results[y]["real_tok_s"]
+              for x, y in (("a", "b"), ("a", "c")) if "real_tok_s" in results.get(x, {})
+              and "real_tok_s" in results.get(y, {})}
+    print(f"\n## Training throughput: {args.model}, batch {args.batch_size}, {args.steps} steps x "
+          f"{args.repeats} passes (medians)\n")
+    print(markdown_table([{"contender": c, **r} for c, r in results.items() if "real_tok_s" in r], COLUMNS))
+    print("\n" + "  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
+    failed = [c for c, r in results.items() if "error" in r]
+    write_json(json_path, {**info, "model": args.model, "batch_size": args.batch_size, "steps": args.steps,
+                           "repeats": args.repeats, "contenders": results, "ratios": ratios})
+    print(f"\nfigures: {json_path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Smoke runs of the benchmark scripts at tiny sizes on CPU: they run end to end and write sane JSON.
+No timing assertions: benchmarks are scripts, these only keep them working."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+
+
+def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_train_speed_tiny(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "train_speed.json"
+    proc = run("train_speed.py", "--model", "tiny", "--in-process", "--repeats", "2", "--warmup", "1",
+               "--json", str(out))
+    assert "a/b =" in proc.stdout and "# versions:" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["machine"]["cores"] >= 1 and res["versions"]["jax"]
+    c = res["contenders"]
+    assert set(c) == {"a", "b", "c"}
+    for r in c.values():
+        assert len(r["pass_s"]) == 2 and r["s_per_step"] > 0
+        assert r["sentences"] == 3 * 16 and 0 < r["real_tokens"] < r["padded_tokens"]
+        assert 0 <= r["padding"] < 1 and 0 <= r["epoch_padding"] < 1
+        assert r["real_tok_s"] > 0 and r["padded_tok_s"] > r["real_tok_s"] and r["peak_rss_mib"] > 0
+        assert r["last_loss"] == r["last_loss"]  # not NaN
+    # every contender saw the same sentences
+    assert c["a"]["real_tokens"] == c["b"]["real_tokens"] == c["c"]["real_tokens"]
+    # flaxner compiles once per bucket shape during warm-up and never while timed; PyTorch compiles nothing
+    assert c["a"]["compile_count"] == len(c["a"]["shapes"]) >= 1 and c["a"]["recompiles_in_passes"] == 0
+    assert c["b"]["compile_count"] == c["c"]["compile_count"] == 0
+    # grouping by length pads less than random batches on the same sentences
+    assert c["c"]["padding"] <= c["b"]["padding"]
+    assert res["ratios"]["a/b"] == pytest.approx(c["a"]["real_tok_s"] / c["b"]["real_tok_s"])
+    assert set(res["ratios"]) == {"a/b", "a/c"}
+
+
+def test_gpu_bench_tiny(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "gb"
+    proc = run("gpu_bench.py", str(out), "--size", "tiny", "--in-process", "--dtypes", "float32",
+               "--limit", "16", "--tag-lines", "100", "--hf-lines", "16", "--work", str(tmp_path / "work"))
+    assert "goals:" in proc.stdout
+    res = json.loads((out / "gpu_bench.json").read_text())
+    assert res["args"]["size"] == "tiny" and "machine" in res and "command" in res
+    parts = res["parts"]
+    tr = parts["train_float32"]
+    assert len(tr["epochs"]) == 1 and tr["epochs"][0]["steps"] == tr["steps_per_epoch"] == 2
+    assert tr["compile_count"] >= 2 and tr["compile_s"] > 0  # a train and an eval shape at least
+    assert tr["step_s"] > 0 and tr["real_tok_s"] > 0 and 0 <= tr["padding"] < 1
+    assert tr["bf16_matmul_flop_s"] > 0 and 0 < tr["mfu"] < 1
+    assert 0 <= tr["final_f1"] <= 1 and tr["recipe_wall_s"] >= tr["load_s"]
+    assert (tmp_path / "work" / "model" / "config.json").is_file()
+    hf = parts["hf"]
+    assert "error" not in hf and hf["lines"] == 16 and hf["tokens"] > 0 and hf["tok_s"] > 0
+    tag = parts["tag"]
+    if importlib.util.find_spec("flaxner.tagger") is None:
+        assert "flaxner.tagger unavailable" in tag["error"]
+    else:
+        assert "error" not in tag, tag
+        assert tag["lines"] == 100 and tag["tokens"] > 0 and tag["tok_s"] > 0 and tag["long_docs"] >= 1
+        assert tag["compiles_in_runs"] == 0
+        assert "tagger_over_hf_pipeline" in res["goals"]
+    assert "tagging_at_least_1M_tok_s" in res["goals"] or "error" in tag
