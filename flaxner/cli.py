@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # config, data, model-loading errors: one clear line, no traceback
+        if args.verbose:
+            raise
         print(f"flaxner {args.command}: error: {e}", file=sys.stderr)
         return 2
 
