@@ -174,16 +174,14 @@ def markdown_table(rows: Sequence[dict], cols: Sequence[tuple[str, str, str]]) -
 
 
 def flaxner_setup(cfg, model, params, tokenizer, encs: dict):
-    """What `flaxner.train.train` does between building the model and compiling the step (today: the compact
-    vocabulary when `train.compact_vocab` is on). Returns (model to run, its params, encodings, pad id, a
-    function that puts trained params back into the full model's shape). Mirrors train() until flaxner offers
-    this step as a public function."""
-    pad_id = tokenizer.pad_token_id or 0
-    tc = cfg.train
-    if not getattr(tc, "compact_vocab", False) or tc.weight_decay:
-        return model, params, encs, pad_id, lambda p: p
-    from flaxner.vocab import CompactVocab
+    """What `flaxner.train.train` does between building the model and compiling the step: the compact vocabulary
+    (`flaxner.vocab.compact_model`) when the config has it. Returns (model to run, its params, encodings, pad id,
+    a function that puts trained params back into the full model's shape)."""
+    from flaxner.vocab import compact_model
 
-    vocab = CompactVocab.from_encoded(list(encs.values()), model.config.vocab_size, tokenizer.all_special_ids)
-    return (vocab.model(model), vocab.shrink(params), {k: vocab.encode(e) for k, e in encs.items()},
+    run_model, run_params, vocab = compact_model(cfg.train, model, params, list(encs.values()),
+                                                 tokenizer.all_special_ids)
+    if vocab is None:
+        return model, params, encs, tokenizer.pad_token_id or 0, lambda p: p
+    return (run_model, run_params, {k: vocab.encode(e) for k, e in encs.items()},
             int(vocab.remap[tokenizer.pad_token_id]), lambda p: vocab.expand(p, params))
