@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--matmul-n", type=int, default=0, help="matmul size for the peak rate (default 8192)")
     p.add_argument("--deadline-s", type=float, default=540, help="stop starting parts after this; kill at it")
     p.add_argument("--in-process", action="store_true", help="all parts in this process (CPU smoke tests)")
-    p.add_argument("--work", default="", help="scratch folder for the model and corpus (default a temp dir)")
+    p.add_argument("--work", default="", help="scratch folder for the model and corpus, kept (default a temp "
+                   "dir, removed)")
     p.add_argument("--part", choices=["train", "tag", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
     p.add_argument("--save-model", default="", help=argparse.SUPPRESS)
@@ -373,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         # JAX preallocates most of the GPU; the PyTorch part (which imports flax to convert weights) must not.
         env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_PLATFORMS": "cpu"} if part == "hf" else {}
         res[key] = run_child(cmd, sub.json, timeout=left - 5, env=env)
+    if not args.work:  # the model and corpus are large; keep them only where asked to
+        shutil.rmtree(work, ignore_errors=True)
     goals = report(res)
     write_json(out_dir / "gpu_bench.json", {**info, "args": {k: v for k, v in vars(args).items()
                                                              if k not in ("part", "json", "save_model")},
