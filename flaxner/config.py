@@ -82,9 +82,9 @@ class TagConfig:
     stride: int = 128
     aggregation: str = "first"
     lookahead: int = 2048
-    buckets: tuple[int, ...] = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    buckets: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 384, 512)
     # Padded tokens per batch: short windows go many to a batch, long ones few; 0 = always batch_size rows.
-    batch_tokens: int = 8192
+    batch_tokens: int = 2048
     # "auto": bfloat16 on accelerators, float32 on CPU.
     dtype: str = "auto"
     # Batches tokenized ahead of the device.

@@ -19,7 +19,7 @@ import numpy as np
 from flaxner.config import TagConfig
 from flaxner.tagio import LineReader, OutputWriter, Record, TagInputError, default_output, input_format, \
     output_line, parse_line, parse_shard
-from flaxner.windows import bucket_of, collate, encode, entities, pack, rows_for, rows_per_batch, scatter
+from flaxner.windows import collate, encode, entities, pack, rows_for, rows_per_batch, scatter, small_rows
 
 log = logging.getLogger(__name__)
 _IOB2 = re.compile(r"O|[BI]-.+")
@@ -121,6 +121,23 @@ class Tagger:
         """Distinct batch shapes run so far (each compiles once)."""
         return len(self.shapes)
 
+    def precompile(self, buckets: Iterable[int] | None = None) -> None:
+        """Compile the full and the small batch shape of each bucket (default: all), so that timing or serving
+        later compiles nothing."""
+        import jax
+
+        for b in sorted(set(self.cfg.buckets if buckets is None else buckets)):
+            full = rows_per_batch(b, self.cfg.batch_size, self.cfg.batch_tokens, self.n_devices)
+            for n in {full, small_rows(full, self.n_devices)}:
+                ids = np.full((n, b), self.pad_id, dtype=np.int32)
+                self.shapes.add(ids.shape)
+                jax.block_until_ready(self._forward(self.params, ids, np.zeros_like(ids)))
+
+    @property
+    def max_compiles(self) -> int:
+        """The bound on `compiles`: a full and a small batch shape per bucket."""
+        return 2 * len(self.cfg.buckets)
+
     def tag(self, texts: Sequence[str]) -> list[list[dict]]:
         """Entities of each text: [{"text", "label", "start", "end", "score"}] with character offsets."""
         for i, t in enumerate(texts):
@@ -214,19 +231,14 @@ class Tagger:
                 self.stats["docs"] += len(chunk)
                 self.stats["windows"] += len(rows)
                 put(("docs", docs))
-                batches, rest = pack(carry + rows, cfg.buckets, cfg.batch_size, cfg.batch_tokens, self.n_devices)
-                # The tail waits for the next chunk's rows once, never twice (bounded reorder buffer).
-                if any(getattr(r, "carried", False) for r in rest):
-                    batches.append((self._bucket(rest), rest))
-                    rest = []
-                for r in rest:
+                # A bucket's tail waits for the next chunk's rows once, never twice (bounded reorder buffer).
+                batches, carry = pack(carry + rows, cfg.buckets, cfg.batch_size, cfg.batch_tokens, self.n_devices)
+                for r in carry:
                     r.carried = True
-                carry = rest
-                for b, rs in batches:
-                    put(("batch", b, *self._collate(rs, b), rs))
-            if carry:
-                b = self._bucket(carry)
-                put(("batch", b, *self._collate(carry, b), carry))
+                for b, rs, n in batches:
+                    put(("batch", b, *self._collate(rs, b, n), rs))
+            for b, rs, n in pack(carry, cfg.buckets, cfg.batch_size, cfg.batch_tokens, self.n_devices, flush=True)[0]:
+                put(("batch", b, *self._collate(rs, b, n), rs))
             put(("end",))
         except SystemExit:
             return
@@ -236,12 +248,8 @@ class Tagger:
             except SystemExit:
                 return
 
-    def _bucket(self, rows) -> int:
-        return bucket_of(max(r.length for r in rows), self.cfg.buckets)
-
-    def _collate(self, rows, bucket: int):
-        n = rows_per_batch(bucket, self.cfg.batch_size, self.cfg.batch_tokens, self.n_devices)
-        return collate(rows, bucket, n, self.cls_id, self.sep_id, self.pad_id)
+    def _collate(self, rows, bucket: int, n_rows: int):
+        return collate(rows, bucket, n_rows, self.cls_id, self.sep_id, self.pad_id)
 
     def tag_file(self, path: str, output: str | None = None, *, id_field: str = "id", keep_fields: bool = False,
                  fmt: str = "auto", shard: str | None = None, resume: bool = False, on_error: str = "record",

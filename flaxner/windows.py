@@ -83,21 +83,33 @@ def rows_per_batch(bucket: int, batch_size: int, batch_tokens: int, multiple: in
     return max(multiple, rows // multiple * multiple)
 
 
-def pack(rows: list[Row], buckets: Sequence[int], batch_size: int, batch_tokens: int,
-         multiple: int = 1) -> tuple[list[tuple[int, list[Row]]], list[Row]]:
-    """Sort rows longest first and cut them into (bucket, rows) batches, each batch padded to the bucket of its
-    longest row; the last, partial batch is returned separately so the caller can top it up with later rows."""
-    rows = sorted(rows, key=lambda r: -r.length)
-    out: list[tuple[int, list[Row]]] = []
-    i = 0
-    while i < len(rows):
-        b = bucket_of(rows[i].length, buckets)
+def small_rows(full: int, multiple: int) -> int:
+    """Rows of a batch that flushes a bucket's last few rows: an eighth of a full batch (one more shape per
+    bucket at most), so a small tail is not padded out to a whole batch of empty rows."""
+    return max(multiple, (full // 8) // multiple * multiple)
+
+
+def pack(rows: list[Row], buckets: Sequence[int], batch_size: int, batch_tokens: int, multiple: int = 1,
+         flush: bool = False) -> tuple[list[tuple[int, list[Row], int]], list[Row]]:
+    """Group rows by their own bucket (longest first) and cut each group into full (bucket, rows, n_rows)
+    batches. A group's tail is returned to be topped up by later rows, unless `flush` is set or a row of it was
+    carried once already: then it goes out in batches of `small_rows` rows."""
+    groups: dict[int, list[Row]] = {}
+    for r in sorted(rows, key=lambda r: -r.length):
+        groups.setdefault(bucket_of(r.length, buckets), []).append(r)
+    out: list[tuple[int, list[Row], int]] = []
+    rest: list[Row] = []
+    for b, group in groups.items():
         k = rows_per_batch(b, batch_size, batch_tokens, multiple)
-        if i + k > len(rows):
-            return out, rows[i:]
-        out.append((b, rows[i:i + k]))
-        i += k
-    return out, []
+        full = len(group) // k * k
+        out.extend((b, group[i:i + k], k) for i in range(0, full, k))
+        tail = group[full:]
+        if tail and (flush or any(getattr(r, "carried", False) for r in tail)):
+            n = small_rows(k, multiple)
+            out.extend((b, tail[i:i + n], n) for i in range(0, len(tail), n))
+        else:
+            rest.extend(tail)
+    return out, rest
 
 
 def collate(rows: list[Row], bucket: int, n_rows: int, cls_id: int, sep_id: int,
