@@ -248,6 +248,7 @@ class OutputWriter:
         self.stdout = path == "-"
         self.resume_point: tuple[int, int] | None = None
         self.lines_done = 0
+        self.bytes = 0
         if self.stdout:
             if resume:
                 raise ValueError("--resume needs an output file, not stdout")
@@ -270,7 +271,6 @@ class OutputWriter:
             raise ValueError(f"--resume: {path} is already complete")
         else:
             self.f = open(self.part, "wb")
-            self.bytes = 0
 
     def write(self, data: bytes) -> None:
         self.f.write(data)

@@ -382,3 +382,16 @@ def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
     assert _key(got) == [[(e["entity_group"], e["start"], e["end"]) for e in ents] for ents in ref]
     for g, r in zip(got, ref):
         np.testing.assert_allclose([e["score"] for e in g], [float(e["score"]) for e in r], atol=1e-4)
+
+
+def test_cli_writes_to_stdout(tiny_dir, tmp_path):
+    import subprocess
+    import sys
+
+    src = _write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    out = subprocess.run([sys.executable, "-m", "flaxner.cli", "tag", str(src), "--model", str(tiny_dir), "-o", "-",
+                          "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert len(lines) == len(SENTENCES) and all("entities" in x for x in lines)
+    assert not (tmp_path / "c.entities.jsonl").exists()
