@@ -122,9 +122,9 @@ def load_data(cfg: Config, tokenizer) -> dict[str, tuple[Encoded, list[list[str]
     if cfg.train.eval_test:
         splits["test"] = cfg.data.test_split
     for key, split in splits.items():
-        ds = load_split(cfg.data, split)
-        gold = [[CONLL_LABELS[t] for t in tags] for tags in ds[:]["ner_tags"]]
-        out[key] = (encode(ds, tokenizer, cfg.data), gold)
+        cols = load_split(cfg.data, split)[:]  # read the columns once, for the gold tags and the encoding
+        gold = [[CONLL_LABELS[t] for t in tags] for tags in cols["ner_tags"]]
+        out[key] = (encode(cols, tokenizer, cfg.data), gold)
     return out
 
 

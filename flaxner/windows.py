@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flaxner.data import bucket_for
 from flaxner.labels import spans_from_tags
 
 
@@ -69,13 +70,6 @@ def rows_for(doc: DocState, size: int, stride: int) -> list[Row]:
     return [Row(doc, *w) for w in plan_windows(n, size, stride)]
 
 
-def bucket_of(length: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if length <= b:
-            return b
-    raise ValueError(f"a row of {length} sub-tokens exceeds the largest bucket {buckets[-1]}")
-
-
 def rows_per_batch(bucket: int, batch_size: int, batch_tokens: int, multiple: int) -> int:
     """Rows of a batch of padded length `bucket`: a fixed token budget (short rows, many of them) when
     `batch_tokens` is set, else `batch_size`; a multiple of the device count."""
@@ -96,7 +90,7 @@ def pack(rows: list[Row], buckets: Sequence[int], batch_size: int, batch_tokens:
     carried once already: then it goes out in batches of `small_rows` rows."""
     groups: dict[int, list[Row]] = {}
     for r in sorted(rows, key=lambda r: -r.length):
-        groups.setdefault(bucket_of(r.length, buckets), []).append(r)
+        groups.setdefault(bucket_for(r.length, buckets), []).append(r)
     out: list[tuple[int, list[Row], int]] = []
     rest: list[Row] = []
     for b, group in groups.items():
