@@ -17,6 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# PyTorch contenders run with glibc's default allocator settings, as users run the HF Trainer; `import flaxner`
+# would otherwise apply flaxner's (flaxner/hostmem.py) to them too. --torch-malloc flaxner measures them with it.
+TORCH_ENV = {"system": {"FLAXNER_MALLOC": "system"}, "flaxner": {"FLAXNER_MALLOC": ""}}
+
+
+def malloc_status() -> str:
+    """What flaxner.hostmem did in this process ("tuned", or why not)."""
+    from flaxner import hostmem
+
+    return hostmem.status()
+
+
 PACKAGES = ("flaxner", "jax", "jaxlib", "flax", "optax", "transformers", "tokenizers", "torch", "accelerate",
             "datasets", "numpy")
 

@@ -16,12 +16,15 @@ import time
 T0 = time.perf_counter()
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+# the Trainer as users run it: glibc's own allocator settings, not the ones `import flaxner` would apply
+os.environ.setdefault("FLAXNER_MALLOC", "system")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, peak_rss_mib, write_json  # noqa: E402
 from train_speed import torch_model  # noqa: E402

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, median, peak_rss_mib, run_child, write_json  # noqa: E402
+from common import TORCH_ENV, header, median, peak_rss_mib, run_child, write_json  # noqa: E402
 
 CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "pipeline": "HF pipeline, PyTorch, batch 32",
               "torch": "plain sorted PyTorch loop, batch 32"}
@@ -143,6 +143,8 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=10, help="the larger corpus for peak memory is this many times bigger")
     p.add_argument("--contenders", default="flaxner,pipeline,torch")
     p.add_argument("--json", default=None, help="write all results here too")
+    p.add_argument("--torch-malloc", choices=sorted(TORCH_ENV), default="system",
+                   help="allocator settings for the PyTorch contenders (default glibc's own)")
     p.add_argument("--worker", choices=tuple(CONTENDERS), help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -164,10 +166,11 @@ def main() -> None:
         results = {}
         for c in contenders:
             child = [sys.executable, __file__, "--worker", c, "--model-dir", str(model_dir)]
+            env = {} if c == "flaxner" else TORCH_ENV[args.torch_malloc]
             r = run_child(child + ["--corpus", str(small), "--repeats", str(args.repeats),
-                                   "--json", str(tmp / f"{c}.json")], tmp / f"{c}.json")
+                                   "--json", str(tmp / f"{c}.json")], tmp / f"{c}.json", env=env)
             big = run_child(child + ["--corpus", str(large), "--repeats", "0", "--json", str(tmp / f"{c}-big.json")],
-                            tmp / f"{c}-big.json")
+                            tmp / f"{c}-big.json", env=env)
             sec = median(r.get("times", []))
             results[c] = {"seconds": sec, "tokens_per_s": tokens / sec, "peak_rss_mib": r.get("peak_rss_mib"),
                           "peak_rss_mib_large": big.get("peak_rss_mib"), "error": r.get("error") or big.get("error"),

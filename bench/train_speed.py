@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CompileCounter, flaxner_setup, header, markdown_table, median, peak_rss_mib,  # noqa: E402
-                    run_child, write_json)
+from common import (TORCH_ENV, CompileCounter, flaxner_setup, header, markdown_table,  # noqa: E402
+                    malloc_status, median, peak_rss_mib, run_child, write_json)
 
 # config, overrides, keep the config's vocabulary (mBERT: 119,547 rows although the MiniLM tokenizer uses 30,522)
 MODELS = {
@@ -235,7 +235,7 @@ def worker(args) -> None:
     out.update(contender=args.worker, label=CONTENDERS[args.worker], steps=args.steps, sentences=len(subset),
                real_tokens=real, padding=1 - real / out["padded_tokens"], median_pass_s=pass_s,
                s_per_step=pass_s / args.steps, real_tok_s=real / pass_s, padded_tok_s=out["padded_tokens"] / pass_s,
-               load_s=load_s, peak_rss_mib=peak_rss_mib())
+               load_s=load_s, peak_rss_mib=peak_rss_mib(), malloc=malloc_status())
     write_json(args.json, out)
 
 
@@ -243,7 +243,7 @@ COLUMNS = [("contender", "", ""), ("label", "contender", ""), ("s_per_step", "s/
            ("real_tok_s", "real tok/s", ",.0f"), ("padded_tok_s", "padded tok/s", ",.0f"),
            ("padding", "padding", ".1%"), ("epoch_padding", "padding (full epoch)", ".1%"),
            ("compile_count", "compiles", "d"), ("compile_s", "compile s", ".1f"),
-           ("peak_rss_mib", "peak RSS MiB", ",.0f")]
+           ("peak_rss_mib", "peak RSS MiB", ",.0f"), ("malloc", "malloc", "")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                    "time is the cold figure")
     p.add_argument("--only", default="abc", help="contenders to run, e.g. 'ab'")
     p.add_argument("--json", default="", help="where to write the figures (default bench/out/train_speed-MODEL.json)")
+    p.add_argument("--torch-malloc", choices=sorted(TORCH_ENV), default="system",
+                   help="allocator settings for the PyTorch contenders (default glibc's own)")
     p.add_argument("--in-process", action="store_true", help="run the contenders in this process, one after "
                    "the other (smoke tests only: they disturb each other)")
     p.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
@@ -272,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = header()
     info["in_process"] = args.in_process
+    info["torch_malloc"] = args.torch_malloc
     json_path = Path(args.json or Path(__file__).parent / "out" / f"train_speed-{args.model}.json")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -285,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 worker(argparse.Namespace(**{**vars(args), "worker": c, "json": f"{tmp}/{c}.json"}))
                 results[c] = json.loads(Path(f"{tmp}/{c}.json").read_text())
             else:
-                results[c] = run_child(cmd + ["--", *args.overrides], f"{tmp}/{c}.json")
+                env = TORCH_ENV[args.torch_malloc] if c != "a" else {}
+                results[c] = run_child(cmd + ["--", *args.overrides], f"{tmp}/{c}.json", env=env)
     ratios = {f"{x}/{y}": results[x]["real_tok_s"] / results[y]["real_tok_s"]
               for x, y in (("a", "b"), ("a", "c")) if "real_tok_s" in results.get(x, {})
               and "real_tok_s" in results.get(y, {})}
