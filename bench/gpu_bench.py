@@ -87,13 +87,13 @@ def part_train(args) -> None:
     """The seed recipe as `flaxner train` runs it, timed per epoch; figures go to args.json after each epoch."""
     import jax
 
-    from flaxner.data import iter_batches
+    from flaxner.data import iter_batches, run_buckets
     from flaxner.evaluate import evaluate, jit_eval_step
     from flaxner.export import save_model
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import make_model, make_tokenizer
     from flaxner.runtime import setup_runtime
-    from flaxner.train import init_state, load_data, make_optimizer, make_train_step
+    from flaxner.train import init_state, load_data, loss_denominator, make_optimizer, make_train_step
 
     counter = CompileCounter()
     cfg, keep_vocab = load_cfg(args, args.dtype)
@@ -109,7 +109,8 @@ def part_train(args) -> None:
     tx = make_optimizer(tc, steps_per_epoch * tc.epochs)
     state = init_state(params, tx, tc.seed, rt)
     del params
-    step_fn = make_train_step(model.__call__, tx, rt)
+    step_fn = make_train_step(model.__call__, tx, rt, loss_denominator(tc, train_enc, steps_per_epoch))
+    buckets = run_buckets(cfg.data, tc, train_enc.lengths, rt.length_multiple)
     eval_fn = jit_eval_step(model.__call__)
     out = {"part": f"train_{args.dtype}", "dtype": args.dtype, "size": args.size, "devices": [str(d) for d in
            jax.devices()], "vocab_size": full_model.config.vocab_size, "steps_per_epoch": steps_per_epoch,
@@ -117,7 +118,7 @@ def part_train(args) -> None:
     for epoch in range(tc.epochs):
         snap, t_ep = counter.snapshot(), time.perf_counter()
         pending, loss, steps, real, padded, flops = [], [], 0, 0, 0, 0.0
-        for _, batch in iter_batches(train_enc, tc.batch_size, cfg.data.buckets, tc.seed, epoch, tc.batching,
+        for _, batch in iter_batches(train_enc, tc.batch_size, buckets, tc.seed, epoch, tc.batching,
                                      pad_id=pad_id):
             state, m = step_fn(state, rt.put(batch))
             pending.append(m)
@@ -133,7 +134,7 @@ def part_train(args) -> None:
         n_train, c_train = counter.since(snap, "train_step")
         snap, t_ev = counter.snapshot(), time.perf_counter()
         ev, _ = evaluate(eval_fn, state["params"], eval_enc, eval_gold, labels, tc.eval_batch_size,
-                         cfg.data.buckets, rt.put, pad_id)
+                         buckets, rt.put, pad_id)
         eval_s = time.perf_counter() - t_ev
         n_eval, c_eval = counter.since(snap)
         out["epochs"].append({"epoch": epoch + 1, "steps": steps, "train_s": train_s, "eval_s": eval_s,

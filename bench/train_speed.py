@@ -80,11 +80,11 @@ def epoch_padding(enc, batch_size: int, seed: int, mode: str, buckets=None) -> f
 def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     import jax
 
-    from flaxner.data import collate
+    from flaxner.data import collate, run_buckets
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import make_model
     from flaxner.runtime import setup_runtime
-    from flaxner.train import init_state, load_data, make_optimizer, make_train_step
+    from flaxner.train import init_state, load_data, loss_denominator, make_optimizer, make_train_step
 
     counter = CompileCounter()
     tc = cfg.train
@@ -97,9 +97,10 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     tx = make_optimizer(tc, args.total_steps)
     state = init_state(params, tx, tc.seed, rt)
     del params
-    step_fn = make_train_step(model.__call__, tx, rt)
+    step_fn = make_train_step(model.__call__, tx, rt,
+                              loss_denominator(tc, enc, -(-len(enc.input_ids) // tc.batch_size)))
     batches = order(enc, subset, tc.batch_size, tc.seed, tc.batching)
-    buckets = cfg.data.buckets
+    buckets = run_buckets(cfg.data, tc, enc.lengths, rt.length_multiple)  # fitted to the whole split, as train()
 
     def one_pass(idx_list) -> list[float]:
         losses, pending = [], []
@@ -133,7 +134,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
                                              for i in batches))
     return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": n_compiles,
             "compile_s": compile_s, "recompiles_in_passes": counter.since(snap)[0],
-            "shapes": sorted(int(s) for s in first_of_shape), "last_loss": losses[-1],
+            "shapes": sorted(int(s) for s in first_of_shape), "buckets": list(buckets), "last_loss": losses[-1],
             "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, tc.batching, buckets),
             "devices": [str(d) for d in jax.devices()]}
 

@@ -28,6 +28,9 @@ class DataConfig:
     max_length: int = 512
     # Padded lengths a batch may take; a batch is padded to the smallest one that fits its longest sentence.
     buckets: tuple[int, ...] = (16, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
+    # > 0: training pads to this many lengths fitted to the run's own batches (least padding over all epochs),
+    # followed by the `buckets` above them; 0: `buckets` as given.
+    fit_buckets: int = 12
     label_all_tokens: bool = False
     # Cap on sentences per split, for quick runs and tests; 0 means all.
     limit: int = 0
@@ -63,6 +66,10 @@ class TrainConfig:
     seed: int = 42
     # "grouped": length-grouped batches reshuffled every epoch; "random": plain shuffled batches as the seed run.
     batching: str = "grouped"
+    # Loss divisor: "batch" = labelled tokens of the batch (the Trainer's mean); "dataset" = mean labelled tokens
+    # per batch over the epoch, so every token weighs the same in length-grouped batches too; "auto" = dataset
+    # for grouped batches, batch for random ones (the seed run exactly).
+    loss_norm: str = "auto"
     # Stop after this many optimizer steps (0: run all epochs); for smoke tests.
     max_steps: int = 0
     save_every: int = 500
@@ -211,6 +218,8 @@ def validate(cfg: Config) -> None:
     t, d = cfg.train, cfg.data
     if t.batching not in ("grouped", "random"):
         raise ConfigError(f"train.batching: expected 'grouped' or 'random', got {t.batching!r}")
+    if t.loss_norm not in ("auto", "batch", "dataset"):
+        raise ConfigError(f"train.loss_norm: expected 'auto', 'batch' or 'dataset', got {t.loss_norm!r}")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype: expected float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.tag.aggregation not in ("first", "average", "max"):
@@ -223,6 +232,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.buckets: must be strictly increasing, got {list(d.buckets)}")
     if d.buckets[-1] < d.max_length:
         raise ConfigError(f"data.buckets: the largest bucket {d.buckets[-1]} must be >= data.max_length {d.max_length}")
+    if d.fit_buckets < 0:
+        raise ConfigError(f"data.fit_buckets: must be 0 (off) or a count of lengths, got {d.fit_buckets}")
     if t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate: must be positive, got {t.learning_rate}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import DataConfig
+from flaxner.config import DataConfig, TrainConfig
 from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,44 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
         if length <= b:
             return b
     raise DataError(f"a sequence of {length} sub-tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def fit_buckets(maxima: Sequence[int], count: int, multiple: int = 1) -> list[int]:
+    """The `count` padded lengths (multiples of `multiple`) that waste the fewest tokens when each batch, given
+    by its longest row, is padded to the smallest one that fits it: an exact dynamic programme over the
+    distinct batch maxima."""
+    maxima = -(-np.asarray(maxima, dtype=np.int64) // multiple) * multiple
+    vals, counts = np.unique(maxima, return_counts=True)
+    n = len(vals)
+    if n <= count:
+        return [int(v) for v in vals]
+    rows = np.concatenate([[0], np.cumsum(counts)]).astype(np.float64)  # rows[i]: batches below vals[i]
+    # best[i]: least padded length summed over the batches up to vals[i], vals[i] being the last bucket so far
+    best = rows[1:] * vals
+    later = np.triu(np.ones((n, n), dtype=bool), k=1)  # later[j, i]: j < i
+    backs = []
+    for _ in range(count - 1):
+        # cand[j, i]: the best up to vals[j], then one bucket vals[i] for the batches in (vals[j], vals[i]]
+        cand = np.where(later, best[:, None] + (rows[None, 1:] - rows[1:, None]) * vals[None, :], np.inf)
+        backs.append(np.argmin(cand, axis=0))
+        best = cand[backs[-1], np.arange(n)]
+    i, out = n - 1, [int(vals[-1])]
+    for back in reversed(backs):
+        i = int(back[i])
+        out.append(int(vals[i]))
+    return sorted(out)
+
+
+def run_buckets(data: DataConfig, train: TrainConfig, lengths: np.ndarray, multiple: int = 1) -> tuple[int, ...]:
+    """The padded lengths a run uses: `data.buckets`, or with `data.fit_buckets` = k, the k lengths fitted to
+    the batches of all its epochs (a pure function of the data and the seed, so a resumed run gets the same),
+    followed by the configured buckets above them for longer evaluation rows."""
+    if not data.fit_buckets:
+        return tuple(data.buckets)
+    maxima = [int(lengths[idx].max()) for epoch in range(train.epochs)
+              for idx in batch_order(lengths, train.batch_size, train.seed, epoch, train.batching)]
+    fitted = fit_buckets(maxima, data.fit_buckets, multiple)
+    return tuple(fitted + [b for b in data.buckets if b > fitted[-1]])
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, mode: str = "grouped",

@@ -139,7 +139,8 @@ The following hyperparameters were used during training:
 - max_grad_norm: {t.max_grad_norm:g}
 - lr_scheduler_type: linear (warm-up steps: {t.warmup_steps})
 - num_epochs: {t.epochs}
-- batching: {t.batching} (buckets {list(cfg.data.buckets)})
+- batching: {t.batching}, loss divided per {summary.get('loss_norm', t.loss_norm)}
+- padded lengths: {summary.get('buckets', list(cfg.data.buckets))}
 - dtype: {cfg.model.dtype}
 - devices: {summary.get('devices', 1)}
 

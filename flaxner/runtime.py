@@ -28,6 +28,11 @@ class Runtime:
     def n_devices(self) -> int:
         return self.mesh.devices.size
 
+    @property
+    def length_multiple(self) -> int:
+        """Padded lengths are kept to multiples of this: 8 on accelerators (tensor-core tiles), 1 on CPU."""
+        return 1 if self.mesh.devices.flat[0].platform == "cpu" else 8
+
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Place a global numpy batch (the same on every host) onto the mesh, each device taking its rows."""
         if jax.process_count() == 1:

@@ -18,7 +18,7 @@ import optax
 from flaxner import export
 from flaxner.checkpoint import Checkpointer, abstract_like
 from flaxner.config import Config, TrainConfig, save_config
-from flaxner.data import Encoded, encode, iter_batches, load_split
+from flaxner.data import Encoded, encode, iter_batches, load_split, run_buckets
 from flaxner.evaluate import evaluate, jit_eval_step
 from flaxner.labels import CONLL_LABELS, IGNORE
 from flaxner.model import make_model, make_tokenizer
@@ -49,32 +49,38 @@ def make_optimizer(tc: TrainConfig, total_steps: int) -> optax.GradientTransform
     return optax.chain(optax.clip_by_global_norm(tc.max_grad_norm), adam) if tc.max_grad_norm else adam
 
 
-def loss_fn(params, batch: dict, dropout_rng, apply_fn: Callable, train: bool = True):
+def loss_fn(params, batch: dict, dropout_rng, apply_fn: Callable, train: bool = True, denom: float | None = None):
     """Cross-entropy summed over labelled tokens and divided by their count, so padding and later sub-tokens
-    weigh nothing (what PyTorch's ignore_index=-100 mean does)."""
+    weigh nothing (what PyTorch's ignore_index=-100 mean does). With `denom` the sum is divided by that constant
+    instead (the mean labelled tokens per batch), so that every token weighs the same whatever its batch.
+    Returns (loss to differentiate, (labelled tokens, their mean loss))."""
     logits = apply_fn(batch["input_ids"], batch["attention_mask"], params=params, dropout_rng=dropout_rng,
                       train=train).logits.astype(jnp.float32)  # [batch, seq, num_labels]
     labels = batch["labels"]
     mask = labels != IGNORE
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, labels, 0))
     count = jnp.sum(mask)
-    return jnp.sum(ce * mask) / jnp.maximum(count, 1), count
+    mean = jnp.sum(ce * mask) / jnp.maximum(count, 1)
+    return (mean if denom is None else jnp.sum(ce * mask) / denom), (count, mean)
 
 
-def train_step(state: dict, batch: dict, apply_fn: Callable, tx: optax.GradientTransformation):
+def train_step(state: dict, batch: dict, apply_fn: Callable, tx: optax.GradientTransformation,
+               denom: float | None = None):
     """One optimizer step; the dropout key is derived from the run key and the step, so a resumed run draws
     the same masks."""
     rng = jax.random.fold_in(state["rng"], state["step"])
-    (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, apply_fn)
+    (_, (count, loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, apply_fn,
+                                                                          denom=denom)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
     return new_state, {"loss": loss, "tokens": count, "grad_norm": optax.global_norm(grads)}
 
 
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, rt: Runtime) -> Callable:
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, rt: Runtime,
+                    denom: float | None = None) -> Callable:
     """`train_step` jitted once per batch shape, state donated, state replicated and batch split over `data`."""
-    return jax.jit(functools.partial(train_step, apply_fn=apply_fn, tx=tx), donate_argnums=0,
+    return jax.jit(functools.partial(train_step, apply_fn=apply_fn, tx=tx, denom=denom), donate_argnums=0,
                    in_shardings=(rt.replicated, rt.batch_sharding), out_shardings=(rt.replicated, rt.replicated))
 
 
@@ -128,6 +134,25 @@ def load_data(cfg: Config, tokenizer) -> dict[str, tuple[Encoded, list[list[str]
     return out
 
 
+def resolved_loss_norm(tc: TrainConfig) -> str:
+    """`train.loss_norm` with "auto" decided by the batching."""
+    if tc.loss_norm == "auto":
+        return "dataset" if tc.batching == "grouped" else "batch"
+    return tc.loss_norm
+
+
+def loss_denominator(tc: TrainConfig, enc: Encoded, steps_per_epoch: int) -> float | None:
+    """None for `loss_norm: batch` (each batch's mean, as the Trainer); for "dataset", the mean number of
+    labelled tokens per batch over an epoch. Length-grouped batches hold from a few labelled tokens to hundreds;
+    a per-batch mean weighs a token of a short-sentence batch many times one of a long-sentence batch, while
+    dividing by this constant weighs every token the same, as random batches do on average. "auto" is dataset
+    for grouped batches and batch for random ones."""
+    if resolved_loss_norm(tc) == "batch":
+        return None
+    labelled = sum(int(np.sum(np.asarray(lab) != IGNORE)) for lab in enc.labels)
+    return labelled / steps_per_epoch
+
+
 def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
           stop_after: int = 0) -> dict:
     """Run the recipe of `cfg` into `output_dir`; returns the final summary. `stop_after` simulates an
@@ -165,9 +190,11 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), meta["epoch"], meta["batch"])
     metrics_log = export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"]))
 
-    step_fn = make_train_step(train_model.__call__, tx, rt)
+    step_fn = make_train_step(train_model.__call__, tx, rt, loss_denominator(tc, train_enc, steps_per_epoch))
     eval_fn = jit_eval_step(train_model.__call__)
     bucket_shapes: set[int] = set()
+    buckets = run_buckets(cfg.data, tc, train_enc.lengths, rt.length_multiple)
+    log.info("padded lengths: %s", list(buckets))
     timings = {"load_s": t_load, "train_s": 0.0, "eval_s": 0.0}
     pad_id = int(vocab.remap[tokenizer.pad_token_id]) if vocab else tokenizer.pad_token_id or 0
     best_params = None
@@ -178,7 +205,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             epoch = meta["epoch"]
             t_ep = time.perf_counter()
             pending, real_tokens, t_log = [], 0, t_ep
-            for idx, batch in iter_batches(train_enc, tc.batch_size, cfg.data.buckets, tc.seed, epoch,
+            for idx, batch in iter_batches(train_enc, tc.batch_size, buckets, tc.seed, epoch,
                                            tc.batching, start=meta["batch"], pad_id=pad_id):
                 bucket_shapes.add(batch["input_ids"].shape[1])
                 state, m = step_fn(state, rt.put(batch))
@@ -209,7 +236,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             timings["train_s"] += time.perf_counter() - t_ep
             t_ev = time.perf_counter()
             ev, _ = evaluate(eval_fn, state["params"], *data["eval"], labels, tc.eval_batch_size,
-                             cfg.data.buckets, rt.put, pad_id)
+                             buckets, rt.put, pad_id)
             timings["eval_s"] += time.perf_counter() - t_ev
             row = {"type": "eval", "epoch": epoch + 1, "step": step,
                    "train_loss": meta["epoch_loss"] / max(meta["epoch_batches"], 1),
@@ -227,7 +254,8 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             log.info("epoch %d: %s", epoch + 1, export.format_scores(ev))
 
     summary = {"run_dir": str(run_dir), "steps": step, "history": meta["history"],
-               "best_f1": meta["best_f1"], "compiled_train_shapes": sorted(bucket_shapes),
+               "best_f1": meta["best_f1"], "loss_norm": resolved_loss_norm(tc), "buckets": list(buckets),
+               "compiled_train_shapes": sorted(bucket_shapes),
                "xla_compiles": compile_stats()["count"] - compiles0["count"],
                "compile_s": compile_stats()["seconds"] - compiles0["seconds"],
                "devices": rt.n_devices, **timings}
@@ -236,7 +264,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             best_state, _ = ckpt.restore(abstract_like(state), which="best")
             best_params = best_state["params"]
         test, _ = evaluate(eval_fn, jax.device_put(best_params, rt.replicated), *data["test"], labels,
-                           tc.eval_batch_size, cfg.data.buckets, rt.put, pad_id)
+                           tc.eval_batch_size, buckets, rt.put, pad_id)
         metrics_log.write({"type": "test", "step": step, **test})
         summary["test"] = test
     ckpt.close()

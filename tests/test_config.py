@@ -26,6 +26,8 @@ def test_seed_recipe_values():
     ("train.batching=sorted", "grouped"),
     ("data.buckets=[64,32,512]", "strictly increasing"),
     ("data.buckets=[16,32]", "largest bucket"),
+    ("data.fit_buckets=-1", "fit_buckets"),
+    ("train.loss_norm=token", "loss_norm"),
     ("train.batch_size=0", "positive"),
     ("noequals", "key=value"),
 ])

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 
 from flaxner.config import replace
+from flaxner.data import Encoded
 from flaxner.labels import IGNORE
 from flaxner.runtime import setup_runtime
-from flaxner.train import Interrupted, init_state, loss_fn, make_optimizer, make_schedule, make_train_step, train
+from flaxner.train import Interrupted, init_state, loss_denominator, loss_fn, make_optimizer, make_schedule, make_train_step, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +48,8 @@ def test_loss_falls_on_a_fixed_batch(tiny_cfg, tiny_model):
 def test_masked_loss_ignores_padding(tiny_model):
     model, params = tiny_model
     b = fixed_batch(model.config.vocab_size)
-    base, count = loss_fn(params, b, None, model.__call__, train=False)
+    base, (count, mean) = loss_fn(params, b, None, model.__call__, train=False)
+    assert float(mean) == float(base)
     # Change what sits in padded and unlabelled positions: the loss must not move.
     b2 = dict(b)
     ids = b["input_ids"].copy()
@@ -62,6 +65,27 @@ def test_masked_loss_ignores_padding(tiny_model):
     b3["labels"] = lab
     other, _ = loss_fn(params, b3, None, model.__call__, train=False)
     assert abs(float(other) - float(base)) > 1e-6
+
+
+def test_dataset_loss_norm_weighs_every_token_the_same(tiny_model, tiny_cfg):
+    """loss_norm=dataset divides the batch's summed loss by one constant (mean labelled tokens per batch), so
+    a batch with twice the labelled tokens pulls twice as hard, and its logged loss stays the per-token mean."""
+    model, params = tiny_model
+    b = fixed_batch(model.config.vocab_size)
+    mean, (count, _) = loss_fn(params, b, None, model.__call__, train=False)
+    scaled, (count2, logged) = loss_fn(params, b, None, model.__call__, train=False, denom=5.0)
+    np.testing.assert_allclose(float(scaled), float(mean) * int(count) / 5.0, rtol=1e-5)
+    np.testing.assert_allclose(float(logged), float(mean), rtol=1e-6)
+    enc = Encoded(input_ids=[np.arange(4)] * 3, labels=[np.array([IGNORE, 1, 0, IGNORE]),
+                                                        np.array([IGNORE, 2, IGNORE, IGNORE]),
+                                                        np.array([IGNORE, 0, 0, 0])], word_index=[None] * 3, source=np.arange(3),
+                  n_words=np.ones(3, int))
+    tc = replace(tiny_cfg, train={"loss_norm": "dataset"}).train
+    assert loss_denominator(tc, enc, steps_per_epoch=2) == 3.0
+    assert loss_denominator(replace(tiny_cfg, train={"loss_norm": "batch"}).train, enc, 2) is None
+    auto = replace(tiny_cfg, train={"loss_norm": "auto", "batching": "grouped"}).train
+    assert loss_denominator(auto, enc, 2) == 3.0
+    assert loss_denominator(dataclasses.replace(auto, batching="random"), enc, 2) is None  # the seed run's batches and mean
 
 
 def test_schedule_is_hf_linear(tiny_cfg):
