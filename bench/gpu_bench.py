@@ -109,7 +109,7 @@ def part_train(args) -> None:
     tx = make_optimizer(tc, steps_per_epoch * tc.epochs)
     state = init_state(params, tx, tc.seed, rt)
     del params
-    step_fn = make_train_step(model.__call__, tx, rt, loss_denominator(tc, train_enc, steps_per_epoch))
+    step_fn = make_train_step(model.__call__, tx, rt, loss_denominator(tc, train_enc))
     buckets = run_buckets(cfg.data, tc, train_enc.lengths, rt.length_multiple)
     eval_fn = jit_eval_step(model.__call__)
     out = {"part": f"train_{args.dtype}", "dtype": args.dtype, "size": args.size, "devices": [str(d) for d in

@@ -97,8 +97,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     tx = make_optimizer(tc, args.total_steps)
     state = init_state(params, tx, tc.seed, rt)
     del params
-    step_fn = make_train_step(model.__call__, tx, rt,
-                              loss_denominator(tc, enc, -(-len(enc.input_ids) // tc.batch_size)))
+    step_fn = make_train_step(model.__call__, tx, rt, loss_denominator(tc, enc))
     batches = order(enc, subset, tc.batch_size, tc.seed, tc.batching)
     buckets = run_buckets(cfg.data, tc, enc.lengths, rt.length_multiple)  # fitted to the whole split, as train()
 

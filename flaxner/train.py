@@ -141,7 +141,7 @@ def resolved_loss_norm(tc: TrainConfig) -> str:
     return tc.loss_norm
 
 
-def loss_denominator(tc: TrainConfig, enc: Encoded, steps_per_epoch: int) -> float | None:
+def loss_denominator(tc: TrainConfig, enc: Encoded) -> float | None:
     """None for `loss_norm: batch` (each batch's mean, as the Trainer); for "dataset", the mean number of
     labelled tokens per batch over an epoch. Length-grouped batches hold from a few labelled tokens to hundreds;
     a per-batch mean weighs a token of a short-sentence batch many times one of a long-sentence batch, while
@@ -150,7 +150,7 @@ def loss_denominator(tc: TrainConfig, enc: Encoded, steps_per_epoch: int) -> flo
     if resolved_loss_norm(tc) == "batch":
         return None
     labelled = sum(int(np.sum(np.asarray(lab) != IGNORE)) for lab in enc.labels)
-    return labelled / steps_per_epoch
+    return labelled / -(-len(enc.input_ids) // tc.batch_size)  # over the epoch's batches
 
 
 def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
@@ -190,7 +190,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), meta["epoch"], meta["batch"])
     metrics_log = export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"]))
 
-    step_fn = make_train_step(train_model.__call__, tx, rt, loss_denominator(tc, train_enc, steps_per_epoch))
+    step_fn = make_train_step(train_model.__call__, tx, rt, loss_denominator(tc, train_enc))
     eval_fn = jit_eval_step(train_model.__call__)
     bucket_shapes: set[int] = set()
     buckets = run_buckets(cfg.data, tc, train_enc.lengths, rt.length_multiple)

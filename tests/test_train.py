@@ -80,12 +80,12 @@ def test_dataset_loss_norm_weighs_every_token_the_same(tiny_model, tiny_cfg):
                                                         np.array([IGNORE, 2, IGNORE, IGNORE]),
                                                         np.array([IGNORE, 0, 0, 0])], word_index=[None] * 3, source=np.arange(3),
                   n_words=np.ones(3, int))
-    tc = replace(tiny_cfg, train={"loss_norm": "dataset"}).train
-    assert loss_denominator(tc, enc, steps_per_epoch=2) == 3.0
-    assert loss_denominator(replace(tiny_cfg, train={"loss_norm": "batch"}).train, enc, 2) is None
-    auto = replace(tiny_cfg, train={"loss_norm": "auto", "batching": "grouped"}).train
-    assert loss_denominator(auto, enc, 2) == 3.0
-    assert loss_denominator(dataclasses.replace(auto, batching="random"), enc, 2) is None  # the seed run's batches and mean
+    tc = replace(tiny_cfg, train={"loss_norm": "dataset", "batch_size": 2}).train  # 2 batches of the 3 rows
+    assert loss_denominator(tc, enc) == 3.0
+    assert loss_denominator(dataclasses.replace(tc, loss_norm="batch"), enc) is None
+    auto = dataclasses.replace(tc, loss_norm="auto", batching="grouped")
+    assert loss_denominator(auto, enc) == 3.0
+    assert loss_denominator(dataclasses.replace(auto, batching="random"), enc) is None  # the seed run's batches and mean
 
 
 def test_schedule_is_hf_linear(tiny_cfg):
