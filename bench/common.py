@@ -12,6 +12,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,6 +146,11 @@ def run_child(cmd: Sequence[str], json_path: str | Path, timeout: float | None =
     return out
 
 
+TRAIN_FUNS = ("grad_step", "update_step")  # flaxner.train.TrainStep's two programs
+BACKGROUND_THREADS = "flaxner-compile"  # flaxner.precompile.THREAD_PREFIX (not imported: PyTorch children)
+BACKGROUND = "ahead:"  # CompileCounter's prefix for what those threads compiled
+
+
 class CompileCounter:
     """Counts XLA compilations and their time (tracing + lowering + backend compile) per jitted function, from
     JAX's monitoring events; `snapshot()` then `since(snap)` isolates a phase."""
@@ -165,6 +171,8 @@ class CompileCounter:
         if kind is None:
             return
         name = str(kw.get("fun_name", "?"))
+        if threading.current_thread().name.startswith(BACKGROUND_THREADS):
+            name = BACKGROUND + name
         if kind == "backend":
             self.count[name] = self.count.get(name, 0) + 1
         self.seconds[name] = self.seconds.get(name, 0.0) + duration
@@ -172,11 +180,18 @@ class CompileCounter:
     def snapshot(self) -> tuple[dict, dict]:
         return dict(self.count), dict(self.seconds)
 
-    def since(self, snap: tuple[dict, dict] = ({}, {}), match: str = "") -> tuple[int, float]:
-        """(compilations, seconds) since `snap` of the functions whose name contains `match`."""
+    def since(self, snap: tuple[dict, dict] = ({}, {}), match: str | tuple[str, ...] = "",
+              background: bool | None = None) -> tuple[int, float]:
+        """(compilations, seconds) since `snap` of the functions whose name contains `match` (or one of them);
+        `background` True / False: only those compiled ahead on flaxner's compile threads / the others."""
         c0, s0 = snap
-        n = sum(v - c0.get(k, 0) for k, v in self.count.items() if match in k)
-        s = sum(v - s0.get(k, 0.0) for k, v in self.seconds.items() if match in k)
+        match = (match,) if isinstance(match, str) else match
+
+        def wanted(k: str) -> bool:
+            return any(m in k for m in match) and background in (None, k.startswith(BACKGROUND))
+
+        n = sum(v - c0.get(k, 0) for k, v in self.count.items() if wanted(k))
+        s = sum(v - s0.get(k, 0.0) for k, v in self.seconds.items() if wanted(k))
         return n, s
 
 

@@ -29,7 +29,7 @@ T0 = time.perf_counter()  # before the heavy imports: the recipe's wall clock st
 PART_T0 = [T0]  # reset per part when all run in one process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, CompileCounter, flaxner_setup, header, markdown_table, median,  # noqa: E402
+from common import (REPO, TRAIN_FUNS, CompileCounter, flaxner_setup, header, markdown_table, median,  # noqa: E402
                     peak_rss_mib, run_child, write_json)
 
 SIZES = {  # config, overrides, keep the config's vocabulary size
@@ -50,7 +50,8 @@ def load_cfg(args, dtype: str):
     from flaxner.config import load_config
 
     name, overrides, keep_vocab = SIZES[args.size]
-    extra = [f"model.dtype={dtype}", "train.compilation_cache=", f"train.epochs={args.epochs}"]
+    extra = [f"model.dtype={dtype}", "train.compilation_cache=", f"train.epochs={args.epochs}",
+             f"train.compile_workers={args.compile_workers}"]
     extra += [f"model.tokenizer={args.tokenizer}"] if args.size == "mbert" else []
     extra += [f"data.limit={args.limit}"] if args.limit else []
     return load_config(name, [*overrides, *extra]), keep_vocab
@@ -92,6 +93,7 @@ def part_train(args) -> None:
     from flaxner.export import save_model
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import make_model, make_tokenizer
+    from flaxner.precompile import Precompiler, submit_run, workers_for
     from flaxner.runtime import setup_runtime
     from flaxner.train import init_state, load_data, loss_denominator, make_optimizer, make_train_step
 
@@ -112,17 +114,25 @@ def part_train(args) -> None:
     step_fn = make_train_step(model.__call__, tx, rt, loss_denominator(tc, train_enc))
     buckets = run_buckets(cfg.data, tc, train_enc.lengths, rt.length_multiple)
     eval_fn = jit_eval_step(model.__call__)
+    pre = Precompiler(workers_for(tc.compile_workers, rt.platform))  # as train() does
+    eval_keys = submit_run(pre, step_fn, eval_fn, state, rt, tc, buckets, train_enc.lengths,
+                           {"eval": eval_enc.lengths}, (0, 0), steps_per_epoch * tc.epochs, steps_per_epoch)
+    seen: set[int] = set()
     out = {"part": f"train_{args.dtype}", "dtype": args.dtype, "size": args.size, "devices": [str(d) for d in
            jax.devices()], "vocab_size": full_model.config.vocab_size, "steps_per_epoch": steps_per_epoch,
-           "sentences": len(train_enc.input_ids), "load_s": time.perf_counter() - PART_T0[0], "epochs": []}
+           "sentences": len(train_enc.input_ids), "load_s": time.perf_counter() - PART_T0[0], "epochs": [],
+           "compile_workers": pre.workers}
     for epoch in range(tc.epochs):
-        snap, t_ep = counter.snapshot(), time.perf_counter()
+        snap, t_ep, wait0 = counter.snapshot(), time.perf_counter(), pre.waited_s
         pending, loss, steps, real, padded, flops = [], [], 0, 0, 0, 0.0
         for _, batch in iter_batches(train_enc, tc.batch_size, buckets, tc.seed, epoch, tc.batching,
                                      pad_id=pad_id):
+            b, s = batch["input_ids"].shape
+            if s not in seen:
+                seen.add(s)
+                pre.claim(("train", s), "update")
             state, m = step_fn(state, rt.put(batch))
             pending.append(m)
-            b, s = batch["input_ids"].shape
             steps, real, padded = steps + 1, real + int(batch["attention_mask"].sum()), padded + b * s
             flops += train_flops(model.config, b, s)
             if len(pending) >= tc.log_every:  # train() reads the losses back this often
@@ -130,25 +140,34 @@ def part_train(args) -> None:
                 pending.clear()
         loss = [float(x["loss"]) for x in pending] or loss
         jax.block_until_ready(state)
-        train_s = time.perf_counter() - t_ep
-        n_train, c_train = counter.since(snap, "train_step")
+        train_s, wait_train = time.perf_counter() - t_ep, pre.waited_s - wait0
+        n_train, c_train = counter.since(snap, TRAIN_FUNS, background=False)
+        ahead = counter.since(snap, background=True)
         snap, t_ev = counter.snapshot(), time.perf_counter()
+        pre.claim(*eval_keys["eval"])
         ev, _ = evaluate(eval_fn, state["params"], eval_enc, eval_gold, labels, tc.eval_batch_size,
                          buckets, rt.put, pad_id)
         eval_s = time.perf_counter() - t_ev
-        n_eval, c_eval = counter.since(snap)
+        n_eval, c_eval = counter.since(snap, background=False)
+        n_ahead, c_ahead = (a + b for a, b in zip(ahead, counter.since(snap, background=True)))
         out["epochs"].append({"epoch": epoch + 1, "steps": steps, "train_s": train_s, "eval_s": eval_s,
                               "train_compiles": n_train, "train_compile_s": c_train, "eval_compiles": n_eval,
-                              "eval_compile_s": c_eval, "real_tokens": real, "padded_tokens": padded,
+                              "eval_compile_s": c_eval, "ahead_compiles": n_ahead, "ahead_compile_s": c_ahead,
+                              "compile_wait_s": wait_train, "eval_compile_wait_s": pre.waited_s - wait0 - wait_train,
+                              "real_tokens": real, "padded_tokens": padded,
                               "flops": flops, "loss": loss[-1] if loss else None, "f1": ev["f1"],
                               "eval_loss": ev["loss"]})
         out["recipe_wall_s"] = time.perf_counter() - PART_T0[0]
         write_json(args.json, out)
+    pre.close()
     eps = out["epochs"]
-    steady = eps[1:] or [dict(eps[0], train_s=eps[0]["train_s"] - eps[0]["train_compile_s"])]
+    steady = eps[1:] or [dict(eps[0], train_s=eps[0]["train_s"] - eps[0]["train_compile_s"]
+                              - eps[0]["compile_wait_s"])]
     compute_s = sum(e["train_s"] for e in steady)
-    out.update(compile_count=sum(e["train_compiles"] + e["eval_compiles"] for e in eps),
-               compile_s=sum(e["train_compile_s"] + e["eval_compile_s"] for e in eps),
+    out.update(compile_count=sum(e["train_compiles"] + e["eval_compiles"] + e["ahead_compiles"] for e in eps),
+               compile_s=sum(e["train_compile_s"] + e["eval_compile_s"] + e["ahead_compile_s"] for e in eps),
+               compile_blocking_s=sum(e["train_compile_s"] + e["eval_compile_s"] + e["compile_wait_s"]
+                                      + e["eval_compile_wait_s"] for e in eps),
                step_s=median([e["train_s"] / e["steps"] for e in steady]),
                epoch_s=median([e["train_s"] for e in steady]), eval_s=median([e["eval_s"] for e in eps[1:] or eps]),
                real_tok_s=sum(e["real_tokens"] for e in steady) / compute_s,
@@ -288,7 +307,9 @@ def report(res: dict) -> dict:
         print("\n## Training: the seed recipe's shape, every epoch evaluated\n")
         print(markdown_table(rows, [("part", "run", ""), ("recipe_wall_s", "wall to last eval s", ".1f"),
                                     ("load_s", "load s", ".1f"), ("compile_count", "compiles", "d"),
-                                    ("compile_s", "compile s", ".1f"), ("step_s", "step s", ".4f"),
+                                    ("compile_s", "compile s (all threads)", ".1f"),
+                                    ("compile_blocking_s", "compile s (blocking)", ".1f"),
+                                    ("compile_workers", "compile threads", "d"), ("step_s", "step s", ".4f"),
                                     ("epoch_s", "epoch s", ".1f"), ("eval_s", "eval s", ".1f"),
                                     ("real_tok_s", "real tok/s", ",.0f"), ("mfu", "MFU", ".1%"),
                                     ("final_f1", "F1 (random init)", ".3f")]))
@@ -318,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default="bfloat16,float32", help="train runs, in order (the first saves the model)")
     p.add_argument("--epochs", type=int, default=0, help="default 4 (tiny: 1)")
     p.add_argument("--limit", type=int, default=0, help="training sentences per split (default all)")
+    p.add_argument("--compile-workers", type=int, default=-1,
+                   help="train.compile_workers: threads compiling shapes ahead (-1: auto, up to 8 on a GPU)")
     p.add_argument("--tokenizer", default="", help="tokenizer folder (default .whl/minilm-tokenizer or minilm)")
     p.add_argument("--tag-lines", type=int, default=0, help="corpus lines (default 1,000,000; tiny 300)")
     p.add_argument("--long-every", type=int, default=0, help="every Nth line a long document (default 200)")

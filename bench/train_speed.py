@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (TORCH_ENV, CompileCounter, flaxner_setup, header, markdown_table,  # noqa: E402
+from common import (TORCH_ENV, TRAIN_FUNS, CompileCounter, flaxner_setup, header, markdown_table,  # noqa: E402
                     malloc_status, median, peak_rss_mib, run_child, write_json)
 
 # config, overrides, keep the config's vocabulary (mBERT: 119,547 rows although the MiniLM tokenizer uses 30,522)
@@ -122,7 +122,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     t0 = time.perf_counter()
     one_pass(list(first_of_shape.values()))
     warm_s = time.perf_counter() - t0
-    n_compiles, compile_s = counter.since(snap, "train_step")
+    n_compiles, compile_s = counter.since(snap, TRAIN_FUNS)
     snap = counter.snapshot()
     times, losses = [], []
     for _ in range(args.repeats):

@@ -77,6 +77,9 @@ class TrainConfig:
     log_every: int = 20
     eval_test: bool = True
     compilation_cache: str = "~/.cache/flaxner/jax"
+    # Threads that compile the run's train and evaluation shapes ahead of their first step; 0: compile each on
+    # first use; -1: auto (1 on CPU, up to 8 beside an accelerator).
+    compile_workers: int = -1
     distributed: bool = False
     # Hold only the embedding rows of ids in the run's data in the optimizer; exact when weight_decay is 0.
     compact_vocab: bool = True
@@ -97,6 +100,8 @@ class TagConfig:
     # Batches tokenized ahead of the device.
     prefetch: int = 4
     compilation_cache: str = "~/.cache/flaxner/jax"
+    # Threads compiling the batch shapes ahead of their first batch; 0: on first use; -1: auto (none on CPU).
+    compile_workers: int = -1
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.buckets: the largest bucket {d.buckets[-1]} must be >= data.max_length {d.max_length}")
     if d.fit_buckets < 0:
         raise ConfigError(f"data.fit_buckets: must be 0 (off) or a count of lengths, got {d.fit_buckets}")
+    if cfg.tag.compile_workers < -1:
+        raise ConfigError(f"tag.compile_workers: must be -1 (auto), 0 (off) or a thread count, "
+                          f"got {cfg.tag.compile_workers}")
+    if t.compile_workers < -1:
+        raise ConfigError(f"train.compile_workers: must be -1 (auto), 0 (off) or a thread count, "
+                          f"got {t.compile_workers}")
     if t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate: must be positive, got {t.learning_rate}")
 

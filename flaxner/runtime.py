@@ -29,9 +29,13 @@ class Runtime:
         return self.mesh.devices.size
 
     @property
+    def platform(self) -> str:
+        return self.mesh.devices.flat[0].platform
+
+    @property
     def length_multiple(self) -> int:
         """Padded lengths are kept to multiples of this: 8 on accelerators (tensor-core tiles), 1 on CPU."""
-        return 1 if self.mesh.devices.flat[0].platform == "cpu" else 8
+        return 1 if self.platform == "cpu" else 8
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Place a global numpy batch (the same on every host) onto the mesh, each device taking its rows."""

@@ -113,7 +113,9 @@ class Tagger:
             return probs
 
         self._forward = jax.jit(forward, in_shardings=(repl, data, data), out_shardings=data)
+        self._data_sharding = data
         self.shapes: set[tuple[int, int]] = set()
+        self.compiled_ahead = 0  # shapes compiled on the compile threads
         self.stats = {"docs": 0, "tokens": 0, "windows": 0, "long_docs": 0}
 
     @property
@@ -121,17 +123,38 @@ class Tagger:
         """Distinct batch shapes run so far (each compiles once)."""
         return len(self.shapes)
 
-    def precompile(self, buckets: Iterable[int] | None = None) -> None:
-        """Compile the full and the small batch shape of each bucket (default: all), so that timing or serving
-        later compiles nothing."""
-        import jax
-
+    def batch_shapes(self, buckets: Iterable[int] | None = None) -> list[tuple[int, int]]:
+        """The full and the small batch shape of each bucket (default: all), shortest bucket first."""
+        out = []
         for b in sorted(set(self.cfg.buckets if buckets is None else buckets)):
             full = rows_per_batch(b, self.cfg.batch_size, self.cfg.batch_tokens, self.n_devices)
-            for n in {full, small_rows(full, self.n_devices)}:
-                ids = np.full((n, b), self.pad_id, dtype=np.int32)
-                self.shapes.add(ids.shape)
-                jax.block_until_ready(self._forward(self.params, ids, np.zeros_like(ids)))
+            out += [(n, b) for n in sorted({full, small_rows(full, self.n_devices)}, reverse=True)]
+        return out
+
+    def precompile(self, buckets: Iterable[int] | None = None) -> None:
+        """Compile the batch shapes of these buckets (default: all) now, so that timing or serving later
+        compiles nothing."""
+        import jax
+
+        for shape in self.batch_shapes(buckets):
+            ids = np.full(shape, self.pad_id, dtype=np.int32)
+            self.shapes.add(shape)
+            jax.block_until_ready(self._forward(self.params, ids, np.zeros_like(ids)))
+
+    def _compile_ahead(self):
+        """A `Precompiler` working through the shapes not compiled yet (`tag.compile_workers` threads)."""
+        import jax
+
+        from flaxner.precompile import Precompiler, abstract, workers_for
+
+        pre = Precompiler(workers_for(self.cfg.compile_workers, jax.local_devices()[0].platform))
+        if pre.workers:
+            params = abstract(self.params)
+            for shape in self.batch_shapes():
+                if shape not in self.shapes:
+                    spec = jax.ShapeDtypeStruct(shape, np.int32, sharding=self._data_sharding)
+                    pre.submit(shape, self._forward, params, spec, spec)
+        return pre
 
     @property
     def max_compiles(self) -> int:
@@ -164,6 +187,7 @@ class Tagger:
         worker.start()
         waiting: deque = deque()     # (record, DocState | None) in input order
         in_flight: deque = deque()   # (device outputs, rows)
+        pre = self._compile_ahead()
         try:
             done = False
             while not done or in_flight:
@@ -179,7 +203,9 @@ class Tagger:
                     waiting.extend(item[1])
                 elif item[0] == "batch":
                     _, bucket, ids, mask, rows = item
-                    self.shapes.add(ids.shape)
+                    if ids.shape not in self.shapes:
+                        pre.claim(ids.shape)
+                        self.shapes.add(ids.shape)
                     in_flight.append((self._forward(self.params, ids, mask), rows))
                     if len(in_flight) > 1:
                         self._collect(*in_flight.popleft())
@@ -193,6 +219,8 @@ class Tagger:
                     yield rec, ents
         finally:
             stop.set()
+            pre.close()  # compiles not started are dropped; the next stream queues them again
+            self.compiled_ahead += len(pre.done)
 
     def _collect(self, out, rows) -> None:
         if isinstance(out, tuple):

@@ -223,6 +223,17 @@ def test_compile_count_bounded_on_mixed_lengths(tiny_dir):
     assert tagger._forward._cache_size() == before
 
 
+def test_compile_threads_change_nothing_but_when_shapes_compile(tiny_dir):
+    shape = dict(buckets=(16, 24, 48, 128), max_length=128, stride=32)
+    ahead = Tagger.from_pretrained(tiny_dir, _tag_config(compile_workers=2, **shape))
+    texts = _corpus(60, seed=4) + [" ".join(SENTENCES) * 3]
+    got = ahead.tag(texts)
+    assert ahead.compiled_ahead >= 1 and 1 < ahead.compiles <= ahead.max_compiles
+    assert ahead._forward._cache_size() <= ahead.max_compiles  # nothing compiled twice
+    inline = Tagger.from_pretrained(tiny_dir, _tag_config(compile_workers=0, **shape))
+    assert got == inline.tag(texts) and any(got) and inline.compiled_ahead == 0
+
+
 def test_bad_lines_are_reported_in_place(tagger, tmp_path):
     src = tmp_path / "bad.jsonl"
     lines = [b'{"id": "a", "text": "Peter Blackburn"}', b"not json", b"[1, 2]", b'{"id": "c"}',
