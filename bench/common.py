@@ -146,7 +146,7 @@ def run_child(cmd: Sequence[str], json_path: str | Path, timeout: float | None =
     return out
 
 
-TRAIN_FUNS = ("grad_step", "update_step")  # flaxner.train.TrainStep's two programs
+TRAIN_FUNS = ("grad_step", "update_step")  # flaxner.step.TrainStep's two programs
 BACKGROUND_THREADS = "flaxner-compile"  # flaxner.precompile.THREAD_PREFIX (not imported: PyTorch children)
 BACKGROUND = "ahead:"  # CompileCounter's prefix for what those threads compiled
 

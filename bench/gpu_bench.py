@@ -95,7 +95,8 @@ def part_train(args) -> None:
     from flaxner.model import make_model, make_tokenizer
     from flaxner.precompile import Precompiler, submit_run, workers_for
     from flaxner.runtime import setup_runtime
-    from flaxner.train import init_state, load_data, loss_denominator, make_optimizer, make_train_step
+    from flaxner.step import init_state, make_optimizer, make_train_step
+    from flaxner.train import load_data, loss_denominator
 
     counter = CompileCounter()
     cfg, keep_vocab = load_cfg(args, args.dtype)

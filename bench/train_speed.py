@@ -84,7 +84,8 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import make_model
     from flaxner.runtime import setup_runtime
-    from flaxner.train import init_state, load_data, loss_denominator, make_optimizer, make_train_step
+    from flaxner.step import init_state, make_optimizer, make_train_step
+    from flaxner.train import load_data, loss_denominator
 
     counter = CompileCounter()
     tc = cfg.train

@@ -2,8 +2,9 @@
 
 A run's batch shapes are known before its first step (the batch order is a pure function of the data and the
 seed), so its train and evaluation steps can be compiled while earlier shapes already train. JAX keeps what
-`jit(f).lower(...).compile()` builds, so the ordinary jitted call finds it; a call whose shape is still being
-compiled waits for that compile rather than starting a second one.
+`jit(f).lower(...).compile()` builds, so the ordinary jitted call finds it. Before a shape's first call the run
+`claim`s it: a compile under way is waited for, one not started yet is dropped and the call compiles it, so
+nothing is compiled twice.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def submit_run(pre: Precompiler, step_fn: Callable, eval_fn: Callable, state, rt
                train_lengths: np.ndarray, eval_splits: dict[str, np.ndarray], start: tuple[int, int],
                steps_left: int, steps_per_epoch: int) -> dict[str, list[tuple[str, int]]]:
     """Queue the rest of a run's compiles in order of first use: the optimizer update of `step_fn`
-    (`train.TrainStep`), its gradients for each train shape at its first step from
+    (`step.TrainStep`), its gradients for each train shape at its first step from
     `start` = (epoch, batch) on, the "eval" split's shapes at the end of the current epoch, other splits' (test)
     at the end of the run. Returns each evaluation split's keys, for `claim` before it is evaluated."""
     keys = {name: [("eval", n) for n in eval_lengths(lengths, tc.eval_batch_size, buckets)]

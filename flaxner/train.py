@@ -1,19 +1,15 @@
-"""Fine-tuning: Adam + linear schedule in a jitted, data-parallel step; seqeval every epoch; orbax checkpoints."""
+"""Fine-tuning: the run around the step (`flaxner.step`): data, seqeval every epoch, orbax checkpoints, export."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from flaxner import export
 from flaxner.checkpoint import Checkpointer, abstract_like
@@ -23,105 +19,11 @@ from flaxner.evaluate import evaluate, jit_eval_step
 from flaxner.labels import CONLL_LABELS, IGNORE
 from flaxner.model import make_model, make_tokenizer
 from flaxner.precompile import Precompiler, submit_run, workers_for
-from flaxner.runtime import Runtime, compile_stats, setup_runtime
+from flaxner.runtime import compile_stats, setup_runtime
+from flaxner.step import init_state, make_optimizer, make_schedule, make_train_step
 from flaxner.vocab import compact_model
 
 log = logging.getLogger(__name__)
-
-
-def make_schedule(tc: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up (none by default) then linear decay to 0 at `total_steps`, as the HF Trainer's."""
-    decay = optax.linear_schedule(tc.learning_rate, 0.0, max(total_steps - tc.warmup_steps, 1))
-    if not tc.warmup_steps:
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, tc.learning_rate, tc.warmup_steps), decay],
-                                [tc.warmup_steps])
-
-
-def make_optimizer(tc: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping, then Adam(W) on the linear schedule, as the HF Trainer's defaults."""
-    schedule = make_schedule(tc, total_steps)
-    # The Trainer exempts biases and LayerNorm weights from weight decay.
-    decay_mask = functools.partial(jax.tree_util.tree_map_with_path,
-                                   lambda path, _: not any(str(getattr(k, "key", "")).lower() in ("bias", "scale")
-                                                           for k in path))
-    adam = optax.adamw(schedule, tc.adam_b1, tc.adam_b2, tc.adam_eps, weight_decay=tc.weight_decay,
-                       mask=decay_mask) if tc.weight_decay else optax.adam(schedule, tc.adam_b1, tc.adam_b2, tc.adam_eps)
-    return optax.chain(optax.clip_by_global_norm(tc.max_grad_norm), adam) if tc.max_grad_norm else adam
-
-
-def loss_fn(params, batch: dict, dropout_rng, apply_fn: Callable, train: bool = True, denom: float | None = None):
-    """Cross-entropy summed over labelled tokens and divided by their count, so padding and later sub-tokens
-    weigh nothing (what PyTorch's ignore_index=-100 mean does). With `denom` the sum is divided by that constant
-    instead (the mean labelled tokens per batch), so that every token weighs the same whatever its batch.
-    Returns (loss to differentiate, (labelled tokens, their mean loss))."""
-    logits = apply_fn(batch["input_ids"], batch["attention_mask"], params=params, dropout_rng=dropout_rng,
-                      train=train).logits.astype(jnp.float32)  # [batch, seq, num_labels]
-    labels = batch["labels"]
-    mask = labels != IGNORE
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, labels, 0))
-    count = jnp.sum(mask)
-    mean = jnp.sum(ce * mask) / jnp.maximum(count, 1)
-    return (mean if denom is None else jnp.sum(ce * mask) / denom), (count, mean)
-
-
-def grad_step(state: dict, batch: dict, apply_fn: Callable, denom: float | None = None):
-    """Gradients of the loss on one batch; the dropout key is derived from the run key and the step, so a
-    resumed run draws the same masks."""
-    rng = jax.random.fold_in(state["rng"], state["step"])
-    (_, (count, loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, apply_fn,
-                                                                          denom=denom)
-    return grads, {"loss": loss, "tokens": count}
-
-
-def update_step(state: dict, grads, tx: optax.GradientTransformation):
-    """The optimizer update; returns the new state and the gradients' global norm."""
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}, \
-        optax.global_norm(grads)
-
-
-def train_step(state: dict, batch: dict, apply_fn: Callable, tx: optax.GradientTransformation,
-               denom: float | None = None):
-    """One optimizer step: `grad_step` then `update_step`."""
-    grads, metrics = grad_step(state, batch, apply_fn, denom)
-    state, metrics["grad_norm"] = update_step(state, grads, tx)
-    return state, metrics
-
-
-class TrainStep:
-    """`train_step` as two executables: the gradients, compiled once per batch shape, and the optimizer update,
-    compiled once for the run since it does not depend on the shape (it is 40% of a fused step's compile time
-    at MiniLM size, and a run compiles a dozen shapes). The state is donated to the update;
-    the state stays replicated and the batch is split over `data`."""
-
-    def __init__(self, apply_fn: Callable, tx: optax.GradientTransformation, rt: Runtime,
-                 denom: float | None = None):
-        rep = rt.replicated
-        self.grad = jax.jit(functools.partial(grad_step, apply_fn=apply_fn, denom=denom),
-                            in_shardings=(rep, rt.batch_sharding), out_shardings=(rep, rep))
-        self.update = jax.jit(functools.partial(update_step, tx=tx), donate_argnums=0,
-                              in_shardings=(rep, rep), out_shardings=(rep, rep))
-
-    def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
-        grads, metrics = self.grad(state, batch)
-        state, metrics["grad_norm"] = self.update(state, grads)
-        return state, metrics
-
-
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, rt: Runtime,
-                    denom: float | None = None) -> TrainStep:
-    """The jitted train step (`TrainStep`)."""
-    return TrainStep(apply_fn, tx, rt, denom)
-
-
-def init_state(params, tx: optax.GradientTransformation, seed: int, rt: Runtime) -> dict:
-    """Replicated train state; `params` are copied, since the step donates (deletes) the state it is given."""
-    params = jax.device_put(params, rt.replicated, may_alias=False)
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-             "rng": jax.random.PRNGKey(seed)}
-    return jax.device_put(state, rt.replicated)
 
 
 class _Stop:
@@ -244,9 +146,10 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             pending, real_tokens, t_log = [], 0, t_ep
             for idx, batch in iter_batches(train_enc, tc.batch_size, buckets, tc.seed, epoch,
                                            tc.batching, start=meta["batch"], pad_id=pad_id):
-                if batch["input_ids"].shape[1] not in bucket_shapes:
-                    timings["compile_wait_train_s"] += pre.claim(("train", batch["input_ids"].shape[1]), "update")
-                    bucket_shapes.add(batch["input_ids"].shape[1])
+                seq = batch["input_ids"].shape[1]
+                if seq not in bucket_shapes:  # a new shape: wait for its compile if one is under way
+                    timings["compile_wait_train_s"] += pre.claim(("train", seq), "update")
+                    bucket_shapes.add(seq)
                 state, m = step_fn(state, rt.put(batch))
                 real_tokens += int(batch["attention_mask"].sum())
                 meta["batch"] += 1

@@ -4,7 +4,7 @@ import pytest
 
 from flaxner.checkpoint import Checkpointer, abstract_like
 from flaxner.runtime import setup_runtime
-from flaxner.train import init_state, make_optimizer
+from flaxner.step import init_state, make_optimizer
 
 
 def test_save_restore_roundtrip(tiny_cfg, tiny_model, tmp_path):

@@ -15,7 +15,8 @@ from flaxner.config import replace
 from flaxner.data import Encoded
 from flaxner.labels import IGNORE
 from flaxner.runtime import setup_runtime
-from flaxner.train import Interrupted, init_state, loss_denominator, loss_fn, make_optimizer, make_schedule, make_train_step, train
+from flaxner.step import init_state, loss_fn, make_optimizer, make_schedule, make_train_step
+from flaxner.train import Interrupted, loss_denominator, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +162,7 @@ TWO_DEVICE_SCRIPT = textwrap.dedent("""
     from flaxner.config import load_config
     from flaxner.model import make_model
     from flaxner.runtime import setup_runtime
-    from flaxner.train import init_state, make_optimizer, make_train_step
+    from flaxner.step import init_state, make_optimizer, make_train_step
     cfg = load_config({cfg!r}, ["train.compilation_cache="])
     rt = setup_runtime(cfg.train)
     model, params = make_model(cfg.model, seed=0, vocab_size=1000)
