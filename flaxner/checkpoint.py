@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -46,8 +45,3 @@ class Checkpointer:
         self.best.wait_until_finished()
         self.last.close()
         self.best.close()
-
-
-def abstract_like(state: Any) -> Any:
-    """Shape/dtype/sharding skeleton of a state, for restoring onto the same devices."""
-    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)

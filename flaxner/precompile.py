@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxner.data import batch_order, bucket_for
+from flaxner.runtime import abstract
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ def auto_workers(platform: str, cpus: int | None = None) -> int:
 def batch_spec(rows: int, length: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract batch `data.collate` makes, placed as `Runtime.put` places it."""
     return {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding) for k in BATCH_KEYS}
-
-
-def abstract(tree):
-    """Shapes, dtypes and shardings of a tree of arrays, for lowering without the values."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def first_uses(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int, epochs: Sequence[int],

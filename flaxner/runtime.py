@@ -45,6 +45,12 @@ class Runtime:
                 for k, v in batch.items()}
 
 
+def abstract(tree):
+    """Shapes, dtypes and shardings of a tree of arrays: to lower a jitted function without the values, or to
+    restore a checkpoint onto the same devices."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
 _COMPILES = {"count": 0, "seconds": 0.0}
 
 

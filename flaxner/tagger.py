@@ -145,7 +145,8 @@ class Tagger:
         """A `Precompiler` working through the shapes not compiled yet (`tag.compile_workers` threads)."""
         import jax
 
-        from flaxner.precompile import Precompiler, abstract, workers_for
+        from flaxner.precompile import Precompiler, workers_for
+        from flaxner.runtime import abstract
 
         pre = Precompiler(workers_for(self.cfg.compile_workers, jax.local_devices()[0].platform))
         if pre.workers:

@@ -12,14 +12,14 @@ import jax
 import numpy as np
 
 from flaxner import export
-from flaxner.checkpoint import Checkpointer, abstract_like
+from flaxner.checkpoint import Checkpointer
 from flaxner.config import Config, TrainConfig, save_config
 from flaxner.data import Encoded, encode, iter_batches, load_split, run_buckets
 from flaxner.evaluate import evaluate, jit_eval_step
 from flaxner.labels import CONLL_LABELS, IGNORE
 from flaxner.model import make_model, make_tokenizer
 from flaxner.precompile import Precompiler, submit_run, workers_for
-from flaxner.runtime import compile_stats, setup_runtime
+from flaxner.runtime import abstract, compile_stats, setup_runtime
 from flaxner.step import init_state, make_optimizer, make_schedule, make_train_step
 from flaxner.vocab import compact_model
 
@@ -120,7 +120,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     meta = {"epoch": 0, "batch": 0, "best_f1": -1.0, "history": [], "labels": labels,
             "epoch_loss": 0.0, "epoch_batches": 0}
     if resume and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(abstract_like(state))
+        state, meta = ckpt.restore(abstract(state))
         log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), meta["epoch"], meta["batch"])
     metrics_log = export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"]))
 
@@ -204,7 +204,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                "compile_workers": pre.workers, "compiled_ahead": len(pre.done), "devices": rt.n_devices, **timings}
     if "test" in data:
         if best_params is None:  # resumed after the best epoch: take it from the best checkpoint
-            best_state, _ = ckpt.restore(abstract_like(state), which="best")
+            best_state, _ = ckpt.restore(abstract(state), which="best")
             best_params = best_state["params"]
         test, _ = evaluate(eval_fn, jax.device_put(best_params, rt.replicated), *data["test"], labels,
                            tc.eval_batch_size, buckets, rt.put, pad_id)

@@ -2,8 +2,8 @@ import jax
 import numpy as np
 import pytest
 
-from flaxner.checkpoint import Checkpointer, abstract_like
-from flaxner.runtime import setup_runtime
+from flaxner.checkpoint import Checkpointer
+from flaxner.runtime import abstract, setup_runtime
 from flaxner.step import init_state, make_optimizer
 
 
@@ -20,8 +20,8 @@ def test_save_restore_roundtrip(tiny_cfg, tiny_model, tmp_path):
         ck.save(step, state, {**meta, "best_f1": 0.4})
     assert ck.latest_step() == 7
     assert sorted(ck.last.all_steps()) == [6, 7]  # only the last two are kept...
-    restored, rmeta = ck.restore(abstract_like(state), step=7)
-    best, bmeta = ck.restore(abstract_like(state), which="best")  # ...and the best
+    restored, rmeta = ck.restore(abstract(state), step=7)
+    best, bmeta = ck.restore(abstract(state), which="best")  # ...and the best
     ck.close()
     assert rmeta == {**meta, "best_f1": 0.4} and bmeta["best_f1"] == 0.5
     assert int(restored["step"]) == 5 and int(best["step"]) == 5

@@ -7,7 +7,6 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from flaxner.config import replace
 from flaxner.data import bucket_for, iter_batches
