@@ -154,7 +154,8 @@ def part_train(args) -> None:
         out["epochs"].append({"epoch": epoch + 1, "steps": steps, "train_s": train_s, "eval_s": eval_s,
                               "train_compiles": n_train, "train_compile_s": c_train, "eval_compiles": n_eval,
                               "eval_compile_s": c_eval, "ahead_compiles": n_ahead, "ahead_compile_s": c_ahead,
-                              "compile_wait_s": wait_train, "eval_compile_wait_s": pre.waited_s - wait0 - wait_train,
+                              "compile_wait_train_s": wait_train,
+                              "compile_wait_eval_s": pre.waited_s - wait0 - wait_train,
                               "real_tokens": real, "padded_tokens": padded,
                               "flops": flops, "loss": loss[-1] if loss else None, "f1": ev["f1"],
                               "eval_loss": ev["loss"]})
@@ -163,12 +164,12 @@ def part_train(args) -> None:
     pre.close()
     eps = out["epochs"]
     steady = eps[1:] or [dict(eps[0], train_s=eps[0]["train_s"] - eps[0]["train_compile_s"]
-                              - eps[0]["compile_wait_s"])]
+                              - eps[0]["compile_wait_train_s"])]
     compute_s = sum(e["train_s"] for e in steady)
     out.update(compile_count=sum(e["train_compiles"] + e["eval_compiles"] + e["ahead_compiles"] for e in eps),
                compile_s=sum(e["train_compile_s"] + e["eval_compile_s"] + e["ahead_compile_s"] for e in eps),
-               compile_blocking_s=sum(e["train_compile_s"] + e["eval_compile_s"] + e["compile_wait_s"]
-                                      + e["eval_compile_wait_s"] for e in eps),
+               compile_blocking_s=sum(e["train_compile_s"] + e["eval_compile_s"] + e["compile_wait_train_s"]
+                                      + e["compile_wait_eval_s"] for e in eps),
                step_s=median([e["train_s"] / e["steps"] for e in steady]),
                epoch_s=median([e["train_s"] for e in steady]), eval_s=median([e["eval_s"] for e in eps[1:] or eps]),
                real_tok_s=sum(e["real_tokens"] for e in steady) / compute_s,
