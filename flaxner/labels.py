@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,6 +56,37 @@ def spans_from_tags(tags: Sequence[str]) -> list[tuple[str, int, int]]:
         if prefix in ("B", "I") and cur_type is None:
             cur_type, start = typ, i
     return spans
+
+
+@functools.lru_cache(maxsize=32)
+def _tag_table(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Per label id: 1 for B-, 2 for I-, 0 otherwise; its entity type's index (-1 for none); the types."""
+    split = [lab.partition("-") for lab in labels]
+    types = tuple(sorted({typ for prefix, _, typ in split if prefix in ("B", "I")}))
+    prefix = np.array([{"B": 1, "I": 2}.get(p, 0) for p, _, _ in split], dtype=np.int8)
+    type_id = np.array([types.index(t) if p in ("B", "I") else -1 for p, _, t in split], dtype=np.int32)
+    return prefix, type_id, types
+
+
+def spans_from_ids(label_ids: np.ndarray, labels: Sequence[str],
+                   cut: np.ndarray | None = None) -> list[tuple[str, int, int]]:
+    """`spans_from_tags` on label ids, vectorized: the same spans for the same tags. Where `cut` is True a new
+    sequence begins (no span runs across it): many sequences laid end to end are read as each on its own."""
+    prefix, type_id, types = _tag_table(tuple(labels))
+    p, t = prefix[label_ids], type_id[label_ids]
+    ent = p > 0
+    if not ent.any():
+        return []
+    start = ent.copy()
+    start[1:] &= (p[1:] == 1) | ~ent[:-1] | (t[1:] != t[:-1])
+    stop = ~ent
+    if cut is not None:
+        start |= ent & cut
+        stop |= cut
+    starts = np.flatnonzero(start)
+    stops = np.flatnonzero(start | stop).tolist() + [len(p)]  # a span runs to the next start, O or cut
+    ends = np.asarray(stops)[np.searchsorted(stops, starts, side="right")].tolist()
+    return [(types[k], a, b) for k, a, b in zip(t[starts].tolist(), starts.tolist(), ends)]
 
 
 def check_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> None:

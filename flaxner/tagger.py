@@ -19,7 +19,7 @@ import numpy as np
 from flaxner.config import TagConfig
 from flaxner.tagio import LineReader, OutputWriter, Record, TagInputError, default_output, input_format, \
     output_line, parse_line, parse_shard
-from flaxner.windows import collate, encode, entities, pack, rows_for, rows_per_batch, scatter, small_rows
+from flaxner.windows import collate, encode, entities_many, pack, rows_for, rows_per_batch, scatter, small_rows
 
 log = logging.getLogger(__name__)
 _IOB2 = re.compile(r"O|[BI]-.+")
@@ -214,10 +214,14 @@ class Tagger:
                     raise item[1]
                 else:
                     done = True
+                ready = []
                 while waiting and (waiting[0][1] is None or waiting[0][1].pending == 0):
-                    rec, doc = waiting.popleft()
-                    ents = None if rec.error is not None else entities(doc, self.labels, self.cfg.aggregation)
-                    yield rec, ents
+                    ready.append(waiting.popleft())
+                if ready:  # all documents completed by this batch at once: one numpy pass over their tokens
+                    ents = iter(entities_many([d for r, d in ready if r.error is None], self.labels,
+                                              self.cfg.aggregation))
+                    for rec, _ in ready:
+                        yield rec, (None if rec.error is not None else next(ents))
         finally:
             stop.set()
             pre.close()  # compiles not started are dropped; the next stream queues them again

@@ -23,7 +23,7 @@ class TagInputError(ValueError):
     """A line that cannot be tagged, or an input that cannot be read as asked."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Line:
     """One input line: its 1-based number in the whole file and the input position just after it."""
 
@@ -32,7 +32,7 @@ class Line:
     offset: int  # byte offset after the line (plain files), or lines consumed in the shard (gzip, stdin)
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """A parsed line: the text to tag, or the error that replaces its entities."""
 

@@ -4,12 +4,14 @@ aggregation of per-token predictions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from tokenizers import Encoding
 
 from flaxner.data import bucket_for
-from flaxner.labels import spans_from_tags
+from flaxner.labels import spans_from_ids
 
 
 def plan_windows(n: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -34,7 +36,7 @@ def plan_windows(n: int, size: int, stride: int) -> list[tuple[int, int, int, in
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class DocState:
     """A document in flight: its sub-tokens and the per-token predictions its windows fill in."""
 
@@ -42,20 +44,28 @@ class DocState:
     text: str
     ids: np.ndarray        # [n] int32, no special tokens
     word_ids: np.ndarray   # [n] int32
-    offsets: np.ndarray    # [n, 2] character offsets into `text`
+    offsets: np.ndarray | None = None  # [n, 2] character offsets into `text`; None: read from `enc` when asked
     pending: int = 0       # windows not yet predicted
     pred: np.ndarray | None = None   # [n] label ids ("first") or [n, C] probabilities
     score: np.ndarray | None = None  # [n] probability of pred ("first")
-    meta: dict = field(default_factory=dict)
+    enc: Any = None        # the tokenizer's Encoding of `text`
+
+    def token_chars(self, t: int) -> tuple[int, int]:
+        """Character offsets of sub-token `t` in `text` (read from the Encoding only for the few tokens that start
+        or end an entity: copying all offsets out of Rust would cost more than the rest of the host work)."""
+        if self.offsets is not None:
+            return int(self.offsets[t, 0]), int(self.offsets[t, 1])
+        return self.enc.token_to_chars(t)
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     doc: DocState
     start: int
     end: int
     own_start: int
     own_end: int
+    carried: bool = False  # its bucket's tail waited for the next chunk once already
 
     @property
     def length(self) -> int:
@@ -98,7 +108,7 @@ def pack(rows: list[Row], buckets: Sequence[int], batch_size: int, batch_tokens:
         full = len(group) // k * k
         out.extend((b, group[i:i + k], k) for i in range(0, full, k))
         tail = group[full:]
-        if tail and (flush or any(getattr(r, "carried", False) for r in tail)):
+        if tail and (flush or any(r.carried for r in tail)):
             n = small_rows(k, multiple)
             out.extend((b, tail[i:i + n], n) for i in range(0, len(tail), n))
         else:
@@ -141,37 +151,66 @@ def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
 def entities(doc: DocState, labels: Sequence[str], aggregation: str = "first") -> list[dict]:
     """Word labels from sub-token predictions (`first`, `average` or `max`), IOB2 word tags -> spans with
     character offsets into the original text and the mean word probability as score."""
-    n = len(doc.ids)
-    if n == 0:
-        return []
-    w = doc.word_ids
-    first = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])  # first sub-token of each word
-    last = np.r_[first[1:], n] - 1
+    return entities_many([doc], labels, aggregation)[0]
+
+
+def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: str = "first") -> list[list[dict]]:
+    """`entities` of many documents at once: their tokens are laid end to end so that each step is one numpy call
+    for all of them (words never cross documents, and a document's first word always starts a new span)."""
+    out: list[list[dict]] = [[] for _ in docs]
+    keep = [i for i, d in enumerate(docs) if len(d.ids)]
+    docs = [docs[i] for i in keep]
+    if not docs:
+        return out
+    lens = np.array([len(d.ids) for d in docs])
+    doc_start = np.concatenate(([0], np.cumsum(lens)[:-1]))
+    n = int(lens.sum())
+    w = np.concatenate([d.word_ids for d in docs])
+    pred = np.concatenate([d.pred for d in docs])
+    new_word = np.empty(n, dtype=bool)
+    new_word[0] = True
+    np.not_equal(w[1:], w[:-1], out=new_word[1:])
+    new_word[doc_start] = True
+    first = np.flatnonzero(new_word)  # first sub-token of each word
+    bounds = np.append(first, n)
     if aggregation == "first":
-        word_label = doc.pred[first]
-        word_score = doc.score[first]
+        word_label = pred[first]
+        word_score = np.concatenate([d.score for d in docs])[first]
     elif aggregation == "average":
-        mean = np.add.reduceat(doc.pred, first, axis=0) / np.diff(np.r_[first, n])[:, None]
+        mean = np.add.reduceat(pred, first, axis=0) / np.diff(bounds)[:, None]
         word_label, word_score = mean.argmax(-1), mean.max(-1)
     elif aggregation == "max":
-        best = doc.pred.max(-1)
-        pick = np.array([a + int(best[a:b + 1].argmax()) for a, b in zip(first, last)], dtype=np.int64)
-        word_label, word_score = doc.pred[pick].argmax(-1), best[pick]
+        best = pred.max(-1)
+        word_best = np.maximum.reduceat(best, first)
+        word_of = np.cumsum(new_word) - 1
+        hits = np.flatnonzero(best == word_best[word_of])
+        pick = hits[np.unique(word_of[hits], return_index=True)[1]]  # each word's first sub-token at its max
+        word_label, word_score = pred[pick].argmax(-1), best[pick]
     else:
         raise ValueError(f"aggregation: expected first, average or max, got {aggregation!r}")
-    starts, ends = doc.offsets[first, 0].tolist(), doc.offsets[last, 1].tolist()
-    cum = np.r_[0.0, np.cumsum(word_score, dtype=np.float64)].tolist()
-    out = []
-    for typ, a, b in spans_from_tags([labels[i] for i in word_label.tolist()]):
-        s, e = starts[a], ends[b - 1]
-        out.append({"text": doc.text[s:e], "label": typ, "start": s, "end": e,
-                    "score": round((cum[b] - cum[a]) / (b - a), 5)})
+    doc_first_word = np.zeros(len(first), dtype=bool)
+    doc_first_word[np.searchsorted(first, doc_start)] = True
+    spans = spans_from_ids(word_label, labels, doc_first_word)
+    if not spans:
+        return out
+    cum = np.concatenate(([0.0], np.cumsum(word_score, dtype=np.float64))).tolist()
+    a_tok = first[[a for _, a, _ in spans]]  # a span's first and last sub-token, laid end to end
+    b_tok = bounds[[b for _, _, b in spans]] - 1
+    owner = np.searchsorted(doc_start, a_tok, side="right") - 1
+    for (typ, a, b), k, ta, tb in zip(spans, owner.tolist(), (a_tok - doc_start[owner]).tolist(),
+                                      (b_tok - doc_start[owner]).tolist()):
+        doc = docs[k]
+        s, e = doc.token_chars(ta)[0], doc.token_chars(tb)[1]
+        out[keep[k]].append({"text": doc.text[s:e], "label": typ, "start": s, "end": e,
+                             "score": round((cum[b] - cum[a]) / (b - a), 5)})
     return out
 
 
 def encode(backend, chunk: list) -> list[tuple]:
     """Tokenize the texts of a chunk of records in one Rust call (again one by one if that fails, so that only the
-    failing line fails): (record, DocState) pairs, None for records with an error."""
+    failing line fails): (record, DocState) pairs, None for records with an error. The encodings are merged into
+    one before they are read, so Python converts one long list per field, not short ones per record; character
+    offsets stay in each record's Encoding until an entity needs them."""
     todo = [r for r in chunk if r.error is None]
     try:
         encs = backend.encode_batch([r.text for r in todo], add_special_tokens=False)
@@ -183,15 +222,16 @@ def encode(backend, chunk: list) -> list[tuple]:
             except Exception as e:
                 r.error = f"line {r.line}: the tokenizer failed ({type(e).__name__}: {e})"
                 encs.append(None)
-    by_rec = {id(r): e for r, e in zip(todo, encs)}
-    out = []
-    for r in chunk:
-        enc = by_rec.get(id(r))
-        if r.error is not None or enc is None:
-            out.append((r, None))
-            continue
-        n = len(enc.ids)
-        words = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int32)
-        offsets = np.array(enc.offsets, dtype=np.int64).reshape(n, 2)
-        out.append((r, DocState(r.line, r.text, np.array(enc.ids, dtype=np.int32), words, offsets)))
-    return out
+    good = [(r, e) for r, e in zip(todo, encs) if e is not None]
+    docs = {}
+    if good:
+        merged = Encoding.merge([e for _, e in good], growing_offsets=False)
+        ends = np.cumsum([len(e) for _, e in good]).tolist()
+        ids = np.array(merged.ids, dtype=np.int32)
+        wids = merged.word_ids
+        words = np.array(wids if None not in wids else [-1 if w is None else w for w in wids], dtype=np.int32)
+        a = 0
+        for (r, e), b in zip(good, ends):
+            docs[id(r)] = DocState(r.line, r.text, ids[a:b], words[a:b], enc=e)
+            a = b
+    return [(r, docs.get(id(r))) for r in chunk]

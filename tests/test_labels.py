@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id, spans_from_tags
+from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id, spans_from_ids, spans_from_tags
 
 L = label2id()
 
@@ -44,6 +44,23 @@ def test_spans_match_seqeval(tags):
     theirs = [(t, s, e + 1) for t, s, e in get_entities(tags)]
     assert sorted(ours) == sorted(theirs)
     assert len(ours) == len(theirs) and isinstance(ours[0] if ours else (), tuple)
+
+
+def test_vectorized_spans_equal_the_loop_and_respect_cuts():
+    """spans_from_ids reads label ids as spans_from_tags reads the tags; with cuts, sequences laid end to end give
+    each sequence's own spans, shifted."""
+    rng = np.random.default_rng(0)
+    labels = [*CONLL_LABELS, "B-X"]  # a type with no I- tag
+    for _ in range(2000):
+        seqs = [rng.choice(len(labels), rng.integers(0, 9), p=[0.4] + [0.6 / 9] * 9) for _ in range(rng.integers(1, 5))]
+        for ids in seqs:
+            assert spans_from_ids(ids, labels) == spans_from_tags([labels[i] for i in ids])
+        flat = np.concatenate(seqs).astype(np.int64)
+        cut = np.zeros(len(flat), dtype=bool)
+        starts = np.cumsum([0] + [len(x) for x in seqs[:-1]])
+        cut[starts[starts < len(flat)]] = True
+        expected = [(t, a + o, b + o) for ids, o in zip(seqs, starts) for t, a, b in spans_from_tags([labels[i] for i in ids])]
+        assert spans_from_ids(flat, labels, cut) == expected
 
 
 def test_labels_are_hub_order():

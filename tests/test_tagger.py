@@ -15,7 +15,7 @@ from flaxner.config import ModelConfig, TagConfig
 from flaxner.labels import CONLL_LABELS
 from flaxner.tagio import OutputWriter, Record, default_output
 from flaxner.tagger import Tagger
-from flaxner.windows import encode, plan_windows
+from flaxner.windows import DocState, encode, entities, entities_many, plan_windows
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny-bert"
 TRICKY = [
@@ -114,7 +114,9 @@ def test_word_offsets_round_trip_on_tricky_unicode(tokenizer_dir):
         w = doc.word_ids
         first = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])
         last = np.r_[first[1:], len(w)] - 1
-        spans = [(int(doc.offsets[a, 0]), int(doc.offsets[b, 1])) for a, b in zip(first, last)]
+        own = backend.encode(text, add_special_tokens=False)  # the chunk's merged Encoding reads as this one
+        assert [doc.token_chars(t) for t in range(len(doc.ids))] == own.offsets and doc.ids.tolist() == own.ids
+        spans = [(doc.token_chars(a)[0], doc.token_chars(b)[1]) for a, b in zip(first, last)]
         covered = set()
         prev_end = 0
         for s, e in spans:
@@ -125,6 +127,30 @@ def test_word_offsets_round_trip_on_tricky_unicode(tokenizer_dir):
         for i, c in enumerate(text):
             if unicodedata.category(c)[0] in "LNS" and c != "\ufffd":
                 assert i in covered, (text, i, c)
+
+
+@pytest.mark.parametrize("aggregation", ["first", "average", "max"])
+def test_entities_of_many_documents_at_once_equal_each_alone(aggregation):
+    """The batched word/span pass never lets a word or a span run from one document into the next."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        docs = []
+        for k in range(int(rng.integers(1, 7))):
+            n = int(rng.integers(0, 25))
+            words = np.sort(rng.integers(0, max(n // 2, 1), n)).astype(np.int32)
+            offsets = np.stack([np.arange(n) * 3, np.arange(n) * 3 + 2], 1).astype(np.int64).reshape(n, 2)
+            doc = DocState(k, "x" * (3 * n), np.zeros(n, np.int32), words, offsets)
+            if aggregation == "first":  # every document starts with an entity: a span could run across
+                doc.pred = rng.choice(9, n, p=[0.4] + [0.6 / 8] * 8).astype(np.int32)
+                doc.pred[:1] = 2  # I-PER
+                doc.score = rng.random(n).astype(np.float32)
+            else:
+                p = rng.random((n, 9)).astype(np.float32)
+                doc.pred = np.round(p / p.sum(1, keepdims=True), 1)  # ties inside words for "max"
+            docs.append(doc)
+        alone = [entities(d, CONLL_LABELS, aggregation) for d in docs]
+        assert entities_many(docs, CONLL_LABELS, aggregation) == alone
+        assert all(e["end"] <= 3 * len(d.ids) for d, ents in zip(docs, alone) for e in ents)
 
 
 def test_entities_slice_back_to_the_text(tagger):
