@@ -9,6 +9,9 @@ Parts, each in its own process, in this order so that the goals come first when 
                   (1 million lines); sub-word tokens/s
   hf              the HF PyTorch token-classification pipeline on a slice of the same corpus
   train float32   the recipe again in fp32
+  tag_sharded     the tag part's corpus and model in N processes at once, each tagging one shard
+                  (`flaxner tag --shard k/N`), sharing the GPU: one process' Python host work is the ceiling of
+                  the tag part (bench/tag_host.py measures it), N processes multiply it
 
     python bench/gpu_bench.py OUT_DIR                 # full size; figures in OUT_DIR/gpu_bench.json
     python bench/gpu_bench.py OUT_DIR --size tiny     # CPU smoke run (tests)
@@ -302,6 +305,22 @@ def part_hf(args) -> None:
     write_json(args.json, out)
 
 
+def part_tag_sharded(args, timeout: float) -> dict:
+    """The tag part again in --tag-processes processes, one shard each (bench/tag_host.py), started together once
+    all are warm; JAX's share of GPU memory is split between them."""
+    from tag_host import run_sharded
+
+    corpus, model_dir = Path(args.work) / "corpus.jsonl", Path(args.work) / "model"
+    if not corpus.is_file() or not (model_dir / "config.json").is_file():
+        return {"error": "no corpus or model: the tag part did not run"}
+    n = args.tag_processes
+    env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.7 / n:.3f}"}
+    out = run_sharded(str(model_dir), corpus, n, Path(args.work) / "sharded", stand_in=False,
+                      batch_tokens=args.tag_batch_tokens, env=env, timeout=timeout)
+    write_json(args.json, out)
+    return out
+
+
 def report(res: dict) -> dict:
     """Print the tables; return the goal checks."""
     rows = [dict(r, part=k) for k, r in res.items() if k.startswith("train") and "step_s" in r]
@@ -316,7 +335,10 @@ def report(res: dict) -> dict:
                                     ("real_tok_s", "real tok/s", ",.0f"), ("mfu", "MFU", ".1%"),
                                     ("final_f1", "F1 (random init)", ".3f")]))
     tag, hf = res.get("tag", {}), res.get("hf", {})
-    rows = [dict(r, part=k) for k, r in (("flaxner Tagger", tag), ("HF pipeline", hf)) if "tok_s" in r]
+    sharded = res.get("tag_sharded", {})
+    rows = [dict(r, part=k) for k, r in (("flaxner Tagger", tag),
+                                         (f"flaxner Tagger, {sharded.get('processes')} processes", sharded),
+                                         ("HF pipeline", hf)) if "tok_s" in r]
     if rows:
         print("\n## Tagging\n")
         print(markdown_table(rows, [("part", "tagger", ""), ("lines", "lines", ",d"), ("tokens", "sub-words", ",d"),
@@ -327,6 +349,8 @@ def report(res: dict) -> dict:
         goals["seed_recipe_bf16_under_120s"] = res["train_bfloat16"]["recipe_wall_s"] < 120
     if "tok_s" in tag:
         goals["tagging_at_least_1M_tok_s"] = tag["tok_s"] >= 1e6
+    if "tok_s" in sharded:
+        goals["tagging_sharded_at_least_1M_tok_s"] = sharded["tok_s"] >= 1e6
     if "tok_s" in tag and "tok_s" in hf:
         goals["tagger_over_hf_pipeline"] = tag["tok_s"] / hf["tok_s"]
     print("\ngoals: " + json.dumps(goals))
@@ -352,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="padded tokens per tagging batch (default: 65536, the TagConfig default at --size tiny)")
     p.add_argument("--tag-warmup", type=int, default=2000, help="lines tagged before timing (compiles)")
     p.add_argument("--tag-repeats", type=int, default=1)
+    p.add_argument("--tag-processes", type=int, default=-1,
+                   help="processes of the tag_sharded part, last of all (-1: 4, tiny 2; 0 or 1: not run)")
     p.add_argument("--hf-lines", type=int, default=0, help="pipeline slice (default 20,000; tiny 40)")
     p.add_argument("--hf-batch", type=int, default=64)
     p.add_argument("--hf-repeats", type=int, default=1)
@@ -385,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = args.dtypes.split(",") if "train" in parts else []
     plan = [("train", dtypes[0])] if dtypes else []
     plan += [(x, "") for x in ("tag", "hf") if x in parts] + [("train", d) for d in dtypes[1:]]
+    if args.tag_processes < 0:
+        args.tag_processes = 2 if tiny else 4
+    plan += [("tag_sharded", "")] if "tag" in parts and args.tag_processes > 1 else []
     res: dict[str, dict] = {}
     for i, (part, dtype) in enumerate(plan):
         key = f"train_{dtype}" if dtype else part
@@ -395,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = argparse.Namespace(**{**vars(args), "part": part, "dtype": dtype or "bfloat16", "work": str(work),
                                     "json": str(out_dir / f"{key}.json"),
                                     "save_model": str(work / "model") if i == 0 and part == "train" else ""})
+        if part == "tag_sharded":  # its own children either way
+            res[key] = part_tag_sharded(sub, timeout=left - 5)
+            continue
         if args.in_process:
             t = PART_T0[0] = time.perf_counter()
             {"train": part_train, "tag": part_tag, "hf": part_hf}[part](sub)

@@ -79,3 +79,33 @@ def test_gpu_bench_tiny(tmp_path):
         assert tag["compiles_in_runs"] == 0
         assert "tagger_over_hf_pipeline" in res["goals"]
     assert "tagging_at_least_1M_tok_s" in res["goals"] or "error" in tag
+    sharded = parts["tag_sharded"]  # the same corpus in 2 processes, one shard each: every line tagged once
+    assert "error" not in sharded, sharded
+    assert sharded["processes"] == 2 and sharded["lines"] == 100 and sharded["tokens"] == tag["tokens"]
+    assert "tagging_sharded_at_least_1M_tok_s" in res["goals"]
+    outs = [json.loads(x) for k in range(2)
+            for x in (tmp_path / "work" / "sharded" / f"tagged{k}.jsonl").read_text().splitlines()]
+    assert [o["id"] for o in outs] == list(range(100))
+
+
+def test_tag_host_tiny(tmp_path):
+    out = tmp_path / "tag_host.json"
+    proc = run("tag_host.py", "--lines", "300", "--processes", "1,2", "--repeats", "1", "--json", str(out))
+    assert "2 process(es):" in proc.stdout
+    res = json.loads(out.read_text())
+    one, two = res["by_processes"]["1"], res["by_processes"]["2"]
+    assert one["lines"] == two["lines"] == 300 and one["tokens"] == two["tokens"] > 300
+    assert one["entities"] == two["entities"] > 0 and one["tok_s"] > 0 and two["tok_s"] > 0
+
+
+def test_sharded_tagging_reports_a_failed_child_instead_of_raising(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from tag_host import run_sharded
+    finally:
+        sys.path.remove(str(BENCH))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": 1, "text": "Paris"}\n')
+    out = run_sharded(str(tmp_path / "no-model"), corpus, 2, tmp_path / "w", stand_in=True, batch_tokens=0,
+                      timeout=120)
+    assert out["processes"] == 2 and "failed" in out["error"] and "tok_s" not in out
