@@ -7,11 +7,11 @@ Parts, each in its own process, in this order so that the goals come first when 
                   matmul rate, wall time from process start to the last evaluation
   tag             flaxner's Tagger over a corpus of CoNLL sentences repeated, mixed with long documents
                   (1 million lines); sub-word tokens/s
+  tag_sharded     the same corpus and model in N processes at once, each tagging one shard
+                  (`flaxner tag --shard k/N`), sharing the GPU: one process' Python host work caps the tag part
+                  (bench/tag_host.py measures it), N processes multiply it
   hf              the HF PyTorch token-classification pipeline on a slice of the same corpus
   train float32   the recipe again in fp32
-  tag_sharded     the tag part's corpus and model in N processes at once, each tagging one shard
-                  (`flaxner tag --shard k/N`), sharing the GPU: one process' Python host work is the ceiling of
-                  the tag part (bench/tag_host.py measures it), N processes multiply it
 
     python bench/gpu_bench.py OUT_DIR                 # full size; figures in OUT_DIR/gpu_bench.json
     python bench/gpu_bench.py OUT_DIR --size tiny     # CPU smoke run (tests)
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag-warmup", type=int, default=2000, help="lines tagged before timing (compiles)")
     p.add_argument("--tag-repeats", type=int, default=1)
     p.add_argument("--tag-processes", type=int, default=-1,
-                   help="processes of the tag_sharded part, last of all (-1: 4, tiny 2; 0 or 1: not run)")
+                   help="processes of the tag_sharded part (-1: 4, tiny 2; 0 or 1: not run)")
     p.add_argument("--hf-lines", type=int, default=0, help="pipeline slice (default 20,000; tiny 40)")
     p.add_argument("--hf-batch", type=int, default=64)
     p.add_argument("--hf-repeats", type=int, default=1)
@@ -410,10 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts.split(",")
     dtypes = args.dtypes.split(",") if "train" in parts else []
     plan = [("train", dtypes[0])] if dtypes else []
-    plan += [(x, "") for x in ("tag", "hf") if x in parts] + [("train", d) for d in dtypes[1:]]
     if args.tag_processes < 0:
         args.tag_processes = 2 if tiny else 4
+    plan += [("tag", "")] if "tag" in parts else []
     plan += [("tag_sharded", "")] if "tag" in parts and args.tag_processes > 1 else []
+    plan += [("hf", "")] if "hf" in parts else []
+    plan += [("train", d) for d in dtypes[1:]]
     res: dict[str, dict] = {}
     for i, (part, dtype) in enumerate(plan):
         key = f"train_{dtype}" if dtype else part
