@@ -373,6 +373,9 @@ def add_arguments(p) -> None:
     p.add_argument("--on-error", default="record", choices=("record", "fail"),
                    help="record: bad lines get an `error` field; fail: stop at the first")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="tag in N processes at once, one slice of the input each, then join their outputs in "
+                        "order (one process' Python work caps it well below a GPU's pace; see flaxner/tagprocs.py)")
 
 
 def run_cli(args) -> int:
@@ -385,6 +388,12 @@ def run_cli(args) -> int:
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"{args.model}: no such model folder")
     parse_shard(args.shard)
+    if args.processes < 1:
+        raise ValueError(f"--processes {args.processes}: must be at least 1")
+    if args.processes > 1:
+        from flaxner.tagprocs import run_processes
+
+        return run_processes(args)
     overrides = {k: getattr(args, k) for k in ("aggregation", "max_length", "stride", "batch_size", "batch_tokens",
                                                "lookahead", "dtype") if getattr(args, k) is not None}
     tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)

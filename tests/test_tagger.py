@@ -360,6 +360,42 @@ def test_shards_concatenate_to_the_whole(tagger, tmp_path, gz):
                                [e["score"] for r in want for e in r["entities"]], atol=1e-4)
 
 
+def test_processes_join_their_shards_in_order_and_resume(tiny_dir, tmp_path, capsys):
+    """`--processes 2` (two shard children, outputs joined) writes what one process writes; with --resume it
+    starts only the shards that are not complete; a stdin input or a failing child is a clear error."""
+    from flaxner.cli import main
+
+    src = _write_jsonl(tmp_path / "c.jsonl", _corpus(60, seed=9))
+    common = ["--model", str(tiny_dir), "--no-progress", "--max-length", "64", "--stride", "16"]
+    assert main(["tag", str(src), "-o", str(tmp_path / "one.jsonl"), *common]) == 0
+    assert main(["tag", str(src), "-o", str(tmp_path / "two.jsonl"), "--processes", "2", *common]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 2 shard processes started" in err and '"processes": 2' in err and '"lines": 60' in err
+    one, two = _read(tmp_path / "one.jsonl"), _read(tmp_path / "two.jsonl")
+    assert [r["id"] for r in two] == [r["id"] for r in one] == [f"d{i}" for i in range(60)]
+    assert _key([r["entities"] for r in two]) == _key([r["entities"] for r in one])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "one.jsonl", "two.jsonl"]  # shards joined
+
+    # shard 2 of 2 finished before an interruption (as a child writes it); shard 1 never started
+    out = tmp_path / "three.jsonl"
+    assert main(["tag", str(src), "-o", f"{out}.shard1of2", "--shard", "1/2", *common]) == 0
+    capsys.readouterr()
+    assert main(["tag", str(src), "-o", str(out), "--processes", "2", "--resume", *common]) == 0
+    assert "1 of 2 shard processes started (1 already complete)" in capsys.readouterr().err
+    assert [r["id"] for r in _read(out)] == [r["id"] for r in one]
+    assert main(["tag", str(src), "-o", str(out), "--processes", "2", "--resume", *common]) == 2
+    assert "already complete" in capsys.readouterr().err
+
+    assert main(["tag", "-", "--processes", "2", *common]) == 2
+    assert "needs an input file, not stdin" in capsys.readouterr().err
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    assert main(["tag", str(src), "-o", str(tmp_path / "x.jsonl"), "--processes", "2", "--model", str(bad),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "shard 1/2 failed" in err and "shard 2/2 failed" in err and "config.json" in err
+
+
 def test_callable_over_column_arrays(tagger):
     batch = {"text": np.array(SENTENCES[:3], dtype=object), "n": np.arange(3)}
     out = tagger(batch)
