@@ -193,16 +193,16 @@ def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: 
     spans = spans_from_ids(word_label, labels, doc_first_word)
     if not spans:
         return out
-    cum = np.concatenate(([0.0], np.cumsum(word_score, dtype=np.float64))).tolist()
-    a_tok = first[[a for _, a, _ in spans]]  # a span's first and last sub-token, laid end to end
-    b_tok = bounds[[b for _, _, b in spans]] - 1
+    cum = np.concatenate(([0.0], np.cumsum(word_score, dtype=np.float64)))
+    a_word, b_word = np.array([a for _, a, _ in spans]), np.array([b for _, _, b in spans])
+    mean = ((cum[b_word] - cum[a_word]) / (b_word - a_word)).tolist()  # a span's mean word probability
+    a_tok, b_tok = first[a_word], bounds[b_word] - 1  # its first and last sub-token, laid end to end
     owner = np.searchsorted(doc_start, a_tok, side="right") - 1
-    for (typ, a, b), k, ta, tb in zip(spans, owner.tolist(), (a_tok - doc_start[owner]).tolist(),
-                                      (b_tok - doc_start[owner]).tolist()):
+    for (typ, _, _), k, ta, tb, score in zip(spans, owner.tolist(), (a_tok - doc_start[owner]).tolist(),
+                                             (b_tok - doc_start[owner]).tolist(), mean):
         doc = docs[k]
         s, e = doc.token_chars(ta)[0], doc.token_chars(tb)[1]
-        out[keep[k]].append({"text": doc.text[s:e], "label": typ, "start": s, "end": e,
-                             "score": round((cum[b] - cum[a]) / (b - a), 5)})
+        out[keep[k]].append({"text": doc.text[s:e], "label": typ, "start": s, "end": e, "score": round(score, 5)})
     return out
 
 
