@@ -307,16 +307,14 @@ def part_hf(args) -> None:
 
 def part_tag_sharded(args, timeout: float) -> dict:
     """The tag part again in --tag-processes processes, one shard each (bench/tag_host.py), started together once
-    all are warm; JAX's share of GPU memory is split between them."""
+    all are warm; JAX's share of GPU memory is split between them as `flaxner tag --processes` splits it."""
     from tag_host import run_sharded
 
     corpus, model_dir = Path(args.work) / "corpus.jsonl", Path(args.work) / "model"
     if not corpus.is_file() or not (model_dir / "config.json").is_file():
         return {"error": "no corpus or model: the tag part did not run"}
-    n = args.tag_processes
-    env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.7 / n:.3f}"}
-    out = run_sharded(str(model_dir), corpus, n, Path(args.work) / "sharded", stand_in=False,
-                      batch_tokens=args.tag_batch_tokens, env=env, timeout=timeout)
+    out = run_sharded(str(model_dir), corpus, args.tag_processes, Path(args.work) / "sharded", stand_in=False,
+                      batch_tokens=args.tag_batch_tokens, timeout=timeout)
     write_json(args.json, out)
     return out
 

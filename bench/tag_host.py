@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, median, write_json  # noqa: E402
 
+from flaxner.tagprocs import child_env  # noqa: E402
+
 ENV = {"FLAXNER_MALLOC": "system"}
 
 
@@ -77,7 +79,8 @@ def child(args) -> None:
 def run_sharded(model_dir: str, corpus: Path, processes: int, work: Path, stand_in: bool, batch_tokens: int,
                 env: dict | None = None, timeout: float = 1200) -> dict:
     """`processes` children, each tagging shard k/processes, started together once all are warm: wall time from
-    the go signal to the last one done, summed tokens, tok/s."""
+    the go signal to the last one done, summed tokens, tok/s. Their environment is `flaxner tag --processes`'
+    (accelerator memory split between them)."""
     work.mkdir(parents=True, exist_ok=True)
     go = work / "go"
     go.unlink(missing_ok=True)
@@ -91,7 +94,7 @@ def run_sharded(model_dir: str, corpus: Path, processes: int, work: Path, stand_
                "--shard", f"{k}/{processes}", "--output", str(work / f"tagged{k}.jsonl"), "--json", str(out),
                "--ready", str(ready), "--go", str(go), "--batch-tokens", str(batch_tokens)]
         procs.append(subprocess.Popen(cmd + (["--stand-in"] if stand_in else []),
-                                      env={**os.environ, **ENV, **(env or {})}))
+                                      env={**child_env(processes), **ENV, **(env or {})}))
         outs.append((out, ready))
     deadline = time.time() + timeout
     while not all(r.exists() for _, r in outs):

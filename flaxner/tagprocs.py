@@ -31,22 +31,29 @@ def shard_output(output: str, k: int, n: int) -> Path:
     return Path(f"{output}.shard{k}of{n}")
 
 
+def child_env(n: int) -> dict:
+    """The environment of one of `n` children on one machine: JAX's share of accelerator memory split between them
+    (unless XLA_PYTHON_CLIENT_MEM_FRACTION is set already)."""
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / n):.3f}")
+    return env
+
+
 def run_processes(args) -> int:
     """Tag `args.input` with `args.processes` children; returns the exit status."""
     n = args.processes
     if args.input == "-":
         raise ValueError("--processes needs an input file, not stdin")
     i, m = parse_shard(args.shard)
-    output = args.output or default_output(args.input)
-    target = "-" if output == "-" else output
-    base = output if output != "-" else str(Path(args.input).with_suffix("")) + ".stdout"
+    target = args.output or default_output(args.input)
+    base = target if target != "-" else str(Path(args.input).with_suffix("")) + ".stdout"
     if args.resume and target != "-" and Path(target).is_file() and not any(
             shard_output(base, k, n).exists() or Path(f"{shard_output(base, k, n)}.part").exists()
             for k in range(n)):
         raise ValueError(f"--resume: {target} is already complete")
-    env = dict(os.environ)
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / n):.3f}")
+    env = child_env(n)
     procs: dict[int, subprocess.Popen] = {}
+    logs: dict[int, Path] = {}
     t0 = time.perf_counter()
     for k in range(n):
         out = shard_output(base, k, n)
@@ -60,20 +67,20 @@ def run_processes(args) -> int:
                 cmd += [f"--{name.replace('_', '-')}", str(value)]
         cmd += [f"--{name.replace('_', '-')}" for name in FLAGS if getattr(args, name, False)]
         cmd += ["--resume"] if args.resume else []
-        with open(f"{out}.log", "w") as log:  # the child's stderr: its summary, or why it failed
+        logs[k] = Path(f"{out}.log")
+        with logs[k].open("w") as log:  # the child's stderr: its summary, or why it failed
             procs[k] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     print(f"tag: {len(procs)} of {n} shard processes started ({n - len(procs)} already complete)", file=sys.stderr)
     summaries, failed = {}, {}
     try:
         for k, p in procs.items():
             p.wait()
-            log = Path(f"{shard_output(base, k, n)}.log")
-            err = log.read_text(errors="replace")
+            err = logs[k].read_text(errors="replace")
             if p.returncode:
-                failed[k] = (p.returncode, err.strip().splitlines()[-1] if err.strip() else "", log)
+                failed[k] = (p.returncode, err.strip().splitlines()[-1] if err.strip() else "", logs[k])
             else:
                 summaries[k] = _summary(err)
-                log.unlink()
+                logs[k].unlink()
                 print(f"tag: shard {k + 1}/{n} done: {summaries[k].get('lines', '?')} lines", file=sys.stderr)
     except BaseException:
         for p in procs.values():
