@@ -17,6 +17,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from flaxner import hostmem
+
+# flaxner's contenders run with the malloc settings its entry points apply (off where FLAXNER_MALLOC=system).
+hostmem.tune()
+
 REPO = Path(__file__).resolve().parent.parent
 # PyTorch contenders run with glibc's default allocator settings, as users run the HF Trainer; `import flaxner`
 # would otherwise apply flaxner's (flaxner/hostmem.py) to them too. --torch-malloc flaxner measures them with it.

@@ -1,8 +1,8 @@
-"""flaxner: fine-tune BERT for named-entity recognition in JAX/Flax and tag large corpora with it."""
+"""flaxner: fine-tune BERT for named-entity recognition in JAX/Flax and tag large corpora with it.
 
-from flaxner import hostmem as _hostmem
+Importing flaxner changes nothing in the process. The `flaxner` command and scripts/train.py call
+`flaxner.hostmem.tune()` first (CPU malloc settings for XLA's per-step scratch, see flaxner/hostmem.py); a library
+user who trains on CPU can call it too, before JAX starts.
+"""
 
 __version__ = "0.1.0"
-
-# Before anything starts JAX's CPU client: keep XLA's per-step scratch memory mapped (see flaxner/hostmem.py).
-_hostmem.tune()

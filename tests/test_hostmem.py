@@ -10,8 +10,10 @@ import pytest
 # A jitted call whose scratch (a 64 MB sorted copy) is over glibc's mmap threshold: page faults per call.
 PROBE = """
 import resource
-import flaxner
+import sys
 from flaxner import hostmem
+if sys.argv[1:] == ["tune"]:
+    hostmem.tune()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a: jnp.sort(a * 2.0)[:4])
 a = jnp.ones(16 * 2**20, jnp.float32)
@@ -26,15 +28,16 @@ print(hostmem.status(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 
 
-def probe(malloc: str) -> tuple[str, float]:
+def probe(malloc: str, tune: bool = True) -> tuple[str, float]:
     env = {**os.environ, "FLAXNER_MALLOC": malloc, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, *(["tune"] if tune else [])], env=env, capture_output=True,
+                         text=True, check=True)
     status, faults = out.stdout.strip().splitlines()[-1].split("|")
     return status, float(faults)
 
 
 @glibc
-def test_import_tunes_malloc_and_stops_per_call_page_faults():
+def test_tune_stops_per_call_page_faults():
     tuned_status, tuned = probe("")
     system_status, system = probe("system")
     assert tuned_status == "tuned"
@@ -56,3 +59,19 @@ def test_opt_out_and_idempotence(monkeypatch):
     monkeypatch.delenv("FLAXNER_MALLOC")
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
     assert hostmem.tune() == "off (accelerator)"
+
+
+def test_import_changes_no_malloc_setting():
+    status, _ = probe("", tune=False)
+    assert status == "not applied"
+
+
+def test_entry_point_tunes_before_jax():
+    code = ("import sys; from flaxner import cli, hostmem\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(hostmem.status(), 'jax' in sys.modules)")
+    env = {**os.environ, "FLAXNER_MALLOC": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    status, jax_loaded = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert jax_loaded == "False"
+    assert status == ("tuned" if platform.libc_ver()[0] == "glibc" else status)
