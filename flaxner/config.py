@@ -10,8 +10,19 @@ from typing import Any
 
 import yaml
 
-# The repo's configs/ folder (the package is installed in editable mode from the repo).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """The packaged configs (the repo's configs/ folder, shipped as `flaxner.configs`)."""
+    import importlib
+
+    try:  # a namespace package (no __init__.py): its folder is on __path__
+        paths = [Path(p) for p in importlib.import_module("flaxner.configs").__path__]
+    except ModuleNotFoundError:  # a source tree that was never installed
+        paths = []
+    return next((p for p in paths if (p / "base.yaml").is_file()), Path(__file__).resolve().parent.parent / "configs")
+
+
+CONFIG_DIR = _config_dir()
 
 
 class ConfigError(ValueError):
