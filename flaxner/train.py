@@ -250,10 +250,12 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
     return out, tuple(labels)
 
 
-def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Run:
+def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+              keep_model_vocab: bool = False) -> Run:
     """Set a run up in `run_dir` (default runs/<name>-<time>), from its last intact checkpoint when resuming:
     nothing trained yet. Refuses a folder that already holds a run unless resuming (or `overwrite`), a resume
-    with no run or with training keys changed, and empty splits."""
+    with no run or with training keys changed, and empty splits. `keep_model_vocab`: the model config's
+    vocabulary size rather than the tokenizer's (benchmarks of a model's shape with another tokenizer)."""
     t0 = time.perf_counter()
     compiles0 = compile_stats()
     rd = RunDir(run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -263,8 +265,9 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     tc = cfg.train
     distributed.initialize(tc)
     rt = setup_runtime(dataclasses.replace(tc, distributed=False))  # joined just above
-    ckpt = Checkpointer(rd.checkpoints, tc.keep_checkpoints)
-    labels = ckpt.read_labels() if resume else None
+    # A fresh run creates its checkpoint folder only once its data loaded: a refused start leaves no run behind.
+    ckpt = Checkpointer(rd.checkpoints, tc.keep_checkpoints) if resume else None
+    labels = ckpt.read_labels() if ckpt else None
     if resume and labels is None:
         log.info("%s holds no checkpoint yet: starting from the first step", rd.path)
 
@@ -272,7 +275,9 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     splits, labels = load_splits(cfg, tokenizer, labels)
     if distributed.is_primary():
         save_config(cfg, rd.config)
-    model, full_params = make_model(cfg.model, list(labels), seed=tc.seed, vocab_size=len(tokenizer))
+    ckpt = ckpt or Checkpointer(rd.checkpoints, tc.keep_checkpoints)
+    model, full_params = make_model(cfg.model, list(labels), seed=tc.seed,
+                                    vocab_size=None if keep_model_vocab else len(tokenizer))
     train_model, params, vocab = compact_model(tc, model, full_params, [s.enc for s in splits.values()],
                                                tokenizer.all_special_ids)
     if vocab:
