@@ -1,7 +1,8 @@
 """Training throughput: flaxner's train step against the PyTorch step of the HF Trainer, on the same sentences.
 
 Contenders, each in its own process (they would fight over the cores and the allocator otherwise):
-  a  flaxner: the train step of `flaxner.train.build_run` on fixed-shape bucketed batches, grouped by length, as `flaxner train` runs it
+  a  flaxner: the train step of `flaxner.train.build_run` on fixed-shape bucketed batches, grouped by length, as
+     `flaxner train` runs it
   b  PyTorch BertForTokenClassification + the Trainer's AdamW, linear schedule and clipping, random batches with
      dynamic padding (DataCollatorForTokenClassification): the HF Trainer's defaults, as the seed model was made
   c  the same PyTorch step on length-grouped batches (the Trainer's group_by_length)

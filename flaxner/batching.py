@@ -109,6 +109,13 @@ class EpochPlan:
         """The padded lengths the plan's batches use."""
         return sorted({n for ep in self.padded for n in ep})
 
+    def padding_stats(self, lengths: np.ndarray, epoch: int = 0) -> dict[str, float]:
+        """Real and padded token counts of one epoch's batches (rows of `lengths`), and the shapes they compile."""
+        real = sum(int(lengths[idx].sum()) for idx in self.orders[epoch])
+        padded = self.batch_size * sum(self.padded[epoch])
+        return {"real_tokens": real, "padded_tokens": padded, "padding": 1 - real / padded,
+                "shapes": sorted(set(self.padded[epoch]))}
+
 
 def plan_epochs(lengths: np.ndarray, data: DataConfig, train: TrainConfig, multiple: int = 1) -> EpochPlan:
     """The run's plan: `train.epochs` batch orders (`batch_order`), then the padded lengths: `data.buckets`, or
@@ -161,13 +168,7 @@ def iter_batches(enc: Encoded, batch_size: int, buckets: Sequence[int], seed: in
 
 def padding_stats(enc: Encoded, batch_size: int, buckets: Sequence[int], seed: int = 0,
                   mode: str = "grouped") -> dict[str, float]:
-    """Real and padded token counts of one epoch's batches, and the shapes they compile."""
-    lengths = enc.lengths
-    real = padded = 0
-    shapes = set()
-    for idx in batch_order(lengths, batch_size, seed, 0, mode):
-        seq = bucket_for(int(lengths[idx].max()), buckets)
-        shapes.add(seq)
-        real += int(lengths[idx].sum())
-        padded += batch_size * seq
-    return {"real_tokens": real, "padded_tokens": padded, "padding": 1 - real / padded, "shapes": sorted(shapes)}
+    """`EpochPlan.padding_stats` of epoch 0 batched as given, padded to `buckets` as they are."""
+    plan = plan_epochs(enc.lengths, DataConfig(buckets=tuple(buckets), fit_buckets=0),
+                       TrainConfig(batch_size=batch_size, seed=seed, epochs=1, batching=mode))
+    return plan.padding_stats(enc.lengths)

@@ -243,8 +243,7 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
     for role, name in roles.items():
         cols = ds[name][:]  # read the columns once, for the gold tags and the encoding
         if not cols["tokens"]:
-            limit = f" (data.limit={d.limit})" if d.limit else ""
-            raise DataError(f"data.source {d.source}: the {name!r} split has no sentences{limit}")
+            raise DataError(f"data.source {d.source}: the {name!r} split has no sentences")
         gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
         out[role] = Split(name, encode(cols, tokenizer, d, labels), gold)
     return out, tuple(labels)
@@ -315,7 +314,7 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
         # An epoch whose steps are all done but which is not evaluated yet (stopped at its last step) still is.
         while loop.epoch < plan.epochs and (run.step < run.total_steps or loop.batch > 0):
             epoch = loop.epoch
-            order, padded = plan.orders[epoch], plan.padded[epoch]
+            order = plan.orders[epoch]
             t_ep = time.perf_counter()
             for idx in order[loop.batch:]:
                 if run.step >= run.total_steps:
@@ -404,7 +403,7 @@ class BestModel:
     def on_epoch(self, ev: EpochEvent) -> None:
         if not ev.improved:
             return
-        self.params = jax.device_get(ev.state["params"])
+        self.params = jax.tree.map(distributed.fetch, ev.state["params"])
         if distributed.is_primary():
             export.save_model(self.run.model, self.run.export_params(self.params), self.run.tokenizer,
                               self.run.dir.model)

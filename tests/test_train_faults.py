@@ -14,7 +14,7 @@ import pytest
 
 from flaxner.checkpoint import CheckpointError, Checkpointer, LoopState
 from flaxner.cli import main
-from flaxner.config import ConfigError, load_config, replace
+from flaxner.config import ConfigError, replace
 from flaxner.data import DataError
 from flaxner.rundir import RunDirError
 from flaxner.train import Interrupted, StopSignals, build_run, train
@@ -138,7 +138,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(small_cfg, small
     _damage(last / "5", how)
     with caplog.at_level(logging.WARNING, logger="flaxner.checkpoint"):
         summary = train(cfg, out, resume=True)
-    assert f"checkpoint {last / '5'} is damaged" in caplog.text and f"resuming from checkpoint {last / '4'}" in caplog.text
+    assert f"checkpoint {last / '5'} is damaged" in caplog.text
+    assert f"resuming from checkpoint {last / '4'}" in caplog.text
     assert_same_run(summary, small_run, out)
 
 
