@@ -17,7 +17,7 @@ from flaxner.cli import main
 from flaxner.config import ConfigError, replace
 from flaxner.data import DataError
 from flaxner.rundir import RunDirError
-from flaxner.train import Interrupted, StopSignals, build_run, train
+from flaxner.train import EpochEvent, Interrupted, StepEvent, StopSignals, build_run, train, training_steps
 
 from test_train import assert_same_run, interrupt_at
 
@@ -55,6 +55,26 @@ def test_small_run_skips_the_missing_test_split(small_run, small_cfg, caplog, tm
     with pytest.raises(DataError, match="no file for split 'test'"):  # asked for explicitly: refused up front
         build_run(replace(small_cfg, train={"eval_test": True}), tmp_path / "required")
     assert not (tmp_path / "required" / "metrics.jsonl").exists()
+
+
+def test_training_steps_yields_typed_events_and_stops_when_the_caller_does(small_cfg, small_run, tmp_path):
+    """The loop without `train`'s handlers: the same steps and scores as the full run, stopped by not iterating."""
+    from flaxner.export import read_metrics
+
+    run = build_run(small_cfg, tmp_path / "run")
+    events = []
+    for ev in training_steps(run):
+        events.append(ev)
+        if isinstance(ev, EpochEvent):
+            break
+    run.ckpt.close()
+    assert [(type(e), e.step) for e in events] == [(StepEvent, 1), (StepEvent, 2), (StepEvent, 3), (EpochEvent, 3)]
+    logged = [r["loss"] for r in read_metrics(small_run.run_dir) if r["type"] == "train"]
+    assert [e.losses[0] for e in events[:3]] == logged[:3]  # log_every 1: one loss per step
+    assert [e.batch for e in events[:3]] == [1, 2, 3] and events[2].epoch_progress == 1.0
+    assert events[-1].improved and events[-1].scores["f1"] == small_run.history[0]["f1"]
+    assert (run.loop.epoch, run.loop.batch, run.step) == (1, 0, 3) and run.loop.history == small_run.history[:1]
+    assert not (tmp_path / "run" / "model").exists()  # exporting is a handler of `train`, not the loop's
 
 
 @pytest.mark.parametrize("save_every, stop", [(3, None), (3, 3), (3, 6), (2, 6), (1, 4)])
