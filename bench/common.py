@@ -210,17 +210,3 @@ def markdown_table(rows: Sequence[dict], cols: Sequence[tuple[str, str, str]]) -
             cells.append("—" if v is None else format(v, spec) if spec else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def flaxner_setup(cfg, model, params, tokenizer, encs: dict):
-    """What `flaxner.train.train` does between building the model and compiling the step: the compact vocabulary
-    (`flaxner.vocab.compact_model`) when the config has it. Returns (model to run, its params, encodings, pad id,
-    a function that puts trained params back into the full model's shape)."""
-    from flaxner.vocab import compact_model
-
-    run_model, run_params, vocab = compact_model(cfg.train, model, params, list(encs.values()),
-                                                 tokenizer.all_special_ids)
-    if vocab is None:
-        return model, params, encs, tokenizer.pad_token_id or 0, lambda p: p
-    return (run_model, run_params, {k: vocab.encode(e) for k, e in encs.items()},
-            int(vocab.remap[tokenizer.pad_token_id]), lambda p: vocab.expand(p, params))

@@ -32,7 +32,7 @@ T0 = time.perf_counter()  # before the heavy imports: the recipe's wall clock st
 PART_T0 = [T0]  # reset per part when all run in one process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, TRAIN_FUNS, CompileCounter, flaxner_setup, header, markdown_table, median,  # noqa: E402
+from common import (REPO, TRAIN_FUNS, CompileCounter, header, markdown_table, median,  # noqa: E402
                     peak_rss_mib, run_child, write_json)
 
 SIZES = {  # config, overrides, keep the config's vocabulary size
@@ -88,83 +88,62 @@ def train_flops(conf, batch: int, seq: int) -> float:
 
 
 def part_train(args) -> None:
-    """The seed recipe as `flaxner train` runs it, timed per epoch; figures go to args.json after each epoch."""
+    """The seed recipe as `flaxner train` runs it (`build_run` and its `training_steps`), timed per epoch; figures
+    go to args.json after each epoch."""
+    import tempfile
+
     import jax
 
-    from flaxner.data import iter_batches, run_buckets
-    from flaxner.evaluate import evaluate, jit_eval_step
-    from flaxner.export import save_model
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import make_model, make_tokenizer
-    from flaxner.precompile import Precompiler, submit_run, workers_for
-    from flaxner.runtime import setup_runtime
-    from flaxner.step import init_state, make_optimizer, make_train_step
-    from flaxner.train import load_data, loss_denominator
+    from flaxner.precompile import Precompiler, workers_for
+    from flaxner.train import StepEvent, build_run, training_steps
 
     counter = CompileCounter()
     cfg, keep_vocab = load_cfg(args, args.dtype)
-    tc, labels = cfg.train, list(CONLL_LABELS)
-    rt = setup_runtime(tc)
-    tok = make_tokenizer(cfg.model)
-    data = load_data(cfg, tok)
-    full_model, full_params = make_model(cfg.model, labels, seed=tc.seed, vocab_size=None if keep_vocab else len(tok))
-    model, params, encs, pad_id, expand = flaxner_setup(cfg, full_model, full_params, tok,
-                                                        {k: e for k, (e, _) in data.items()})
-    train_enc, (eval_enc, eval_gold) = encs["train"], (encs["eval"], data["eval"][1])
-    steps_per_epoch = -(-len(train_enc.input_ids) // tc.batch_size)
-    tx = make_optimizer(tc, steps_per_epoch * tc.epochs)
-    state = init_state(params, tx, tc.seed, rt)
-    del params
-    step_fn = make_train_step(model.__call__, tx, rt, loss_denominator(tc, train_enc))
-    buckets = run_buckets(cfg.data, tc, train_enc.lengths, rt.length_multiple)
-    eval_fn = jit_eval_step(model.__call__)
-    pre = Precompiler(workers_for(tc.compile_workers, rt.platform))  # as train() does
-    eval_keys = submit_run(pre, step_fn, eval_fn, state, rt, tc, buckets, train_enc.lengths,
-                           {"eval": eval_enc.lengths}, (0, 0), steps_per_epoch * tc.epochs, steps_per_epoch)
-    seen: set[int] = set()
+    tc = cfg.train
+    run_dir = Path(args.work or tempfile.mkdtemp(prefix="gpu_bench-")) / f"run-{args.dtype}"
+    run = build_run(cfg, run_dir, overwrite=True, keep_model_vocab=keep_vocab)
+    pre = Precompiler(workers_for(tc.compile_workers, run.rt.platform))
+    spe, conf = run.plan.steps_per_epoch, run.train_model.config
     out = {"part": f"train_{args.dtype}", "dtype": args.dtype, "size": args.size, "devices": [str(d) for d in
-           jax.devices()], "vocab_size": full_model.config.vocab_size, "steps_per_epoch": steps_per_epoch,
-           "sentences": len(train_enc.input_ids), "load_s": time.perf_counter() - PART_T0[0], "epochs": [],
-           "compile_workers": pre.workers}
-    for epoch in range(tc.epochs):
-        snap, t_ep, wait0 = counter.snapshot(), time.perf_counter(), pre.waited_s
-        pending, loss, steps, real, padded, flops = [], [], 0, 0, 0, 0.0
-        for _, batch in iter_batches(train_enc, tc.batch_size, buckets, tc.seed, epoch, tc.batching,
-                                     pad_id=pad_id):
-            b, s = batch["input_ids"].shape
-            if s not in seen:
-                seen.add(s)
-                pre.claim(("train", s), "update")
-            state, m = step_fn(state, rt.put(batch))
-            pending.append(m)
-            steps, real, padded = steps + 1, real + int(batch["attention_mask"].sum()), padded + b * s
-            flops += train_flops(model.config, b, s)
-            if len(pending) >= tc.log_every:  # train() reads the losses back this often
-                loss = [float(x["loss"]) for x in pending]
-                pending.clear()
-        loss = [float(x["loss"]) for x in pending] or loss
-        jax.block_until_ready(state)
-        train_s, wait_train = time.perf_counter() - t_ep, pre.waited_s - wait0
-        n_train, c_train = counter.since(snap, TRAIN_FUNS, background=False)
-        ahead = counter.since(snap, background=True)
-        snap, t_ev = counter.snapshot(), time.perf_counter()
-        pre.claim(*eval_keys["eval"])
-        ev, _ = evaluate(eval_fn, state["params"], eval_enc, eval_gold, labels, tc.eval_batch_size,
-                         buckets, rt.put, pad_id)
-        eval_s = time.perf_counter() - t_ev
-        n_eval, c_eval = counter.since(snap, background=False)
-        n_ahead, c_ahead = (a + b for a, b in zip(ahead, counter.since(snap, background=True)))
-        out["epochs"].append({"epoch": epoch + 1, "steps": steps, "train_s": train_s, "eval_s": eval_s,
+           jax.devices()], "vocab_size": run.model.config.vocab_size, "steps_per_epoch": spe,
+           "sentences": len(run.splits["train"].enc.input_ids), "load_s": time.perf_counter() - PART_T0[0],
+           "epochs": [], "compile_workers": pre.workers}
+
+    def start_epoch() -> dict:
+        return {"snap": counter.snapshot(), "t": time.perf_counter(), "wait0": pre.waited_s, "steps": 0, "real": 0,
+                "padded": 0, "flops": 0.0, "loss": []}
+
+    ep = start_epoch()
+    for ev in training_steps(run, pre):
+        if isinstance(ev, StepEvent):
+            ep["steps"] += 1
+            ep["real"] += ev.tokens
+            ep["padded"] += tc.batch_size * ev.seq
+            ep["flops"] += train_flops(conf, tc.batch_size, ev.seq)
+            ep["loss"] = ev.losses or ep["loss"]
+            if ev.batch == spe:  # the epoch's last step: its training time ends when the device is done
+                jax.block_until_ready(ev.state)
+                ep["train_s"], ep["wait_train"] = time.perf_counter() - ep["t"], pre.waited_s - ep["wait0"]
+                ep["train_compiles"] = counter.since(ep["snap"], TRAIN_FUNS, background=False)
+                ep["ahead"] = counter.since(ep["snap"], background=True)
+                ep["eval_snap"], ep["t_ev"] = counter.snapshot(), time.perf_counter()
+            continue
+        eval_s = time.perf_counter() - ep["t_ev"]
+        (n_train, c_train), ahead = ep["train_compiles"], ep["ahead"]
+        n_eval, c_eval = counter.since(ep["eval_snap"], background=False)
+        n_ahead, c_ahead = (a + b for a, b in zip(ahead, counter.since(ep["eval_snap"], background=True)))
+        out["epochs"].append({"epoch": ev.epoch, "steps": ep["steps"], "train_s": ep["train_s"], "eval_s": eval_s,
                               "train_compiles": n_train, "train_compile_s": c_train, "eval_compiles": n_eval,
                               "eval_compile_s": c_eval, "ahead_compiles": n_ahead, "ahead_compile_s": c_ahead,
-                              "compile_wait_train_s": wait_train,
-                              "compile_wait_eval_s": pre.waited_s - wait0 - wait_train,
-                              "real_tokens": real, "padded_tokens": padded,
-                              "flops": flops, "loss": loss[-1] if loss else None, "f1": ev["f1"],
-                              "eval_loss": ev["loss"]})
+                              "compile_wait_train_s": ep["wait_train"],
+                              "compile_wait_eval_s": pre.waited_s - ep["wait0"] - ep["wait_train"],
+                              "real_tokens": ep["real"], "padded_tokens": ep["padded"], "flops": ep["flops"],
+                              "loss": ep["loss"][-1] if ep["loss"] else None, "f1": ev.scores["f1"],
+                              "eval_loss": ev.scores["loss"]})
         out["recipe_wall_s"] = time.perf_counter() - PART_T0[0]
         write_json(args.json, out)
-    pre.close()
+        ep = start_epoch()
+    run.ckpt.close()
     eps = out["epochs"]
     steady = eps[1:] or [dict(eps[0], train_s=eps[0]["train_s"] - eps[0]["train_compile_s"]
                               - eps[0]["compile_wait_train_s"])]
@@ -181,7 +160,9 @@ def part_train(args) -> None:
     out["bf16_matmul_flop_s"] = matmul_rate("bfloat16", args.matmul_n)
     out["mfu"] = out["model_flop_s"] / out["bf16_matmul_flop_s"]
     if args.save_model:  # the tag and hf parts tag with this model
-        save_model(full_model, expand(jax.device_get(state["params"])), tok, Path(args.save_model))
+        from flaxner.export import save_model
+
+        save_model(run.model, run.export_params(run.state["params"]), run.tokenizer, Path(args.save_model))
     out["peak_rss_mib"] = peak_rss_mib()
     write_json(args.json, out)
 

@@ -1,7 +1,8 @@
 """Training throughput: flaxner's train step against the PyTorch step of the HF Trainer, on the same sentences.
 
 Contenders, each in its own process (they would fight over the cores and the allocator otherwise):
-  a  flaxner: `make_train_step` on fixed-shape bucketed batches, grouped by length, as `flaxner train` runs it
+  a  flaxner: the train step of `flaxner.train.build_run` on fixed-shape bucketed batches, grouped by length, as
+     `flaxner train` runs it
   b  PyTorch BertForTokenClassification + the Trainer's AdamW, linear schedule and clipping, random batches with
      dynamic padding (DataCollatorForTokenClassification): the HF Trainer's defaults, as the seed model was made
   c  the same PyTorch step on length-grouped batches (the Trainer's group_by_length)
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (TORCH_ENV, TRAIN_FUNS, CompileCounter, flaxner_setup, header, markdown_table,  # noqa: E402
+from common import (TORCH_ENV, TRAIN_FUNS, CompileCounter, header, markdown_table,  # noqa: E402
                     malloc_status, median, peak_rss_mib, run_child, write_json)
 
 # config, overrides, keep the config's vocabulary (mBERT: 119,547 rows although the MiniLM tokenizer uses 30,522)
@@ -58,15 +59,15 @@ def load(args):
 
 
 def order(enc, subset, batch_size: int, seed: int, mode: str) -> list[np.ndarray]:
-    """Batches (row indices of `enc`) over the chosen sentences, as `flaxner.data.batch_order` draws them."""
-    from flaxner.data import batch_order
+    """Batches (row indices of `enc`) over the chosen sentences, as `flaxner.batching.batch_order` draws them."""
+    from flaxner.batching import batch_order
 
     return [subset[b] for b in batch_order(enc.lengths[subset], batch_size, seed, 0, mode)]
 
 
 def epoch_padding(enc, batch_size: int, seed: int, mode: str, buckets=None) -> float:
     """Share of padding over one whole epoch of the full split (context for the sample's figure)."""
-    from flaxner.data import batch_order, bucket_for
+    from flaxner.batching import batch_order, bucket_for
 
     lengths = enc.lengths
     real = padded = 0
@@ -78,29 +79,27 @@ def epoch_padding(enc, batch_size: int, seed: int, mode: str, buckets=None) -> f
 
 
 def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
+    """flaxner's step as `flaxner train` sets it up (`build_run`: every split for the compact vocabulary, the
+    run's fitted buckets, the loss denominator), timed over the drawn batches instead of an epoch."""
+    import dataclasses
+
     import jax
 
-    from flaxner.data import collate, run_buckets
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import make_model
-    from flaxner.runtime import setup_runtime
-    from flaxner.step import init_state, make_optimizer, make_train_step
-    from flaxner.train import load_data, loss_denominator
+    from flaxner.batching import collate
+    from flaxner.train import build_run
 
     counter = CompileCounter()
-    tc = cfg.train
-    rt = setup_runtime(tc)
-    model, params = make_model(cfg.model, CONLL_LABELS, seed=tc.seed, vocab_size=vocab)
-    # every split, as train() sees them (the compact vocabulary covers all of them)
-    encs = {k: e for k, (e, _) in load_data(cfg, tok).items()}
-    model, params, encs, pad_id, _ = flaxner_setup(cfg, model, params, tok, encs)
-    enc = encs["train"]
-    tx = make_optimizer(tc, args.total_steps)
-    state = init_state(params, tx, tc.seed, rt)
-    del params
-    step_fn = make_train_step(model.__call__, tx, rt, loss_denominator(tc, enc))
+    # the schedule of a --total-steps run, as before; no test split, no checkpoints (nothing saves them)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.total_steps,
+                                                             eval_test=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build_run(cfg, Path(tmp) / "run", keep_model_vocab=vocab is None)
+        run.ckpt.close()
+    tc, rt, step_fn, pad_id, buckets = cfg.train, run.rt, run.step_fn, run.pad_id, run.plan.buckets
+    enc = run.splits["train"].enc  # the same rows as the caller's, in the compact vocabulary
     batches = order(enc, subset, tc.batch_size, tc.seed, tc.batching)
-    buckets = run_buckets(cfg.data, tc, enc.lengths, rt.length_multiple)  # fitted to the whole split, as train()
+    state = run.state
+    del run
 
     def one_pass(idx_list) -> list[float]:
         losses, pending = [], []

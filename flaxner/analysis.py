@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from flaxner.config import Config, DataConfig, load_config
-from flaxner.data import batch_order, bucket_for
+from flaxner.batching import batch_order, bucket_for
 from flaxner.labels import CONLL_LABELS, spans_from_tags
+from flaxner.rundir import RunDir
 
 MISSED = "missed"
 SPURIOUS = "spurious"
@@ -24,7 +25,7 @@ PALETTE = ("#f4a261", "#bde0fe", "#ffafcc", "#caffbf", "#fdffb6", "#d0d1ff", "#f
 
 def explore_config(run_dir: str | Path | None, config: str | Path, overrides: Sequence[str] = ()) -> Config:
     """The config a run folder was trained with (its config.yaml), else `config`; dotted `overrides` on top."""
-    saved = Path(run_dir, "config.yaml") if run_dir else None
+    saved = RunDir(run_dir).config if run_dir else None
     return load_config(saved if saved and saved.is_file() else config, list(overrides))
 
 
@@ -58,7 +59,7 @@ def stats_table(stats: dict[str, dict]) -> list[dict]:
 def bucket_costs(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int = 0,
                  mode: str = "grouped") -> list[dict]:
     """Per bucket length, the batches of one training epoch padded to it: rows, real and padded sub-tokens, and
-    the share of padding (the batches `flaxner.data.iter_batches` builds for epoch 0)."""
+    the share of padding (the batches `flaxner.batching.iter_batches` builds for epoch 0)."""
     lengths = np.asarray(lengths)
     acc = {b: {"bucket": b, "batches": 0, "rows": 0, "real_tokens": 0, "padded_tokens": 0} for b in buckets}
     for idx in batch_order(lengths, batch_size, seed, 0, mode):
@@ -245,7 +246,7 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
         model, params, tokenizer, labels = run_dir_or_model
     else:
         model, params, tokenizer, labels = load_trained(run_dir_or_model)
-        cfg_path = Path(run_dir_or_model) / "config.yaml"
+        cfg_path = RunDir(run_dir_or_model).config
         saved = load_config(cfg_path) if cfg_path.is_file() else None
     data = data or (saved.data if saved else DataConfig())
     if limit is not None:

@@ -14,7 +14,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/mbert-conll2003.yaml",
                    help="YAML config (path, or the name of one in configs/); default: the seed recipe")
     p.add_argument("--output-dir", default=None, help="run folder (default runs/<config name>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its last intact checkpoint (a finished run: nothing "
+                        "to do); training keys must match its config.yaml")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --output-dir (without it, a folder holding a run is refused)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=1")
 
 
@@ -26,27 +30,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = args.config
     if args.resume and args.config == "configs/mbert-conll2003.yaml":
         # A resumed run rebuilds exactly the config it was started with.
-        from pathlib import Path
+        from flaxner.rundir import RunDir
 
-        saved = Path(args.output_dir) / "config.yaml"
+        saved = RunDir(args.output_dir).config
         path = saved if saved.is_file() else path
     cfg = load_config(resolve_config_path(path), args.overrides)
     from flaxner.train import Interrupted, train
 
     try:
-        summary = train(cfg, args.output_dir, resume=args.resume)
+        summary = train(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 128 + e.signum
     from flaxner.export import epoch_table
 
-    print("\n" + epoch_table(summary["history"]))
-    if "test" in summary:
-        t = summary["test"]
+    print("\n" + epoch_table(summary.history))
+    if summary.test:
+        t = summary.test
         print(f"\ntest: precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} "
               f"accuracy {t['accuracy']:.4f}")
-    print(f"\nrun folder: {summary['run_dir']}  (model in {summary['run_dir']}/model)  "
-          f"compiled train shapes: {len(summary['compiled_train_shapes'])}  total {summary['total_s']:.0f}s")
+    print(f"\nrun folder: {summary.run_dir}  (model in {summary.run_dir}/model)  "
+          f"compiled train shapes: {len(summary.compiled_train_shapes)}  total {summary.total_s:.0f}s")
     return 0
 
 

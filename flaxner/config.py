@@ -83,10 +83,13 @@ class TrainConfig:
     loss_norm: str = "auto"
     # Stop after this many optimizer steps (0: run all epochs); for smoke tests.
     max_steps: int = 0
+    # Save a checkpoint every this many steps (0: only at each epoch's end).
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 20
-    eval_test: bool = True
+    # Score the best epoch on the test split: "auto" when the data has one (else one log line), true (a missing
+    # test split is an error before training), false.
+    eval_test: typing.Literal["auto", True, False] = "auto"
     compilation_cache: str = "~/.cache/flaxner/jax"
     # Threads that compile the run's train and evaluation shapes ahead of their first step; 0: compile each on
     # first use; -1: auto (1 on CPU, up to 8 beside an accelerator).
@@ -127,6 +130,11 @@ class Config:
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Check `value` against a dataclass field type, converting lists to tuples and ints to floats."""
     origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        allowed = typing.get_args(typ)
+        if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+            raise ConfigError(f"{where}: expected one of {', '.join(str(a).lower() for a in allowed)}, got {value!r}")
+        return value
     if origin is tuple:
         (inner, _) = typing.get_args(typ)
         if not isinstance(value, (list, tuple)):
@@ -248,6 +256,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.buckets: must be strictly increasing, got {list(d.buckets)}")
     if d.buckets[-1] < d.max_length:
         raise ConfigError(f"data.buckets: the largest bucket {d.buckets[-1]} must be >= data.max_length {d.max_length}")
+    if d.max_length < 3:
+        raise ConfigError(f"data.max_length: must be at least 3 (the two special tokens and one sub-token), "
+                          f"got {d.max_length}")
+    if d.limit < 0:
+        raise ConfigError(f"data.limit: must be 0 (all sentences) or a count, got {d.limit}")
+    for name, value in (("train.save_every", t.save_every), ("train.max_steps", t.max_steps),
+                        ("train.warmup_steps", t.warmup_steps)):
+        if value < 0:
+            raise ConfigError(f"{name}: must be 0 (off) or a step count, got {value}")
+    for name, value in (("train.keep_checkpoints", t.keep_checkpoints), ("train.log_every", t.log_every)):
+        if value <= 0:
+            raise ConfigError(f"{name}: must be positive, got {value}")
     if d.fit_buckets < 0:
         raise ConfigError(f"data.fit_buckets: must be 0 (off) or a count of lengths, got {d.fit_buckets}")
     if cfg.tag.compile_workers < -1:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import DataConfig, TrainConfig
+from flaxner.config import DataConfig
 from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id
 
 log = logging.getLogger(__name__)
@@ -188,102 +188,24 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     raise DataError(f"a sequence of {length} sub-tokens exceeds the largest bucket {buckets[-1]}")
 
 
-def fit_buckets(maxima: Sequence[int], count: int, multiple: int = 1) -> list[int]:
-    """The `count` padded lengths (multiples of `multiple`) that waste the fewest tokens when each batch, given
-    by its longest row, is padded to the smallest one that fits it: an exact dynamic programme over the
-    distinct batch maxima."""
-    maxima = -(-np.asarray(maxima, dtype=np.int64) // multiple) * multiple
-    vals, counts = np.unique(maxima, return_counts=True)
-    n = len(vals)
-    if n <= count:
-        return [int(v) for v in vals]
-    rows = np.concatenate([[0], np.cumsum(counts)]).astype(np.float64)  # rows[i]: batches below vals[i]
-    # best[i]: least padded length summed over the batches up to vals[i], vals[i] being the last bucket so far
-    best = rows[1:] * vals
-    later = np.triu(np.ones((n, n), dtype=bool), k=1)  # later[j, i]: j < i
-    backs = []
-    for _ in range(count - 1):
-        # cand[j, i]: the best up to vals[j], then one bucket vals[i] for the batches in (vals[j], vals[i]]
-        cand = np.where(later, best[:, None] + (rows[None, 1:] - rows[1:, None]) * vals[None, :], np.inf)
-        backs.append(np.argmin(cand, axis=0))
-        best = cand[backs[-1], np.arange(n)]
-    i, out = n - 1, [int(vals[-1])]
-    for back in reversed(backs):
-        i = int(back[i])
-        out.append(int(vals[i]))
-    return sorted(out)
+def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequence[str] = (),
+                        labels: Sequence[str] | None = None) -> tuple[dict, tuple[str, ...]]:
+    """{split name: Dataset (id, tokens, ner_tags as label ids)} for `splits` and those of `optional` that the
+    source has, and the label inventory (`labels` as given, e.g. from a checkpoint; else CoNLL-2003's)."""
+    labels = tuple(labels or CONLL_LABELS)
+    out = {s: load_split(cfg, s, labels) for s in splits}
+    for s in optional:
+        if s not in out and _has_split(cfg, s):
+            out[s] = load_split(cfg, s, labels)
+    return out, labels
 
 
-def run_buckets(data: DataConfig, train: TrainConfig, lengths: np.ndarray, multiple: int = 1) -> tuple[int, ...]:
-    """The padded lengths a run uses: `data.buckets`, or with `data.fit_buckets` = k, the k lengths fitted to
-    the batches of all its epochs (a pure function of the data and the seed, so a resumed run gets the same),
-    followed by the configured buckets above them for longer evaluation rows."""
-    if not data.fit_buckets:
-        return tuple(data.buckets)
-    maxima = [int(lengths[idx].max()) for epoch in range(train.epochs)
-              for idx in batch_order(lengths, train.batch_size, train.seed, epoch, train.batching)]
-    fitted = fit_buckets(maxima, data.fit_buckets, multiple)
-    return tuple(fitted + [b for b in data.buckets if b > fitted[-1]])
-
-
-def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, mode: str = "grouped",
-                shuffle: bool = True) -> list[np.ndarray]:
-    """Row indices of every batch of one epoch, a pure function of (seed, epoch). "grouped" sorts random
-    mega-batches of 50 batches by length, as the HF Trainer's `group_by_length`, then shuffles the batch order;
-    "random" is a plain permutation; shuffle=False sorts by length for evaluation."""
-    n = len(lengths)
-    if not shuffle:
-        order = np.argsort(-lengths, kind="stable")
-        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(n)
-    if mode == "random":
-        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
-    mega = batch_size * 50
-    batches = []
-    for m in range(0, n, mega):
-        chunk = perm[m:m + mega]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    # The one short batch (if any) stays last, so every other step has the full batch.
-    full = [b for b in batches if len(b) == batch_size]
-    short = [b for b in batches if len(b) < batch_size]
-    order = rng.permutation(len(full))
-    return [full[i] for i in order] + short
-
-
-def collate(enc: Encoded, idx: np.ndarray, batch_size: int, buckets: Sequence[int],
-            pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Pad rows `idx` to a fixed [batch_size, bucket] shape; missing rows are all-padding with IGNORE labels."""
-    seq = bucket_for(max(len(enc.input_ids[i]) for i in idx), buckets)
-    input_ids = np.full((batch_size, seq), pad_id, dtype=np.int32)
-    labels = np.full((batch_size, seq), IGNORE, dtype=np.int32)
-    mask = np.zeros((batch_size, seq), dtype=np.int32)
-    for r, i in enumerate(idx):
-        n = len(enc.input_ids[i])
-        input_ids[r, :n] = enc.input_ids[i]
-        labels[r, :n] = enc.labels[i]
-        mask[r, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-def iter_batches(enc: Encoded, batch_size: int, buckets: Sequence[int], seed: int = 0, epoch: int = 0,
-                 mode: str = "grouped", shuffle: bool = True, start: int = 0,
-                 pad_id: int = 0) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Yield (row indices, padded batch) for one epoch, from batch number `start` on."""
-    for idx in batch_order(enc.lengths, batch_size, seed, epoch, mode, shuffle)[start:]:
-        yield idx, collate(enc, idx, batch_size, buckets, pad_id)
-
-
-def padding_stats(enc: Encoded, batch_size: int, buckets: Sequence[int], seed: int = 0,
-                  mode: str = "grouped") -> dict[str, float]:
-    """Real and padded token counts of one epoch's batches, and the shapes they compile."""
-    lengths = enc.lengths
-    real = padded = 0
-    shapes = set()
-    for idx in batch_order(lengths, batch_size, seed, 0, mode):
-        seq = bucket_for(int(lengths[idx].max()), buckets)
-        shapes.add(seq)
-        real += int(lengths[idx].sum())
-        padded += batch_size * seq
-    return {"real_tokens": real, "padded_tokens": padded, "padding": 1 - real / padded, "shapes": sorted(shapes)}
+def _has_split(cfg: DataConfig, split: str) -> bool:
+    folder = BUILTIN_DIR if cfg.source == "builtin" else Path(cfg.source).expanduser()
+    if not folder.is_dir():
+        return True  # a hub dataset: `load_split` says which splits it has
+    try:
+        find_split_file(folder, split)
+    except DataError:
+        return False
+    return True

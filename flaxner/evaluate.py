@@ -10,7 +10,8 @@ import numpy as np
 import optax
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
-from flaxner.data import Encoded, iter_batches
+from flaxner.batching import iter_batches
+from flaxner.data import Encoded
 from flaxner.labels import IGNORE
 
 

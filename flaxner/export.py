@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from flaxner.config import Config
+from flaxner.rundir import RunDir
 
 
 class MetricsLog:
@@ -31,7 +32,7 @@ class MetricsLog:
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl (a run folder or the file itself)."""
     p = Path(path)
-    p = p / "metrics.jsonl" if p.is_dir() else p
+    p = RunDir(p).metrics if p.is_dir() else p
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
 
 
@@ -100,8 +101,9 @@ def _versions() -> str:
         ("Flax", flax.__version__), ("Optax", optax.__version__), ("Python", platform.python_version())))
 
 
-def write_card(run_dir: Path, cfg: Config, summary: dict) -> None:
-    """README.md in the seed card's format, beside the exported model."""
+def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None:
+    """README.md in the seed card's format, beside the exported model; `summary` is summary.json's content."""
+    rd = RunDir(run_dir)
     t, hist = cfg.train, summary["history"]
     best = max(hist, key=lambda h: h["f1"]) if hist else None
     results = "" if best is None else (
@@ -152,6 +154,6 @@ The following hyperparameters were used during training:
 
 {_versions()}
 """
-    (run_dir / "README.md").write_text(card)
-    if (run_dir / "model").is_dir():
-        (run_dir / "model" / "README.md").write_text(card)
+    rd.card.write_text(card)
+    if rd.model.is_dir():
+        (rd.model / "README.md").write_text(card)

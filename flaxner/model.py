@@ -105,9 +105,9 @@ def load_trained(path: str | Path, dtype: str = "float32"):
     tokenizer, labels)."""
     from transformers import AutoTokenizer, FlaxBertForTokenClassification
 
-    p = Path(path)
-    if (p / "model" / "config.json").is_file():
-        p = p / "model"
+    from flaxner.rundir import RunDir
+
+    p = RunDir(path).model_dir() or Path(path)
     if p.exists() and not (p / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json here or in {path}/model (not an HF model or run folder)")
     name = str(p) if p.exists() else str(path)

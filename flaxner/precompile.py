@@ -13,14 +13,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from flaxner.data import batch_order, bucket_for
 from flaxner.runtime import abstract
 
 log = logging.getLogger(__name__)
@@ -38,29 +36,8 @@ def auto_workers(platform: str, cpus: int | None = None) -> int:
 
 
 def batch_spec(rows: int, length: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
-    """The abstract batch `data.collate` makes, placed as `Runtime.put` places it."""
+    """The abstract batch `batching.collate` makes, placed as `Runtime.put` places it."""
     return {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding) for k in BATCH_KEYS}
-
-
-def first_uses(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int, epochs: Sequence[int],
-               mode: str, start_batch: int = 0) -> list[tuple[int, int]]:
-    """(step, padded length) where each training shape is first used, over `epochs` (the first from batch
-    `start_batch` on, as a resumed run goes), steps counted from there."""
-    out, seen, step = [], set(), 0
-    for n, epoch in enumerate(epochs):
-        for idx in batch_order(lengths, batch_size, seed, epoch, mode)[start_batch if n == 0 else 0:]:
-            length = bucket_for(int(lengths[idx].max()), buckets)
-            if length not in seen:
-                seen.add(length)
-                out.append((step, length))
-            step += 1
-    return out
-
-
-def eval_lengths(lengths: np.ndarray, batch_size: int, buckets: Sequence[int]) -> list[int]:
-    """The padded lengths an evaluation of these rows uses (`evaluate.predict`'s batches)."""
-    return sorted({bucket_for(int(lengths[idx].max()), buckets)
-                   for idx in batch_order(lengths, batch_size, 0, 0, shuffle=False)})
 
 
 class Precompiler:
@@ -124,27 +101,26 @@ def workers_for(configured: int, platform: str) -> int:
     return auto_workers(platform) if configured < 0 else configured
 
 
-def submit_run(pre: Precompiler, step_fn: Callable, eval_fn: Callable, state, rt, tc, buckets: Sequence[int],
-               train_lengths: np.ndarray, eval_splits: dict[str, np.ndarray], start: tuple[int, int],
-               steps_left: int, steps_per_epoch: int) -> dict[str, list[tuple[str, int]]]:
-    """Queue the rest of a run's compiles in order of first use: the optimizer update of `step_fn`
-    (`step.TrainStep`), its gradients for each train shape at its first step from
-    `start` = (epoch, batch) on, the "eval" split's shapes at the end of the current epoch, other splits' (test)
-    at the end of the run. Returns each evaluation split's keys, for `claim` before it is evaluated."""
-    keys = {name: [("eval", n) for n in eval_lengths(lengths, tc.eval_batch_size, buckets)]
-            for name, lengths in eval_splits.items()}
+def submit_run(pre: Precompiler, run) -> dict[str, list[tuple[str, int]]]:
+    """Queue the rest of a run's compiles (a `flaxner.train.Run`, from where its loop state stands) in order of
+    first use, as its epoch plan will call them: the optimizer update of `run.step_fn` (`step.TrainStep`), its
+    gradients for each train shape at its first step, the "eval" split's shapes at the end of the current epoch,
+    other splits' (test) at the end of the run. Returns each evaluation split's keys, for `claim` before it is
+    evaluated."""
+    tc, plan, loop = run.cfg.train, run.plan, run.loop
+    keys = {name: [("eval", n) for n in lengths] for name, lengths in run.eval_shapes().items()}
     if not pre.workers:
         return keys
-    spec = abstract(state)
-    plan = [(0, "update", step_fn.update, spec, spec["params"])]
-    plan += [(s, ("train", n), step_fn.grad, spec, batch_spec(tc.batch_size, n, rt.batch_sharding))
-             for s, n in first_uses(train_lengths, tc.batch_size, buckets, tc.seed, range(start[0], tc.epochs),
-                                    tc.batching, start[1]) if s < steps_left]
+    steps_left = run.total_steps - run.step
+    spec = abstract(run.state)
+    ahead = [(0, "update", run.step_fn.update, spec, spec["params"])]
+    ahead += [(s, ("train", n), run.step_fn.grad, spec, batch_spec(tc.batch_size, n, run.rt.batch_sharding))
+              for s, n in plan.first_uses(loop.epoch, loop.batch, steps_left)]
     for name, split_keys in keys.items():
-        at = min(steps_per_epoch - start[1], steps_left) if name == "eval" else steps_left
-        plan += [(at, key, eval_fn, spec["params"], batch_spec(tc.eval_batch_size, key[1], rt.batch_sharding))
-                 for key in split_keys]
-    for _, key, fn, *args in sorted(plan, key=lambda p: p[0]):
+        at = min(plan.steps_per_epoch - loop.batch, steps_left) if name == "eval" else steps_left
+        ahead += [(at, key, run.eval_fn, spec["params"],
+                   batch_spec(tc.eval_batch_size, key[1], run.rt.batch_sharding)) for key in split_keys]
+    for _, key, fn, *args in sorted(ahead, key=lambda p: p[0]):
         pre.submit(key, fn, *args)
-    log.info("compiling %d shapes ahead on %d thread(s)", len({p[1] for p in plan}), pre.workers)
+    log.info("compiling %d shapes ahead on %d thread(s)", len({p[1] for p in ahead}), pre.workers)
     return keys

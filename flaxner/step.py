@@ -68,16 +68,8 @@ def update_step(state: dict, grads, tx: optax.GradientTransformation):
         optax.global_norm(grads)
 
 
-def train_step(state: dict, batch: dict, apply_fn: Callable, tx: optax.GradientTransformation,
-               denom: float | None = None):
-    """One optimizer step: `grad_step` then `update_step`."""
-    grads, metrics = grad_step(state, batch, apply_fn, denom)
-    state, metrics["grad_norm"] = update_step(state, grads, tx)
-    return state, metrics
-
-
 class TrainStep:
-    """`train_step` as two executables: the gradients, compiled once per batch shape, and the optimizer update,
+    """One optimizer step (`grad_step` then `update_step`) as two executables: the gradients, compiled once per batch shape, and the optimizer update,
     compiled once for the run since it does not depend on the shape (it is 40% of a fused step's compile time
     at MiniLM size, and a run compiles a dozen shapes). The state is donated to the update;
     the state stays replicated and the batch is split over `data`."""
@@ -94,12 +86,6 @@ class TrainStep:
         grads, metrics = self.grad(state, batch)
         state, metrics["grad_norm"] = self.update(state, grads)
         return state, metrics
-
-
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, rt: Runtime,
-                    denom: float | None = None) -> TrainStep:
-    """The jitted train step (`TrainStep`)."""
-    return TrainStep(apply_fn, tx, rt, denom)
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int, rt: Runtime) -> dict:

@@ -346,8 +346,9 @@ def _resolve_dtype(dtype: str) -> str:
 def run_tag_config(model_dir: str | Path) -> TagConfig:
     """The `tag:` section of a run folder's config.yaml (how it was trained to be used), else the defaults."""
     from flaxner.config import load_config
+    from flaxner.rundir import RunDir
 
-    saved = Path(model_dir) / "config.yaml"
+    saved = RunDir(model_dir).config
     return load_config(saved).tag if saved.is_file() else TagConfig()
 
 

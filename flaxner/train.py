@@ -1,49 +1,44 @@
-"""Fine-tuning: the run around the step (`flaxner.step`): data, seqeval every epoch, orbax checkpoints, export."""
+"""Fine-tuning as build + events: `build_run` sets a run up (data, model, optimizer, step, evaluation, epoch plan,
+restored checkpoint), `training_steps` trains it, yielding a `StepEvent` after every step and an `EpochEvent` after
+every epoch's evaluation, and `train` consumes those with handlers (metrics log, checkpoints, progress bar, signals,
+best-model export), then scores the test split and writes the summary and card."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
-from flaxner import export
-from flaxner.checkpoint import Checkpointer
-from flaxner.config import Config, TrainConfig, save_config
-from flaxner.data import Encoded, encode, iter_batches, load_split, run_buckets
+from flaxner import distributed, export
+from flaxner.batching import EpochPlan, collate, eval_lengths, plan_epochs
+from flaxner.checkpoint import Checkpointer, LoopState
+from flaxner.config import Config, ConfigError, TrainConfig, load_config, save_config, to_dict
+from flaxner.data import DataError, Encoded, encode, load_dataset_splits
 from flaxner.evaluate import evaluate, jit_eval_step
-from flaxner.labels import CONLL_LABELS, IGNORE
+from flaxner.labels import IGNORE
 from flaxner.model import make_model, make_tokenizer
 from flaxner.precompile import Precompiler, submit_run, workers_for
-from flaxner.runtime import abstract, compile_stats, setup_runtime
-from flaxner.step import init_state, make_optimizer, make_schedule, make_train_step
+from flaxner.rundir import RunDir
+from flaxner.runtime import Runtime, abstract, compile_stats, setup_runtime
+from flaxner.step import TrainStep, init_state, make_optimizer, make_schedule
 from flaxner.vocab import compact_model
 
 log = logging.getLogger(__name__)
 
-
-class _Stop:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and exits."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
+# Keys a resumed run may change: they do not alter the steps it takes or the weights it reaches.
+RESUME_HARMLESS = ("name", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile_workers",
+                   "train.compilation_cache", "train.eval_test", "tag.")
 
 
 class Interrupted(Exception):
@@ -55,17 +50,144 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def load_data(cfg: Config, tokenizer) -> dict[str, tuple[Encoded, list[list[str]]]]:
-    """Encoded train/eval/test splits with their word-level gold tags."""
-    out = {}
-    splits = {"train": cfg.data.train_split, "eval": cfg.data.eval_split}
-    if cfg.train.eval_test:
-        splits["test"] = cfg.data.test_split
-    for key, split in splits.items():
-        cols = load_split(cfg.data, split)[:]  # read the columns once, for the gold tags and the encoding
-        gold = [[CONLL_LABELS[t] for t in tags] for tags in cols["ner_tags"]]
-        out[key] = (encode(cols, tokenizer, cfg.data), gold)
-    return out
+@dataclass
+class Split:
+    """One encoded split and its word-level gold tags."""
+
+    name: str  # the data's split name (e.g. validation)
+    enc: Encoded
+    gold: list[list[str]]
+
+
+@dataclass
+class Timings:
+    load_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    compile_wait_train_s: float = 0.0
+    compile_wait_eval_s: float = 0.0
+
+
+@dataclass
+class Run:
+    """A run set up and not trained: everything `training_steps` and the handlers read."""
+
+    cfg: Config
+    dir: RunDir
+    rt: Runtime
+    labels: tuple[str, ...]
+    tokenizer: Any
+    model: Any  # the full-vocabulary model that is exported
+    full_params: Any
+    vocab: Any  # flaxner.vocab.CompactVocab, or None
+    train_model: Any  # the model that trains (its embedding compacted to the data's ids)
+    splits: dict[str, Split]  # "train", "eval", and "test" when it is scored
+    plan: EpochPlan
+    total_steps: int
+    schedule: Any
+    step_fn: TrainStep
+    eval_fn: Any
+    state: dict
+    loop: LoopState
+    ckpt: Checkpointer
+    pad_id: int
+    timings: Timings
+    compiles0: dict
+    t0: float
+    step: int = 0  # the optimizer step, tracked on the host so that no step waits for the one before it
+    precompiler: Precompiler | None = None  # set by `training_steps`
+    compiled_shapes: set[int] = field(default_factory=set)  # train shapes called so far
+
+    @property
+    def finished(self) -> bool:
+        return self.loop.epoch >= self.plan.epochs or (self.step >= self.total_steps and self.loop.batch == 0)
+
+    def eval_shapes(self) -> dict[str, list[int]]:
+        """Padded lengths of each evaluated split's batches."""
+        bs = self.cfg.train.eval_batch_size
+        return {k: eval_lengths(s.enc.lengths, bs, self.plan.buckets) for k, s in self.splits.items() if k != "train"}
+
+    def evaluate(self, split: str, params=None) -> dict:
+        """seqeval scores and loss of `params` (default: the state's) on one split."""
+        s = self.splits[split]
+        params = self.state["params"] if params is None else params
+        scores, _ = evaluate(self.eval_fn, params, s.enc, s.gold, self.labels, self.cfg.train.eval_batch_size,
+                             self.plan.buckets, self.rt.put, self.pad_id)
+        return scores
+
+    def export_params(self, params) -> dict:
+        """`params` on the host, in the full model's shape (the vocabulary expanded back)."""
+        host = jax.tree.map(distributed.fetch, params)
+        return self.vocab.expand(host, self.full_params) if self.vocab else host
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """After one optimizer step. `losses` (and `learning_rate`) are set at log points: the losses of the steps
+    since the previous one. `state` is valid until the next step (the step donates it)."""
+
+    step: int
+    epoch: int  # 0-based, the epoch this step belongs to
+    batch: int  # batches of that epoch done
+    epoch_progress: float  # epochs done, fractional
+    seq: int  # padded length of the batch
+    tokens: int  # real (unpadded) tokens of the batch
+    state: dict
+    losses: list[float] | None = None
+    learning_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """After an epoch's evaluation; the loop state already points at the next epoch."""
+
+    epoch: int  # epochs done
+    step: int
+    scores: dict  # the metrics.jsonl eval row: epoch, step, train_loss, seqeval scores with per_type
+    improved: bool  # best validation F1 so far
+    state: dict
+
+
+@dataclass
+class Summary:
+    """What a finished run reports; `to_json` is summary.json."""
+
+    run_dir: str
+    steps: int
+    history: list[dict]
+    best_f1: float
+    loss_norm: str
+    buckets: list[int]
+    compiled_train_shapes: list[int]
+    xla_compiles: int
+    compile_s: float
+    compile_workers: int
+    compiled_ahead: int
+    devices: int
+    load_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    compile_wait_train_s: float = 0.0
+    compile_wait_eval_s: float = 0.0
+    test: dict | None = None
+    total_s: float = 0.0
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if out["test"] is None:
+            del out["test"]
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> Summary:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    def __getitem__(self, key: str):
+        """summary.json's keys, for code that reads a summary as the JSON (`summary["run_dir"]`)."""
+        return self.to_json()[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_json()
 
 
 def resolved_loss_norm(tc: TrainConfig) -> str:
@@ -87,141 +209,264 @@ def loss_denominator(tc: TrainConfig, enc: Encoded) -> float | None:
     return labelled / -(-len(enc.input_ids) // tc.batch_size)  # over the epoch's batches
 
 
-def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
-          stop_after: int = 0) -> dict:
-    """Run the recipe of `cfg` into `output_dir`; returns the final summary. `stop_after` simulates an
-    interruption after that many steps (tests)."""
+def check_resume_config(cfg: Config, saved_path: Path) -> None:
+    """Refuse a resume whose config differs from the run's saved one in a key that changes the training."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(to_dict(load_config(saved_path))), flat(to_dict(cfg))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                    and not any(k == h or (h.endswith(".") and k.startswith(h)) for h in RESUME_HARMLESS))
+    if differ:
+        raise ConfigError(f"--resume: the config differs from {saved_path} in {', '.join(differ)} "
+                          f"({'; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in differ)}); "
+                          f"resume with the run's own config, or start a new run")
+
+
+def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[str, Split], tuple[str, ...]]:
+    """The encoded train and eval splits and, as `train.eval_test` says, test; and the label inventory. An empty
+    split is refused here, before any step."""
+    d, et = cfg.data, cfg.train.eval_test
+    roles = {"train": d.train_split, "eval": d.eval_split}
+    required = [d.train_split, d.eval_split] + ([d.test_split] if et is True else [])
+    optional = [d.test_split] if et == "auto" else []
+    ds, labels = load_dataset_splits(d, required, optional, labels)
+    if et is not False:
+        if d.test_split in ds:
+            roles["test"] = d.test_split
+        else:
+            log.info("data.source %s has no %r split: the test evaluation is skipped", d.source, d.test_split)
+    out = {}
+    for role, name in roles.items():
+        cols = ds[name][:]  # read the columns once, for the gold tags and the encoding
+        if not cols["tokens"]:
+            raise DataError(f"data.source {d.source}: the {name!r} split has no sentences")
+        gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
+        out[role] = Split(name, encode(cols, tokenizer, d, labels), gold)
+    return out, tuple(labels)
+
+
+def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+              keep_model_vocab: bool = False) -> Run:
+    """Set a run up in `run_dir` (default runs/<name>-<time>), from its last intact checkpoint when resuming:
+    nothing trained yet. Refuses a folder that already holds a run unless resuming (or `overwrite`), a resume
+    with no run or with training keys changed, and empty splits. `keep_model_vocab`: the model config's
+    vocabulary size rather than the tokenizer's (benchmarks of a model's shape with another tokenizer)."""
     t0 = time.perf_counter()
     compiles0 = compile_stats()
-    rt = setup_runtime(cfg.train)
+    rd = RunDir(run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    rd.prepare(resume, overwrite)
+    if resume:
+        check_resume_config(cfg, rd.config)
     tc = cfg.train
-    run_dir = Path(output_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    labels = list(CONLL_LABELS)
+    distributed.initialize(tc)
+    rt = setup_runtime(dataclasses.replace(tc, distributed=False))  # joined just above
+    # A fresh run creates its checkpoint folder only once its data loaded: a refused start leaves no run behind.
+    ckpt = Checkpointer(rd.checkpoints, tc.keep_checkpoints) if resume else None
+    labels = ckpt.read_labels() if ckpt else None
+    if resume and labels is None:
+        log.info("%s holds no checkpoint yet: starting from the first step", rd.path)
 
     tokenizer = make_tokenizer(cfg.model)
-    data = load_data(cfg, tokenizer)
-    model, full_params = make_model(cfg.model, labels, seed=tc.seed, vocab_size=len(tokenizer))
-    train_model, params, vocab = compact_model(tc, model, full_params, [enc for enc, _ in data.values()],
+    splits, labels = load_splits(cfg, tokenizer, labels)
+    if distributed.is_primary():
+        save_config(cfg, rd.config)
+    ckpt = ckpt or Checkpointer(rd.checkpoints, tc.keep_checkpoints)
+    model, full_params = make_model(cfg.model, list(labels), seed=tc.seed,
+                                    vocab_size=None if keep_model_vocab else len(tokenizer))
+    train_model, params, vocab = compact_model(tc, model, full_params, [s.enc for s in splits.values()],
                                                tokenizer.all_special_ids)
     if vocab:
-        data = {k: (vocab.encode(enc), gold) for k, (enc, gold) in data.items()}
-    train_enc = data["train"][0]
-    steps_per_epoch = -(-len(train_enc.input_ids) // tc.batch_size)
-    total_steps = tc.max_steps or steps_per_epoch * tc.epochs
+        splits = {k: dataclasses.replace(s, enc=vocab.encode(s.enc)) for k, s in splits.items()}
+    train_enc = splits["train"].enc
+    plan = plan_epochs(train_enc.lengths, cfg.data, tc, rt.length_multiple)
+    total_steps = tc.max_steps or plan.steps_per_epoch * tc.epochs
     tx = make_optimizer(tc, total_steps)
-    schedule = make_schedule(tc, total_steps)
     state = init_state(params, tx, tc.seed, rt)
     del params
-    t_load = time.perf_counter() - t0
-
-    ckpt = Checkpointer(run_dir, tc.keep_checkpoints)
-    meta = {"epoch": 0, "batch": 0, "best_f1": -1.0, "history": [], "labels": labels,
-            "epoch_loss": 0.0, "epoch_batches": 0}
-    if resume and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(abstract(state))
-        log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), meta["epoch"], meta["batch"])
-    metrics_log = export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"]))
-
-    step_fn = make_train_step(train_model.__call__, tx, rt, loss_denominator(tc, train_enc))
-    eval_fn = jit_eval_step(train_model.__call__)
-    bucket_shapes: set[int] = set()
-    buckets = run_buckets(cfg.data, tc, train_enc.lengths, rt.length_multiple)
-    log.info("padded lengths: %s", list(buckets))
-    timings = {"load_s": t_load, "train_s": 0.0, "eval_s": 0.0, "compile_wait_train_s": 0.0,
-               "compile_wait_eval_s": 0.0}
+    loop = LoopState(labels=list(labels))
+    restored = ckpt.restore_latest(abstract(state)) if resume else None
+    if restored is not None:
+        state, loop = restored
+        log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), loop.epoch, loop.batch)
+    log.info("padded lengths: %s", list(plan.buckets))
     pad_id = int(vocab.remap[tokenizer.pad_token_id]) if vocab else tokenizer.pad_token_id or 0
-    best_params = None
+    return Run(cfg=cfg, dir=rd, rt=rt, labels=labels, tokenizer=tokenizer, model=model, full_params=full_params,
+               vocab=vocab, train_model=train_model, splits=splits, plan=plan, total_steps=total_steps,
+               schedule=make_schedule(tc, total_steps),
+               step_fn=TrainStep(train_model.__call__, tx, rt, loss_denominator(tc, train_enc)),
+               eval_fn=jit_eval_step(train_model.__call__), state=state, loop=loop, ckpt=ckpt, pad_id=pad_id,
+               timings=Timings(load_s=time.perf_counter() - t0), compiles0=compiles0, t0=t0, step=int(state["step"]))
 
-    step = int(state["step"])  # tracked on the host so that no step waits for the one before it
-    pre = Precompiler(workers_for(tc.compile_workers, rt.platform))
-    eval_keys = submit_run(pre, step_fn, eval_fn, state, rt, tc, buckets, train_enc.lengths,
-                           {k: enc.lengths for k, (enc, _) in data.items() if k != "train"},
-                           (meta["epoch"], meta["batch"]), total_steps - step, steps_per_epoch)
-    with pre, _Stop() as stop, export.progress(total_steps, step) as bar:
-        while meta["epoch"] < tc.epochs and step < total_steps:
-            epoch = meta["epoch"]
+
+def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEvent | EpochEvent]:
+    """Train `run` from its loop state to the end of its plan, evaluating after every epoch; yields an event after
+    each step and each evaluation. Stop iterating to stop (the loop state stays consistent at every event).
+    `pre` compiles the run's shapes ahead (default: `train.compile_workers` threads)."""
+    tc, loop, plan, timings = run.cfg.train, run.loop, run.plan, run.timings
+    train_enc = run.splits["train"].enc
+    pre = run.precompiler = pre or Precompiler(workers_for(tc.compile_workers, run.rt.platform))
+    eval_keys = submit_run(pre, run)
+    with pre:
+        # An epoch whose steps are all done but which is not evaluated yet (stopped at its last step) still is.
+        while loop.epoch < plan.epochs and (run.step < run.total_steps or loop.batch > 0):
+            epoch = loop.epoch
+            order = plan.orders[epoch]
             t_ep = time.perf_counter()
-            pending, real_tokens, t_log = [], 0, t_ep
-            for idx, batch in iter_batches(train_enc, tc.batch_size, buckets, tc.seed, epoch,
-                                           tc.batching, start=meta["batch"], pad_id=pad_id):
-                seq = batch["input_ids"].shape[1]
-                if seq not in bucket_shapes:  # a new shape: wait for its compile if one is under way
-                    timings["compile_wait_train_s"] += pre.claim(("train", seq), "update")
-                    bucket_shapes.add(seq)
-                state, m = step_fn(state, rt.put(batch))
-                real_tokens += int(batch["attention_mask"].sum())
-                meta["batch"] += 1
-                pending.append(m)
-                step += 1
-                if len(pending) >= tc.log_every or meta["batch"] * tc.batch_size >= len(train_enc.input_ids):
-                    losses = _flush(pending, meta)
-                    lr = float(schedule(step))
-                    metrics_log.write({"type": "train", "step": step, "epoch": epoch + meta["batch"] / steps_per_epoch,
-                                       "loss": float(np.mean(losses)), "learning_rate": lr})
-                    bar.set_postfix(loss=f"{np.mean(losses):.4f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{real_tokens / (time.perf_counter() - t_log):.0f}")
-                    real_tokens, t_log = 0, time.perf_counter()
-                bar.update(1)
-                if stop_after and step >= stop_after or stop.signum:
-                    _flush(pending, meta)
-                    ckpt.save(step, state, meta)
-                    ckpt.close()
-                    raise Interrupted(stop.signum or signal.SIGTERM, step, run_dir)
-                if tc.save_every and step % tc.save_every == 0:
-                    _flush(pending, meta)
-                    ckpt.save(step, state, meta)
-                if step >= total_steps:
+            for idx in order[loop.batch:]:
+                if run.step >= run.total_steps:
                     break
-            _flush(pending, meta)
-            timings["train_s"] += time.perf_counter() - t_ep
+                batch = collate(train_enc, idx, tc.batch_size, plan.buckets, run.pad_id)
+                seq = batch["input_ids"].shape[1]
+                if seq not in run.compiled_shapes:  # a new shape: wait for its compile if one is under way
+                    timings.compile_wait_train_s += pre.claim(("train", seq), "update")
+                    run.compiled_shapes.add(seq)
+                run.state, m = run.step_fn(run.state, run.rt.put(batch))
+                loop.pending.append(m)
+                loop.batch += 1
+                run.step += 1
+                losses = lr = None
+                if loop.unlogged >= tc.log_every or loop.batch == len(order) or run.step >= run.total_steps:
+                    losses, lr = loop.take_window(), float(run.schedule(run.step))
+                yield StepEvent(run.step, epoch, loop.batch, epoch + loop.batch / plan.steps_per_epoch, seq,
+                                int(batch["attention_mask"].sum()), run.state, losses, lr)
+            loop.flush()
+            timings.train_s += time.perf_counter() - t_ep
             t_ev = time.perf_counter()
-            timings["compile_wait_eval_s"] += pre.claim(*eval_keys["eval"])
-            ev, _ = evaluate(eval_fn, state["params"], *data["eval"], labels, tc.eval_batch_size,
-                             buckets, rt.put, pad_id)
-            timings["eval_s"] += time.perf_counter() - t_ev
-            row = {"type": "eval", "epoch": epoch + 1, "step": step,
-                   "train_loss": meta["epoch_loss"] / max(meta["epoch_batches"], 1),
-                   **{k: v for k, v in ev.items()}}
-            metrics_log.write(row)
-            meta["history"].append({k: v for k, v in row.items() if k != "per_type"})
-            improved = ev["f1"] > meta["best_f1"]
+            timings.compile_wait_eval_s += pre.claim(*eval_keys["eval"])
+            scores = run.evaluate("eval")
+            timings.eval_s += time.perf_counter() - t_ev
+            row = {"type": "eval", "epoch": epoch + 1, "step": run.step,
+                   "train_loss": loop.epoch_loss / max(loop.epoch_batches, 1), **scores}
+            loop.history.append({k: v for k, v in row.items() if k != "per_type"})
+            improved = scores["f1"] > loop.best_f1
             if improved:
-                meta["best_f1"] = ev["f1"]
-                best_params = jax.device_get(state["params"])
-                export.save_model(model, vocab.expand(best_params, full_params) if vocab else best_params,
-                                  tokenizer, run_dir / "model")
-            meta.update(epoch=epoch + 1, batch=0, epoch_loss=0.0, epoch_batches=0)
-            ckpt.save(step, state, meta, best=improved)
-            log.info("epoch %d: %s", epoch + 1, export.format_scores(ev))
+                loop.best_f1 = scores["f1"]
+            loop.epoch, loop.batch, loop.epoch_loss, loop.epoch_batches = epoch + 1, 0, 0.0, 0
+            yield EpochEvent(epoch + 1, run.step, row, improved, run.state)
+            log.info("epoch %d: %s", epoch + 1, export.format_scores(scores))
+        if "test" in eval_keys:
+            timings.compile_wait_eval_s += pre.claim(*eval_keys["test"])
 
-    summary = {"run_dir": str(run_dir), "steps": step, "history": meta["history"],
-               "best_f1": meta["best_f1"], "loss_norm": resolved_loss_norm(tc), "buckets": list(buckets),
-               "compiled_train_shapes": sorted(bucket_shapes),
-               "xla_compiles": compile_stats()["count"] - compiles0["count"],
-               "compile_s": compile_stats()["seconds"] - compiles0["seconds"],
-               "compile_workers": pre.workers, "compiled_ahead": len(pre.done), "devices": rt.n_devices, **timings}
-    if "test" in data:
-        if best_params is None:  # resumed after the best epoch: take it from the best checkpoint
-            best_state, _ = ckpt.restore(abstract(state), which="best")
-            best_params = best_state["params"]
-        test, _ = evaluate(eval_fn, jax.device_put(best_params, rt.replicated), *data["test"], labels,
-                           tc.eval_batch_size, buckets, rt.put, pad_id)
-        metrics_log.write({"type": "test", "step": step, **test})
-        summary["test"] = test
-    ckpt.close()
-    summary["total_s"] = time.perf_counter() - t0
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    export.write_card(run_dir, cfg, summary)
+
+class StopSignals:
+    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary. Installed on the main thread only
+    (elsewhere, e.g. in a Ray Train worker, `signal.signal` raises; the caller's own handling applies there)."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Checkpoints:
+    """Handler: a checkpoint every `train.save_every` steps (not at an epoch's last step: its end saves it) and
+    after every evaluation, each step once."""
+
+    def __init__(self, run: Run):
+        self.run, self.every, self.saved = run, run.cfg.train.save_every, -1
+
+    def on_step(self, ev: StepEvent) -> None:
+        if self.every and ev.step % self.every == 0 and ev.batch < self.run.plan.steps_per_epoch:
+            self.save(ev.step, ev.state)
+
+    def on_epoch(self, ev: EpochEvent) -> None:
+        self.save(ev.step, ev.state, best=ev.improved)
+
+    def save(self, step: int, state: dict, best: bool = False) -> None:
+        self.run.ckpt.save(step, state, self.run.loop, best=best)
+        self.saved = step
+
+
+class BestModel:
+    """Handler: export the model of every epoch that improves the validation F1 to model/, and keep its params
+    for the test evaluation."""
+
+    def __init__(self, run: Run):
+        self.run, self.params = run, None
+
+    def on_epoch(self, ev: EpochEvent) -> None:
+        if not ev.improved:
+            return
+        self.params = jax.tree.map(distributed.fetch, ev.state["params"])
+        if distributed.is_primary():
+            export.save_model(self.run.model, self.run.export_params(self.params), self.run.tokenizer,
+                              self.run.dir.model)
+
+
+def _summary(run: Run) -> Summary:
+    pre, t = run.precompiler, run.timings
+    return Summary(run_dir=str(run.dir.path), steps=run.step, history=run.loop.history, best_f1=run.loop.best_f1,
+                   loss_norm=resolved_loss_norm(run.cfg.train), buckets=list(run.plan.buckets),
+                   compiled_train_shapes=sorted(run.compiled_shapes),
+                   xla_compiles=compile_stats()["count"] - run.compiles0["count"],
+                   compile_s=compile_stats()["seconds"] - run.compiles0["seconds"], compile_workers=pre.workers,
+                   compiled_ahead=len(pre.done), devices=run.rt.n_devices, **dataclasses.asdict(t))
+
+
+def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False) -> Summary:
+    """Run the recipe of `cfg` into `output_dir` (or continue it with `resume`); returns the final summary. A
+    resumed run that had finished returns its saved summary."""
+    run = build_run(cfg, output_dir, resume, overwrite)
+    rd, primary = run.dir, distributed.is_primary()
+    if resume and run.finished and rd.summary.is_file():
+        run.ckpt.close()
+        log.info("%s: the run is already finished (%d steps); nothing to do", rd.path, run.step)
+        return Summary.from_json(json.loads(rd.summary.read_text()))
+    metrics = export.MetricsLog(rd.metrics, keep_until=run.step) if primary else None
+    checkpoints, best = Checkpoints(run), BestModel(run)
+    tokens, t_log = 0, time.perf_counter()
+    with contextlib.closing(training_steps(run)) as events, StopSignals() as stop, \
+            export.progress(run.total_steps, run.step) as bar:
+        for ev in events:
+            if isinstance(ev, StepEvent):
+                tokens += ev.tokens
+                if ev.losses is not None:
+                    if metrics:
+                        metrics.write({"type": "train", "step": ev.step, "epoch": ev.epoch_progress,
+                                       "loss": float(np.mean(ev.losses)), "learning_rate": ev.learning_rate})
+                    bar.set_postfix(loss=f"{np.mean(ev.losses):.4f}", lr=f"{ev.learning_rate:.2e}",
+                                    tok_s=f"{tokens / (time.perf_counter() - t_log):.0f}")
+                    tokens, t_log = 0, time.perf_counter()
+                bar.update(1)
+                checkpoints.on_step(ev)
+                if distributed.agree(bool(stop.signum)):
+                    if checkpoints.saved != ev.step:
+                        checkpoints.save(ev.step, ev.state)
+                    run.ckpt.close()
+                    raise Interrupted(stop.signum or signal.SIGTERM, ev.step, rd.path)
+            else:
+                if metrics:
+                    metrics.write(ev.scores)
+                best.on_epoch(ev)
+                checkpoints.on_epoch(ev)
+    summary = _summary(run)
+    if "test" in run.splits:
+        params = best.params
+        if params is None:  # resumed after the best epoch: take it from the best checkpoint
+            params = run.ckpt.restore(abstract(run.state), which="best")[0]["params"]
+        summary.test = run.evaluate("test", jax.device_put(params, run.rt.replicated))
+        if metrics:
+            metrics.write({"type": "test", "step": run.step, **summary.test})
+    run.ckpt.close()
+    summary.total_s = time.perf_counter() - run.t0
+    if primary:
+        rd.summary.write_text(json.dumps(summary.to_json(), indent=2))
+        export.write_card(rd, cfg, summary.to_json())
     return summary
-
-
-def _flush(pending: list, meta: dict) -> list[float]:
-    """Move the losses of steps not yet read into the epoch's running sum (this waits for those steps)."""
-    losses = [float(x["loss"]) for x in pending]
-    meta["epoch_loss"] += sum(losses)
-    meta["epoch_batches"] += len(losses)
-    pending.clear()
-    return losses
-

@@ -12,7 +12,8 @@ import pytest
 from flaxner import analysis
 from flaxner.analysis import MISSED, SPURIOUS
 from flaxner.config import DataConfig, ModelConfig
-from flaxner.data import Encoded, padding_stats
+from flaxner.batching import padding_stats
+from flaxner.data import Encoded
 from flaxner.evaluate import compute_metrics
 from flaxner.labels import CONLL_LABELS
 

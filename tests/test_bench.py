@@ -14,6 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 
+pytestmark = pytest.mark.bench
+
 
 def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, capture_output=True, text=True,

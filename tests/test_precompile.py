@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxner.config import replace
-from flaxner.data import bucket_for, iter_batches
-from flaxner.precompile import Precompiler, auto_workers, eval_lengths, first_uses
+from flaxner.batching import eval_lengths, iter_batches
+from flaxner.precompile import Precompiler, auto_workers
 from flaxner.runtime import compile_stats
 from flaxner.train import train
 
@@ -78,23 +78,13 @@ def test_auto_workers():
     assert auto_workers("gpu", 16) == 8 and auto_workers("gpu", 2) == 1 and auto_workers("tpu", 224) == 8
 
 
-def test_first_uses_follow_the_batches(tiny_cfg, tiny_tokenizer):
+def test_eval_lengths_are_the_evaluation_batches(tiny_cfg, tiny_tokenizer):
     from flaxner.data import encode, load_split
 
-    enc = encode(load_split(tiny_cfg.data, "train"), tiny_tokenizer, tiny_cfg.data)
+    enc = encode(load_split(tiny_cfg.data, "validation"), tiny_tokenizer, tiny_cfg.data)
     buckets, bs = (8, 12, 16, 24, 32, 64, 512), 4
-    seen, expected, step = set(), [], 0
-    for epoch in (1, 2):
-        for _, batch in iter_batches(enc, bs, buckets, seed=3, epoch=epoch, start=5 if epoch == 1 else 0):
-            n = batch["input_ids"].shape[1]
-            if n not in seen:
-                seen.add(n)
-                expected.append((step, n))
-            step += 1
-    got = first_uses(enc.lengths, bs, buckets, 3, [1, 2], "grouped", start_batch=5)
-    assert got == expected and len(got) > 2
-    want = {bucket_for(int(n), buckets) for n in enc.lengths}  # every row fits the bucket of its batch's longest
-    assert set(eval_lengths(enc.lengths, bs, buckets)) <= {b for b in buckets if b >= min(want)}
+    used = {batch["input_ids"].shape[1] for _, batch in iter_batches(enc, bs, buckets, shuffle=False)}
+    assert eval_lengths(enc.lengths, bs, buckets) == sorted(used) and len(used) > 1
 
 
 def test_training_with_compile_threads_compiles_once_and_equals_without(tiny_cfg, tmp_path):
@@ -114,9 +104,9 @@ def test_training_with_compile_threads_compiles_once_and_equals_without(tiny_cfg
         ahead = train(replace(cfg, train={"compile_workers": 2}), tmp_path / "ahead")
     finally:
         counting[0] = False
-    assert ahead["compile_workers"] == 2 and ahead["compiled_ahead"] >= 2  # the update and at least one shape
-    assert counts["jit(grad_step)"] == len(ahead["compiled_train_shapes"]) and counts["jit(update_step)"] == 1
-    assert 1 <= counts["jit(<lambda>)"] <= len(ahead["buckets"])  # evaluation: one program per length used
+    assert ahead.compile_workers == 2 and ahead.compiled_ahead >= 2  # the update and at least one shape
+    assert counts["jit(grad_step)"] == len(ahead.compiled_train_shapes) and counts["jit(update_step)"] == 1
+    assert 1 <= counts["jit(<lambda>)"] <= len(ahead.buckets)  # evaluation: one program per length used
     inline = train(replace(cfg, train={"compile_workers": 0}), tmp_path / "inline")
-    assert inline["compile_workers"] == 0 and inline["compiled_ahead"] == 0
-    assert ahead["history"] == inline["history"] and ahead["test"]["f1"] == inline["test"]["f1"]
+    assert inline.compile_workers == 0 and inline.compiled_ahead == 0
+    assert ahead.history == inline.history and ahead.test["f1"] == inline.test["f1"]

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,8 +15,8 @@ from flaxner.config import replace
 from flaxner.data import Encoded
 from flaxner.labels import IGNORE
 from flaxner.runtime import setup_runtime
-from flaxner.step import init_state, loss_fn, make_optimizer, make_schedule, make_train_step
-from flaxner.train import Interrupted, loss_denominator, train
+from flaxner.step import TrainStep, init_state, loss_fn, make_optimizer, make_schedule
+from flaxner.train import Interrupted, StepEvent, loss_denominator, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +36,7 @@ def test_loss_falls_on_a_fixed_batch(tiny_cfg, tiny_model):
     rt = setup_runtime(tiny_cfg.train)
     tx = make_optimizer(tiny_cfg.train, 100)
     state = init_state(params, tx, 0, rt)
-    step = make_train_step(model.__call__, tx, rt)
+    step = TrainStep(model.__call__, tx, rt)
     batch = rt.put(fixed_batch(model.config.vocab_size))
     losses = []
     for _ in range(4):
@@ -110,11 +111,11 @@ def test_compact_vocab_equals_dense(tiny_cfg, tmp_path):
     pb = FlaxBertForTokenClassification.from_pretrained(tmp_path / "dense" / "model").params
     for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-    assert a["history"][0]["f1"] == b["history"][0]["f1"]
+    assert a.history[0]["f1"] == b.history[0]["f1"]
 
 
 def test_run_outputs_and_compile_bound(tiny_run, tiny_cfg):
-    run = Path(tiny_run["run_dir"])
+    run = Path(tiny_run.run_dir)
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "README.md", "model/config.json",
                  "model/flax_model.msgpack", "model/tokenizer.json"):
         assert (run / name).is_file(), name
@@ -122,22 +123,34 @@ def test_run_outputs_and_compile_bound(tiny_run, tiny_cfg):
     evals = [r for r in rows if r["type"] == "eval"]
     assert [r["epoch"] for r in evals] == [1, 2] and [r["step"] for r in evals] == [6, 12]
     assert any(r["type"] == "test" for r in rows)
-    assert set(tiny_run["compiled_train_shapes"]) <= set(tiny_cfg.data.buckets)
+    assert set(tiny_run.compiled_train_shapes) <= set(tiny_cfg.data.buckets)
     # one train and one eval program per bucket at most, plus a few small ones (init, RNG)
-    assert tiny_run["xla_compiles"] <= 2 * len(tiny_cfg.data.buckets) + 12
+    assert tiny_run.xla_compiles <= 2 * len(tiny_cfg.data.buckets) + 12
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(tiny_run.to_json()))
     card = (run / "README.md").read_text()
     assert "| Training Loss | Epoch | Step | Validation Loss | Precision | Recall | F1 | Accuracy |" in card
     assert "learning_rate: 0.001" in card and "seed: 42" in card
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tiny_cfg, tiny_run, tmp_path):
-    out = tmp_path / "resumed"
-    with pytest.raises(Interrupted):
-        train(tiny_cfg, out, stop_after=4)
-    # the resumed run compiles its remaining shapes ahead, from the batch where it stopped
-    summary = train(replace(tiny_cfg, train={"compile_workers": 2}), out, resume=True)
-    assert summary["steps"] == tiny_run["steps"] == 12 and summary["compile_workers"] == 2
-    for x, y in zip(summary["history"], tiny_run["history"]):
+def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """Make the training loop receive `signum` just before it reports `step` (a real signal, handled by train)."""
+    import flaxner.train as T
+
+    real = T.training_steps
+
+    def steps(run, *a):
+        for ev in real(run, *a):
+            if isinstance(ev, StepEvent) and ev.step == step:
+                signal.raise_signal(signum)
+            yield ev
+
+    monkeypatch.setattr(T, "training_steps", steps)
+
+
+def assert_same_run(summary, ref, out: Path) -> None:
+    """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, exported weights."""
+    assert summary.steps == ref.steps
+    for x, y in zip(summary.history, ref.history, strict=True):
         assert x["step"] == y["step"]
         assert x["f1"] == pytest.approx(y["f1"], abs=1e-9)
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
@@ -145,9 +158,21 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_cfg, tiny_run, tmp_p
     from transformers import FlaxBertForTokenClassification
 
     pa = FlaxBertForTokenClassification.from_pretrained(out / "model").params
-    pb = FlaxBertForTokenClassification.from_pretrained(Path(tiny_run["run_dir"]) / "model").params
+    pb = FlaxBertForTokenClassification.from_pretrained(Path(ref.run_dir) / "model").params
     for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_cfg, tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as m:
+        interrupt_at(m, 4)
+        with pytest.raises(Interrupted, match="at step 4"):
+            train(tiny_cfg, out)
+    # the resumed run compiles its remaining shapes ahead, from the batch where it stopped
+    summary = train(replace(tiny_cfg, train={"compile_workers": 2}), out, resume=True)
+    assert summary.steps == tiny_run.steps == 12 and summary.compile_workers == 2
+    assert_same_run(summary, tiny_run, out)
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["type"] == "train"]
     assert steps == sorted(set(steps)), "resumed metrics.jsonl repeats steps"
@@ -161,13 +186,13 @@ TWO_DEVICE_SCRIPT = textwrap.dedent("""
     from flaxner.config import load_config
     from flaxner.model import make_model
     from flaxner.runtime import setup_runtime
-    from flaxner.step import init_state, make_optimizer, make_train_step
+    from flaxner.step import TrainStep, init_state, make_optimizer
     cfg = load_config({cfg!r}, ["train.compilation_cache="])
     rt = setup_runtime(cfg.train)
     model, params = make_model(cfg.model, seed=0, vocab_size=1000)
     tx = make_optimizer(cfg.train, 50)
     state = init_state(params, tx, 0, rt)
-    step = make_train_step(model.__call__, tx, rt)
+    step = TrainStep(model.__call__, tx, rt)
     losses = []
     for i in range(3):
         state, m = step(state, rt.put(fixed_batch(1000, seed=i)))

@@ -1,0 +1,174 @@
+"""Batching and shape policy: bucket lengths (given or fitted), the batch order of every epoch (the epoch plan),
+collation into fixed shapes, and padding statistics. A pure function of the data's lengths, the config and the
+seed, so the loop, the compile-ahead, a resumed run and the notebook all read the same plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flaxner.config import DataConfig, TrainConfig
+from flaxner.data import DataError, Encoded
+from flaxner.labels import IGNORE
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket length that holds `length` tokens."""
+    for b in buckets:
+        if length <= b:
+            return b
+    raise DataError(f"a sequence of {length} sub-tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def fit_buckets(maxima: Sequence[int], count: int, multiple: int = 1) -> list[int]:
+    """The `count` padded lengths (multiples of `multiple`) that waste the fewest tokens when each batch, given
+    by its longest row, is padded to the smallest one that fits it: an exact dynamic programme over the
+    distinct batch maxima."""
+    maxima = -(-np.asarray(maxima, dtype=np.int64) // multiple) * multiple
+    vals, counts = np.unique(maxima, return_counts=True)
+    n = len(vals)
+    if n <= count:
+        return [int(v) for v in vals]
+    rows = np.concatenate([[0], np.cumsum(counts)]).astype(np.float64)  # rows[i]: batches below vals[i]
+    # best[i]: least padded length summed over the batches up to vals[i], vals[i] being the last bucket so far
+    best = rows[1:] * vals
+    later = np.triu(np.ones((n, n), dtype=bool), k=1)  # later[j, i]: j < i
+    backs = []
+    for _ in range(count - 1):
+        # cand[j, i]: the best up to vals[j], then one bucket vals[i] for the batches in (vals[j], vals[i]]
+        cand = np.where(later, best[:, None] + (rows[None, 1:] - rows[1:, None]) * vals[None, :], np.inf)
+        backs.append(np.argmin(cand, axis=0))
+        best = cand[backs[-1], np.arange(n)]
+    i, out = n - 1, [int(vals[-1])]
+    for back in reversed(backs):
+        i = int(back[i])
+        out.append(int(vals[i]))
+    return sorted(out)
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, mode: str = "grouped",
+                shuffle: bool = True) -> list[np.ndarray]:
+    """Row indices of every batch of one epoch, a pure function of (seed, epoch). "grouped" sorts random
+    mega-batches of 50 batches by length, as the HF Trainer's `group_by_length`, then shuffles the batch order;
+    "random" is a plain permutation; shuffle=False sorts by length for evaluation."""
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(n)
+    if mode == "random":
+        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    mega = batch_size * 50
+    batches = []
+    for m in range(0, n, mega):
+        chunk = perm[m:m + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    # The one short batch (if any) stays last, so every other step has the full batch.
+    full = [b for b in batches if len(b) == batch_size]
+    short = [b for b in batches if len(b) < batch_size]
+    order = rng.permutation(len(full))
+    return [full[i] for i in order] + short
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Every training batch of a run: per epoch, the row indices of each batch and the length it is padded to."""
+
+    batch_size: int
+    buckets: tuple[int, ...]
+    orders: tuple[tuple[np.ndarray, ...], ...]  # orders[epoch][batch]: row indices
+    padded: tuple[tuple[int, ...], ...]  # padded[epoch][batch]: the bucket length of that batch
+
+    @property
+    def epochs(self) -> int:
+        return len(self.orders)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.orders[0])
+
+    def first_uses(self, epoch: int = 0, batch: int = 0, steps: int | None = None) -> list[tuple[int, int]]:
+        """(step, padded length) where each training shape is first used from (epoch, batch) on, steps counted
+        from there, within `steps` steps (default: to the end of the plan)."""
+        out, seen, step = [], set(), 0
+        for e in range(epoch, self.epochs):
+            for length in self.padded[e][batch if e == epoch else 0:]:
+                if steps is not None and step >= steps:
+                    return out
+                if length not in seen:
+                    seen.add(length)
+                    out.append((step, length))
+                step += 1
+        return out
+
+    def shapes(self) -> list[int]:
+        """The padded lengths the plan's batches use."""
+        return sorted({n for ep in self.padded for n in ep})
+
+    def padding_stats(self, lengths: np.ndarray, epoch: int = 0) -> dict[str, float]:
+        """Real and padded token counts of one epoch's batches (rows of `lengths`), and the shapes they compile."""
+        real = sum(int(lengths[idx].sum()) for idx in self.orders[epoch])
+        padded = self.batch_size * sum(self.padded[epoch])
+        return {"real_tokens": real, "padded_tokens": padded, "padding": 1 - real / padded,
+                "shapes": sorted(set(self.padded[epoch]))}
+
+
+def plan_epochs(lengths: np.ndarray, data: DataConfig, train: TrainConfig, multiple: int = 1) -> EpochPlan:
+    """The run's plan: `train.epochs` batch orders (`batch_order`), then the padded lengths: `data.buckets`, or
+    with `data.fit_buckets` = k, the k lengths fitted to the batches of all epochs (`fit_buckets`) followed by
+    the configured buckets above them for longer evaluation rows."""
+    orders = tuple(tuple(batch_order(lengths, train.batch_size, train.seed, epoch, train.batching))
+                   for epoch in range(train.epochs))
+    maxima = [[int(lengths[idx].max()) for idx in ep] for ep in orders]
+    buckets = tuple(data.buckets)
+    if data.fit_buckets:
+        fitted = fit_buckets([m for ep in maxima for m in ep], data.fit_buckets, multiple)
+        buckets = tuple(fitted + [b for b in data.buckets if b > fitted[-1]])
+    padded = tuple(tuple(bucket_for(m, buckets) for m in ep) for ep in maxima)
+    return EpochPlan(train.batch_size, buckets, orders, padded)
+
+
+def run_buckets(data: DataConfig, train: TrainConfig, lengths: np.ndarray, multiple: int = 1) -> tuple[int, ...]:
+    """The padded lengths a run uses (`plan_epochs(...).buckets`)."""
+    return plan_epochs(lengths, data, train, multiple).buckets
+
+
+def eval_lengths(lengths: np.ndarray, batch_size: int, buckets: Sequence[int]) -> list[int]:
+    """The padded lengths an evaluation of these rows uses (`iter_batches(shuffle=False)`'s batches)."""
+    return sorted({bucket_for(int(lengths[idx].max()), buckets)
+                   for idx in batch_order(lengths, batch_size, 0, 0, shuffle=False)})
+
+
+def collate(enc: Encoded, idx: np.ndarray, batch_size: int, buckets: Sequence[int],
+            pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Pad rows `idx` to a fixed [batch_size, bucket] shape; missing rows are all-padding with IGNORE labels."""
+    seq = bucket_for(max(len(enc.input_ids[i]) for i in idx), buckets)
+    input_ids = np.full((batch_size, seq), pad_id, dtype=np.int32)
+    labels = np.full((batch_size, seq), IGNORE, dtype=np.int32)
+    mask = np.zeros((batch_size, seq), dtype=np.int32)
+    for r, i in enumerate(idx):
+        n = len(enc.input_ids[i])
+        input_ids[r, :n] = enc.input_ids[i]
+        labels[r, :n] = enc.labels[i]
+        mask[r, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def iter_batches(enc: Encoded, batch_size: int, buckets: Sequence[int], seed: int = 0, epoch: int = 0,
+                 mode: str = "grouped", shuffle: bool = True, start: int = 0,
+                 pad_id: int = 0) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (row indices, padded batch) for one epoch, from batch number `start` on."""
+    for idx in batch_order(enc.lengths, batch_size, seed, epoch, mode, shuffle)[start:]:
+        yield idx, collate(enc, idx, batch_size, buckets, pad_id)
+
+
+def padding_stats(enc: Encoded, batch_size: int, buckets: Sequence[int], seed: int = 0,
+                  mode: str = "grouped") -> dict[str, float]:
+    """`EpochPlan.padding_stats` of epoch 0 batched as given, padded to `buckets` as they are."""
+    plan = plan_epochs(enc.lengths, DataConfig(buckets=tuple(buckets), fit_buckets=0),
+                       TrainConfig(batch_size=batch_size, seed=seed, epochs=1, batching=mode))
+    return plan.padding_stats(enc.lengths)

@@ -1,0 +1,79 @@
+"""The run folder's layout, known here only: what `flaxner train` writes and what `--resume`, `flaxner tag`,
+`flaxner eval` and the notebook read.
+
+    config.yaml     the resolved config the run was started with
+    metrics.jsonl   one JSON line per logged step, evaluation and test
+    summary.json    the finished run's summary (`flaxner.train.Summary`)
+    checkpoints/    orbax checkpoints: last/ (rolling) and best/
+    model/          the best epoch's HF-format model
+    README.md       the model card (also model/README.md)
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RunDirError(ValueError):
+    """A run folder that cannot be used as asked (a run already there, none to resume)."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path.path if isinstance(path, RunDir) else path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def card(self) -> Path:
+        return self.path / "README.md"
+
+    def has_run(self) -> bool:
+        """True when a run was started here (its config, metrics or checkpoints are present)."""
+        return any(p.exists() for p in (self.config, self.metrics, self.checkpoints))
+
+    def model_dir(self) -> Path | None:
+        """The HF model folder of this run folder, or None when `path` is not a run folder with a model."""
+        return self.model if (self.model / "config.json").is_file() else None
+
+    def prepare(self, resume: bool, overwrite: bool = False) -> None:
+        """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
+        found there first."""
+        if resume:
+            if overwrite:
+                raise RunDirError("--resume and --overwrite exclude each other")
+            if not self.config.is_file():
+                raise RunDirError(f"{self.path}: no run to resume here (no config.yaml); start one without --resume")
+            return
+        if self.has_run():
+            if not overwrite:
+                raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
+                                  f"with --overwrite")
+            for p in (self.config, self.metrics, self.summary, self.card):
+                p.unlink(missing_ok=True)
+            for p in (self.checkpoints, self.model):
+                shutil.rmtree(p, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
