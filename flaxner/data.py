@@ -54,7 +54,7 @@ def read_conll(path: str | Path, labels: Sequence[str] = CONLL_LABELS) -> dict[s
     for a malformed line or an unknown tag."""
     s = read_conll_sentences(path)
     ids = label2id(labels)
-    _check_tags(s, ids, "given label set", "")
+    _check_tags(s, ids, "label set", "")
     return {"id": [str(i) for i in range(len(s.tokens))], "tokens": s.tokens,
             "ner_tags": [[ids[t] for t in tags] for tags in s.tags]}
 

@@ -101,23 +101,23 @@ SCHEMES = ("auto", "iob2", "iob1", "bioes", "io")
 
 
 def detect_scheme(tag_seqs: Sequence[Sequence[str]]) -> str:
-    """The scheme a set of tag sequences is written in: "bioes" (E-/S-, or BILOU's L-/U-), "iob2" (every span
-    opens with B-), "iob1" (B- only between adjacent same-type spans), "io" (I- and O only; read as IOB1)."""
-    seen_b = opens_with_i = False
+    """The scheme a set of tag sequences is written in: "bioes" (E-/S-, or BILOU's L-/U-); "iob2" when some span
+    opens with B- after O or another type (a stray I- then is an annotation slip, read as seqeval reads it);
+    "iob1" when B- only separates adjacent same-type spans; "io" with I- and O only (read as IOB1)."""
+    seen_b = b_opens = False
     for tags in tag_seqs:
-        prev = "O"
+        prev_type = ""
         for tag in tags:
             p, _, typ = tag.partition("-")
             if p in ("E", "S", "L", "U"):
                 return "bioes"
             if p == "B":
                 seen_b = True
-            elif p == "I" and (prev == "O" or prev.partition("-")[2] != typ):
-                opens_with_i = True
-            prev = tag
-    if opens_with_i:
-        return "iob1" if seen_b else "io"
-    return "iob2"
+                b_opens = b_opens or typ != prev_type
+            prev_type = typ if p in ("B", "I") else ""
+    if b_opens:
+        return "iob2"
+    return "iob1" if seen_b else ("io" if any(t != "O" for tags in tag_seqs for t in tags) else "iob2")
 
 
 def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
