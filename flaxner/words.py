@@ -28,7 +28,10 @@ def split_words(text: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     chunks = [m.span() for m in _CHUNK.finditer(text)]
     for k, (a, b) in enumerate(chunks):
-        _split_chunk(text, a, b, out, first=k == 0, last=k == len(chunks) - 1)
+        if text[a:b].isalnum():  # most words: no punctuation, no rule applies
+            out.append((a, b))
+        else:
+            _split_chunk(text, a, b, out, first=k == 0, last=k == len(chunks) - 1)
     return out
 
 
