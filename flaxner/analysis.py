@@ -252,7 +252,7 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
     if limit is not None:
         data = replace(data, limit=limit)
     batch_size = batch_size or (saved.train.eval_batch_size if saved else 16)
-    ds = load_split(data, split)
+    ds = load_split(data, split, labels=labels)  # a tag outside the model's labels: DataError at its file:line
     names = ds.features["ner_tags"].feature.names
     check_labels(labels, names)
     cols = ds[:]

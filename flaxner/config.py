@@ -31,11 +31,32 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    # "builtin" (the compressed CoNLL-2003 copy in the package), a folder of CoNLL column files, or a hub dataset name.
+    # "builtin" (the compressed CoNLL-2003 copy in the package); a folder of CoNLL column or JSON Lines files
+    # (train/valid/test); a folder written by `datasets.save_to_disk`; or a hub dataset name (wikiann).
     source: str = "builtin"
+    # The hub dataset's configuration (wikiann: the language, `en`).
+    dataset_config: str = ""
+    # Split files named directly (CoNLL columns, or JSON Lines for .jsonl/.json); when any is set, splits come
+    # from these files only.
+    train_file: str = ""
+    validation_file: str = ""
+    test_file: str = ""
     train_split: str = "train"
     eval_split: str = "validation"
     test_split: str = "test"
+    # The label inventory in id order (IOB2 names); empty: from the data (see flaxner.data.load_dataset_splits).
+    labels: tuple[str, ...] = ()
+    # The tagging scheme of the files: auto (detected and logged), iob2, iob1, bioes (also BILOU) or io.
+    scheme: str = "auto"
+    # CoNLL columns: which one holds the word and which the tag (negative: from the end).
+    token_column: int = 0
+    tag_column: int = -1
+    # Stripped from every word that starts with it (WikiANN's export writes `en:word`).
+    token_prefix: str = ""
+    # Word and tag columns of HF datasets and keys of JSON Lines words/tags records.
+    tokens_column: str = "tokens"
+    tags_column: str = "ner_tags"
+    encoding: str = "utf-8"
     max_length: int = 512
     # Padded lengths a batch may take; a batch is padded to the smallest one that fits its longest sentence.
     buckets: tuple[int, ...] = (16, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
@@ -116,6 +137,9 @@ class TagConfig:
     compilation_cache: str = "~/.cache/flaxner/jax"
     # Threads compiling the batch shapes ahead of their first batch; 0: on first use; -1: auto (none on CPU).
     compile_workers: int = -1
+    # Words the tagger reads labels from: "conll" splits text as CoNLL-2003 was tokenized (flaxner.words, the
+    # words training saw); "tokenizer" uses the tokenizer's pre-tokenizer words (as HF's pipeline does).
+    words: str = "conll"
 
 
 @dataclass(frozen=True)
@@ -268,6 +292,12 @@ def validate(cfg: Config) -> None:
     for name, value in (("train.keep_checkpoints", t.keep_checkpoints), ("train.log_every", t.log_every)):
         if value <= 0:
             raise ConfigError(f"{name}: must be positive, got {value}")
+    if d.scheme not in ("auto", "iob2", "iob1", "bioes", "bilou", "io"):
+        raise ConfigError(f"data.scheme: expected auto, iob2, iob1, bioes (bilou) or io, got {d.scheme!r}")
+    if d.labels and (len(set(d.labels)) != len(d.labels) or "O" not in d.labels):
+        raise ConfigError(f"data.labels: must list distinct tags including 'O', got {list(d.labels)}")
+    if cfg.tag.words not in ("conll", "tokenizer"):
+        raise ConfigError(f"tag.words: expected conll or tokenizer, got {cfg.tag.words!r}")
     if d.fit_buckets < 0:
         raise ConfigError(f"data.fit_buckets: must be 0 (off) or a count of lengths, got {d.fit_buckets}")
     if cfg.tag.compile_workers < -1:

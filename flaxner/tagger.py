@@ -252,7 +252,7 @@ class Tagger:
                 chunk = [r for _, r in zip(range(cfg.lookahead), records)]
                 if not chunk:
                     break
-                docs = encode(self.backend, chunk)
+                docs = encode(self.backend, chunk, words=cfg.words)
                 rows = []
                 for _, doc in docs:
                     if doc is not None:
@@ -363,6 +363,9 @@ def add_arguments(p) -> None:
     p.add_argument("--format", default="auto", choices=("auto", "jsonl", "txt"))
     p.add_argument("--aggregation", choices=("first", "average", "max"), default=None,
                    help="sub-token predictions -> word label (default: first, as trained)")
+    p.add_argument("--words", choices=("conll", "tokenizer"), default=None,
+                   help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
+                        "(default); tokenizer: the tokenizer's own words, as HF's pipeline")
     p.add_argument("--max-length", type=int, default=None, help="sub-tokens per window, specials included")
     p.add_argument("--stride", type=int, default=None, help="sub-tokens shared by neighbouring windows")
     p.add_argument("--batch-size", type=int, default=None, help="rows per batch when --batch-tokens is 0")
@@ -396,7 +399,7 @@ def run_cli(args) -> int:
 
         return run_processes(args)
     overrides = {k: getattr(args, k) for k in ("aggregation", "max_length", "stride", "batch_size", "batch_tokens",
-                                               "lookahead", "dtype") if getattr(args, k) is not None}
+                                               "lookahead", "dtype", "words") if getattr(args, k) is not None}
     tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     summary = tagger.tag_file(args.input, args.output, id_field=args.id_field, keep_fields=args.keep_fields,
                               fmt=args.format, shard=args.shard, resume=args.resume, on_error=args.on_error,

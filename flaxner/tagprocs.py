@@ -23,7 +23,7 @@ from flaxner.tagio import default_output, parse_shard
 
 # options passed through to every child as given (None / False: left out)
 PASS = ("text_field", "id_field", "format", "aggregation", "max_length", "stride", "batch_size", "batch_tokens",
-        "lookahead", "dtype", "on_error")
+        "lookahead", "dtype", "words", "on_error")
 FLAGS = ("keep_fields",)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
-from flaxner.data import bucket_for
+from flaxner.batching import bucket_for
 from flaxner.labels import spans_from_ids
 
 
@@ -49,13 +49,20 @@ class DocState:
     pred: np.ndarray | None = None   # [n] label ids ("first") or [n, C] probabilities
     score: np.ndarray | None = None  # [n] probability of pred ("first")
     enc: Any = None        # the tokenizer's Encoding of `text`
+    # Start of each word in `text` when the text was split into words before tokenizing (the Encoding's offsets
+    # are then within each word); None: the Encoding's offsets are into `text`.
+    word_starts: np.ndarray | None = None
 
     def token_chars(self, t: int) -> tuple[int, int]:
         """Character offsets of sub-token `t` in `text` (read from the Encoding only for the few tokens that start
         or end an entity: copying all offsets out of Rust would cost more than the rest of the host work)."""
         if self.offsets is not None:
             return int(self.offsets[t, 0]), int(self.offsets[t, 1])
-        return self.enc.token_to_chars(t)
+        a, b = self.enc.token_to_chars(t)
+        if self.word_starts is None:
+            return a, b
+        base = int(self.word_starts[self.word_ids[t]])
+        return base + a, base + b
 
 
 @dataclass(slots=True)
@@ -206,32 +213,46 @@ def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: 
     return out
 
 
-def encode(backend, chunk: list) -> list[tuple]:
+def encode(backend, chunk: list, words: str = "tokenizer") -> list[tuple]:
     """Tokenize the texts of a chunk of records in one Rust call (again one by one if that fails, so that only the
     failing line fails): (record, DocState) pairs, None for records with an error. The encodings are merged into
     one before they are read, so Python converts one long list per field, not short ones per record; character
-    offsets stay in each record's Encoding until an entity needs them."""
+    offsets stay in each record's Encoding until an entity needs them.
+
+    `words`: "tokenizer" reads labels from the tokenizer's pre-tokenizer words (as HF's pipeline does); "conll"
+    splits each text with `flaxner.words.split_words` first, the words CoNLL-style training data has."""
     todo = [r for r in chunk if r.error is None]
+    if words == "conll":
+        from flaxner.words import split_words
+
+        spans = [split_words(r.text) for r in todo]
+        inputs = [[r.text[a:b] for a, b in sp] for r, sp in zip(todo, spans)]
+        kw = {"is_pretokenized": True, "add_special_tokens": False}
+    elif words == "tokenizer":
+        spans, inputs, kw = None, [r.text for r in todo], {"add_special_tokens": False}
+    else:
+        raise ValueError(f"words: expected conll or tokenizer, got {words!r}")
     try:
-        encs = backend.encode_batch([r.text for r in todo], add_special_tokens=False)
+        encs = backend.encode_batch(inputs, **kw)
     except Exception:
         encs = []
-        for r in todo:
+        for r, x in zip(todo, inputs):
             try:
-                encs.append(backend.encode(r.text, add_special_tokens=False))
+                encs.append(backend.encode(x, **kw))
             except Exception as e:
                 r.error = f"line {r.line}: the tokenizer failed ({type(e).__name__}: {e})"
                 encs.append(None)
-    good = [(r, e) for r, e in zip(todo, encs) if e is not None]
+    starts = [None] * len(todo) if spans is None else [np.array([a for a, _ in sp], dtype=np.int64) for sp in spans]
+    good = [(r, e, st) for r, e, st in zip(todo, encs, starts) if e is not None]
     docs = {}
     if good:
-        merged = Encoding.merge([e for _, e in good], growing_offsets=False)
-        ends = np.cumsum([len(e) for _, e in good]).tolist()
+        merged = Encoding.merge([e for _, e, _ in good], growing_offsets=False)
+        ends = np.cumsum([len(e) for _, e, _ in good]).tolist()
         ids = np.array(merged.ids, dtype=np.int32)
         wids = merged.word_ids
-        words = np.array(wids if None not in wids else [-1 if w is None else w for w in wids], dtype=np.int32)
+        word_ids = np.array(wids if None not in wids else [-1 if w is None else w for w in wids], dtype=np.int32)
         a = 0
-        for (r, e), b in zip(good, ends):
-            docs[id(r)] = DocState(r.line, r.text, ids[a:b], words[a:b], enc=e)
+        for (r, e, st), b in zip(good, ends):
+            docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
             a = b
     return [(r, docs.get(id(r))) for r in chunk]

@@ -15,7 +15,7 @@ def test_read_conll_snippet(snippet):
 
 @pytest.mark.parametrize("bad_line, reason", [
     ("Paris NNP B-NP B-CITY", "tag 'B-CITY' is not in the label set"),
-    ("Lonely", "expected 'word ... tag' columns"),
+    ("Lonely", "expected at least 2 columns"),
 ])
 def test_bad_lines_name_file_and_line(tmp_path, snippet, bad_line, reason):
     lines = snippet.read_text().splitlines()

@@ -65,3 +65,20 @@ def test_vectorized_spans_equal_the_loop_and_respect_cuts():
 
 def test_labels_are_hub_order():
     assert CONLL_LABELS[0] == "O" and CONLL_LABELS[1:3] == ("B-PER", "I-PER") and len(np.unique(CONLL_LABELS)) == 9
+
+
+@pytest.mark.parametrize("scheme", ["iob1", "bioes", "io"])
+def test_scheme_round_trip_keeps_seqeval_spans(scheme):
+    """Random IOB2 sequences -> scheme -> IOB2: seqeval finds the same entities in all three (IO: adjacent
+    same-type entities become one, which IO cannot tell apart)."""
+    from flaxner.labels import from_iob2, to_iob2
+
+    rng = np.random.default_rng(3)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    for _ in range(300):
+        seq = to_iob2([tags[i] for i in rng.integers(0, 5, rng.integers(1, 12))], "iob1")  # valid IOB2
+        conv = from_iob2(seq, scheme)
+        back = to_iob2(conv, scheme)
+        assert get_entities(conv) == get_entities(back)
+        if scheme != "io":
+            assert back == seq and get_entities(conv) == get_entities(seq)

@@ -450,7 +450,7 @@ def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
     pt = load_flax_checkpoint_in_pytorch_model(pt, str(tiny_dir / "flax_model.msgpack")).eval()
     pipe = pipeline("token-classification", model=pt, tokenizer=tok, aggregation_strategy=aggregation, device="cpu")
     ref = pipe(texts, batch_size=8)
-    got = Tagger.from_pretrained(tiny_dir, _tag_config(aggregation=aggregation)).tag(texts)
+    got = Tagger.from_pretrained(tiny_dir, _tag_config(aggregation=aggregation, words="tokenizer")).tag(texts)
     assert sum(map(len, got)) > 20
     assert _key(got) == [[(e["entity_group"], e["start"], e["end"]) for e in ents] for ents in ref]
     for g, r in zip(got, ref):

@@ -1,0 +1,115 @@
+"""Does tagging raw text score what evaluation on the gold words scores? One trained run, CoNLL-2003 splits:
+`flaxner eval` (gold words) against `flaxner tag` on the sentences' text, with the words joined by single spaces
+and as running text (no space before `, . ; : ) 's`, none after `(`), tagged with the tokenizer's words
+(`--words tokenizer`, as before), with CoNLL-style words (`--words conll`), and through HF's PyTorch
+`pipeline(aggregation_strategy="first")` on the same weights (model/model.safetensors). Entities found in the
+text are mapped back to the gold words they overlap and scored with seqeval like evaluation.
+
+    python bench/tag_vs_eval.py --model /work/runs-h-data/minilm1 --json /tmp/tag_vs_eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import header, markdown_table, write_json  # noqa: E402
+
+NO_SPACE_BEFORE = frozenset({",", ".", ";", ":", ")", "'s"})
+LAYOUTS = ("spaces", "running")
+
+
+def join_words(words: list[str], layout: str) -> tuple[str, list[tuple[int, int]]]:
+    """The text of a sentence's words in `layout`, and each word's character span in it."""
+    parts: list[str] = []
+    spans = []
+    pos = 0
+    for i, w in enumerate(words):
+        if i and (layout == "spaces" or (w not in NO_SPACE_BEFORE and words[i - 1] != "(")):
+            parts.append(" ")
+            pos += 1
+        spans.append((pos, pos + len(w)))
+        parts.append(w)
+        pos += len(w)
+    return "".join(parts), spans
+
+
+def tags_on_words(entities: list[dict], spans: list[tuple[int, int]], type_key: str = "label") -> list[str]:
+    """IOB2 tags of the gold words from entities with character offsets: each entity tags the words it
+    overlaps (B- on the first); a word claimed by two entities keeps the first."""
+    tags = ["O"] * len(spans)
+    for e in entities:
+        hit = [k for k, (a, b) in enumerate(spans) if a < e["end"] and e["start"] < b and tags[k] == "O"]
+        for j, k in enumerate(hit):
+            tags[k] = ("B-" if j == 0 else "I-") + e[type_key]
+    return tags
+
+
+def run(args) -> dict:
+    from flaxner.analysis import predict_split
+    from flaxner.evaluate import compute_metrics
+    from flaxner.model import load_trained
+    from flaxner.tagger import Tagger
+
+    loaded = load_trained(args.model)
+    rows, out = [], {"model": args.model, "splits": {}}
+    pipe = None
+    if not args.no_hf:
+        from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+        mdir = str(Path(args.model) / "model") if (Path(args.model) / "model").is_dir() else args.model
+        pt = AutoModelForTokenClassification.from_pretrained(mdir).eval()
+        pipe = pipeline("token-classification", model=pt, tokenizer=AutoTokenizer.from_pretrained(mdir),
+                        aggregation_strategy="first", device="cpu")
+    taggers = {w: Tagger.from_pretrained(args.model, words=w) for w in ("tokenizer", "conll")}
+    for split in args.splits:
+        t0 = time.perf_counter()
+        ev = predict_split(loaded, split=split, limit=args.limit)
+        res = {"eval": ev.metrics["f1"], "sentences": len(ev.gold)}
+        for layout in LAYOUTS:
+            joined = [join_words(ws, layout) for ws in ev.tokens]
+            texts = [t for t, _ in joined]
+            for w, tagger in taggers.items():
+                ents = tagger.tag(texts)
+                pred = [tags_on_words(e, sp) for e, (_, sp) in zip(ents, joined)]
+                res[f"tag_{w}_{layout}"] = compute_metrics(ev.gold, pred)["f1"]
+            if pipe is not None:
+                ents = pipe(texts, batch_size=32)
+                pred = [tags_on_words(e, sp, "entity_group") for e, (_, sp) in zip(ents, joined)]
+                res[f"hf_pipeline_{layout}"] = compute_metrics(ev.gold, pred)["f1"]
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        out["splits"][split] = res
+        print(json.dumps({split: res}), flush=True)
+        for layout in LAYOUTS:
+            rows.append({"split": split, "layout": layout, "eval": 100 * res["eval"],
+                         "before": 100 * res[f"tag_tokenizer_{layout}"], "after": 100 * res[f"tag_conll_{layout}"],
+                         "hf": 100 * res[f"hf_pipeline_{layout}"] if pipe is not None else None,
+                         "gap": 100 * (res[f"tag_conll_{layout}"] - res["eval"])})
+    out["table"] = markdown_table(rows, [("split", "split", ""), ("layout", "text layout", ""),
+                                         ("eval", "flaxner eval F1", ".2f"),
+                                         ("before", "tag --words tokenizer (before)", ".2f"),
+                                         ("after", "tag --words conll (after)", ".2f"),
+                                         ("hf", "HF pipeline first", ".2f"), ("gap", "after - eval", "+.2f")])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a flaxner run folder (config.yaml, model/)")
+    p.add_argument("--splits", nargs="+", default=["validation", "test"])
+    p.add_argument("--limit", type=int, default=0, help="sentences per split (0: all)")
+    p.add_argument("--no-hf", action="store_true", help="skip HF's PyTorch pipeline")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    out = {"header": header(), **run(args)}
+    print(out["table"])
+    if args.json:
+        write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Readers of every data format into one shape: sentences of words with their string tags, each with the
+file:line it came from (for errors), before scheme conversion and the label inventory (in `flaxner.data`)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flaxner.config import DataConfig
+from flaxner.words import split_words
+
+log = logging.getLogger(__name__)
+
+# Keys of the JSON Lines span forms: Label Studio/generic `entities`, Doccano `label`, `spans`, spaCy `ents`.
+SPAN_KEYS = ("entities", "spans", "label", "ents")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+# Examples of spans off word boundaries reported per file.
+SHOW_EXAMPLES = 3
+
+
+class DataError(ValueError):
+    """A data file or split that cannot be used, with the file:line and the reason."""
+
+
+@dataclass
+class Sentences:
+    """Sentences read from one file or dataset: words, tags (strings, or ints to be named by `data.labels`), and
+    for each sentence the file and line of its first word (CoNLL: word k is on line + k; JSONL: all on line)."""
+
+    source: str
+    tokens: list[list[str]] = field(default_factory=list)
+    tags: list[list] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    per_word_lines: bool = False
+
+    def where(self, i: int, k: int = 0) -> str:
+        """file:line of word k of sentence i."""
+        return f"{self.source}:{self.lines[i] + (k if self.per_word_lines else 0)}"
+
+
+def text_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, optionally gzipped; bytes that are not `encoding` raise DataError
+    naming the line and the `data.encoding` way out."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid {encoding} text ({e.reason} at byte {e.start} of the "
+                                f"line); set data.encoding (e.g. data.encoding=latin-1)") from None
+
+
+def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
+    """A CoNLL column file: one word per line (columns split by tabs if the line has one, else by spaces),
+    blank lines between sentences, -DOCSTART- lines skipped; the word is column `data.token_column`, the tag
+    `data.tag_column`, and `data.token_prefix` is stripped from words that carry it."""
+    path = Path(path)
+    out = Sentences(str(path), per_word_lines=True)
+    words: list[str] = []
+    tags: list[str] = []
+    start = 0
+    need = max(cfg.token_column, cfg.tag_column) + 1 if cfg.tag_column >= 0 else max(cfg.token_column + 1, 2)
+    prefix = cfg.token_prefix
+
+    def flush() -> None:
+        if words:
+            out.tokens.append(list(words))
+            out.tags.append(list(tags))
+            out.lines.append(start)
+            words.clear()
+            tags.clear()
+
+    for lineno, line in text_lines(path, cfg.encoding):
+        if not line.strip():
+            flush()
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if cols[0].strip() == "-DOCSTART-":
+            flush()
+            continue
+        if len(cols) < need:
+            raise DataError(f"{path}:{lineno}: expected at least {need} columns (word in column "
+                            f"{cfg.token_column}, tag in column {cfg.tag_column}), got {line!r}")
+        word, tag = cols[cfg.token_column].strip(), cols[cfg.tag_column].strip()
+        if not word or not tag:
+            raise DataError(f"{path}:{lineno}: empty word or tag column in {line!r}")
+        if prefix and word.startswith(prefix) and len(word) > len(prefix):
+            word = word[len(prefix):]
+        if not words:
+            start = lineno
+        words.append(word)
+        tags.append(tag)
+    flush()
+    return out
+
+
+@dataclass
+class OffWords:
+    """Spans of one file that did not fall on word boundaries: the words were split at the span's edges."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
+    """JSON Lines, one sentence per line, either words and tags (`data.tokens_column`, `data.tags_column`; tags
+    as strings or as ids into `data.labels`) or raw text with character spans (`text` and one of `entities`,
+    `spans`, `label`, `ents`: dicts with start/end/label or [start, end, label] lists). Span texts are split
+    into words with `flaxner.words.split_words`; a span that does not fall on word boundaries splits the word at
+    its edge, and is counted and reported (never shifted); overlapping spans are an error naming the line."""
+    path = Path(path)
+    out = Sentences(str(path))
+    off = OffWords()
+    for lineno, line in text_lines(path, cfg.encoding):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        where = f"{path}:{lineno}"
+        if cfg.tokens_column in rec:
+            words, tags = _words_record(rec, cfg, where)
+        elif "text" in rec:
+            words, tags = _spans_record(rec, where, off)
+        else:
+            raise DataError(f"{where}: expected {cfg.tokens_column!r} and {cfg.tags_column!r} (words and tags) or "
+                            f"'text' with one of {list(SPAN_KEYS)} (character spans); got keys {sorted(rec)}")
+        if words:
+            out.tokens.append(words)
+            out.tags.append(tags)
+            out.lines.append(lineno)
+    if off.count:
+        log.warning("%s: %d entity spans did not fall on word boundaries; their words were split at the span "
+                    "edges, e.g. %s", path, off.count, "; ".join(off.examples))
+    return out
+
+
+def _words_record(rec: dict, cfg: DataConfig, where: str) -> tuple[list[str], list]:
+    words, tags = rec[cfg.tokens_column], rec.get(cfg.tags_column)
+    if tags is None:
+        raise DataError(f"{where}: {cfg.tokens_column!r} without {cfg.tags_column!r} (set data.tags_column)")
+    if not isinstance(words, list) or not isinstance(tags, list) or len(words) != len(tags):
+        raise DataError(f"{where}: {cfg.tokens_column!r} and {cfg.tags_column!r} must be lists of one length")
+    if not all(isinstance(w, str) and w.strip() for w in words):
+        raise DataError(f"{where}: every word must be a non-empty string")
+    if not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags):
+        raise DataError(f"{where}: every tag must be a string or an integer label id")
+    return [w.strip() for w in words], tags
+
+
+def _span_list(rec: dict, where: str) -> list[tuple[int, int, str]]:
+    key = next((k for k in SPAN_KEYS if k in rec), None)
+    raw = rec.get(key) or []
+    if not isinstance(raw, list):
+        raise DataError(f"{where}: {key!r} must be a list of spans")
+    spans = []
+    for s in raw:
+        if isinstance(s, dict):
+            s = (s.get("start", s.get("start_offset")), s.get("end", s.get("end_offset")), s.get("label"))
+        if (not isinstance(s, (list, tuple)) or len(s) != 3 or not all(isinstance(x, int) for x in s[:2])
+                or not isinstance(s[2], str)):
+            raise DataError(f"{where}: a span must be {{start, end, label}} or [start, end, label], got {s!r}")
+        spans.append((s[0], s[1], s[2]))
+    return sorted(spans)
+
+
+def _spans_record(rec: dict, where: str, off: OffWords) -> tuple[list[str], list[str]]:
+    text = rec["text"]
+    if not isinstance(text, str):
+        raise DataError(f"{where}: 'text' must be a string")
+    spans = _span_list(rec, where)
+    for (a, b, lab), nxt in zip(spans, spans[1:] + [None]):
+        if not 0 <= a < b <= len(text):
+            raise DataError(f"{where}: span [{a}, {b}) {lab!r} is outside the text of {len(text)} characters")
+        if nxt is not None and nxt[0] < b:
+            raise DataError(f"{where}: spans [{a}, {b}) {lab!r} and [{nxt[0]}, {nxt[1]}) {nxt[2]!r} overlap "
+                            f"(nested entities cannot be written as one tag per word)")
+    words = split_words(text)
+    # Cut the words at every span edge that falls inside a word, so each span covers whole words.
+    edges = sorted({x for a, b, _ in spans for x in (a, b)})
+    cut: list[tuple[int, int]] = []
+    for wa, wb in words:
+        inner = [x for x in edges if wa < x < wb]
+        pts = [wa, *inner, wb]
+        cut.extend(zip(pts, pts[1:]))
+    for a, b, lab in spans:
+        if any(wa < a < wb or wa < b < wb for wa, wb in words):
+            off.count += 1
+            if len(off.examples) < SHOW_EXAMPLES:
+                off.examples.append(f"{where}: {text[a:b]!r} ({lab}) in {text[max(0, a - 15):b + 15]!r}")
+    tags = ["O"] * len(cut)
+    k = 0
+    for a, b, lab in spans:
+        inside = [i for i in range(k, len(cut)) if a <= cut[i][0] and cut[i][1] <= b]
+        if not inside:
+            raise DataError(f"{where}: span [{a}, {b}) {lab!r} covers no word ({text[a:b]!r})")
+        tags[inside[0]] = f"B-{lab}"
+        for i in inside[1:]:
+            tags[i] = f"I-{lab}"
+        k = inside[-1] + 1
+    return [text[x:y] for x, y in cut], tags
+
+
+def read_file(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
+    """A data file by its name: JSON Lines for .jsonl/.json(.gz), else CoNLL columns."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such data file")
+    return read_jsonl(p, cfg) if p.name.endswith(JSONL_SUFFIXES) else read_conll(p, cfg)
+
+
+def read_hf(ds, cfg: DataConfig, name: str, split: str) -> tuple[Sentences, list[str] | None]:
+    """A `datasets.Dataset` with word and tag columns (`data.tokens_column`, `data.tags_column`): its
+    sentences, and the tag column's ClassLabel names when it has them."""
+    for col in (cfg.tokens_column, cfg.tags_column):
+        if col not in ds.column_names:
+            raise DataError(f"dataset {name!r} split {split!r} has no column {col!r} (it has {ds.column_names}); "
+                            f"set data.tokens_column / data.tags_column")
+    feat = ds.features[cfg.tags_column]
+    inner = getattr(feat, "feature", None)
+    names = list(inner.names) if hasattr(inner, "names") else None
+    cols = ds.select_columns([cfg.tokens_column, cfg.tags_column])[:]
+    out = Sentences(f"{name}[{split}] row", lines=list(range(len(cols[cfg.tokens_column]))))
+    prefix = cfg.token_prefix
+    out.tokens = [[w[len(prefix):] if prefix and w.startswith(prefix) else w for w in ws]
+                  for ws in cols[cfg.tokens_column]]
+    out.tags = [list(t) for t in cols[cfg.tags_column]]
+    return out, names
+
+
+def drop_empty(s: Sentences) -> Sentences:
+    """Leave out sentences without words (a JSONL line with an empty text)."""
+    keep = [i for i, t in enumerate(s.tokens) if t]
+    if len(keep) == len(s.tokens):
+        return s
+    return Sentences(s.source, [s.tokens[i] for i in keep], [s.tags[i] for i in keep], [s.lines[i] for i in keep],
+                     s.per_word_lines)
+
+
+def name_ids(s: Sentences, names: Sequence[str] | None, how: str) -> None:
+    """Turn integer tags into names (a ClassLabel's or `data.labels`), in place; DataError at the first id
+    that cannot be named."""
+    for i, tags in enumerate(s.tags):
+        if not any(isinstance(t, int) for t in tags):
+            continue
+        if not names:
+            raise DataError(f"{s.where(i)}: tags are integer ids but no label names are known; list them in "
+                            f"data.labels (id order)")
+        for k, t in enumerate(tags):
+            if isinstance(t, int):
+                if not 0 <= t < len(names):
+                    raise DataError(f"{s.where(i, k)}: tag id {t} is outside {how} {list(names)}")
+                tags[k] = names[t]

@@ -1,0 +1,86 @@
+"""Raw text -> words, split the way CoNLL-2003 (Reuters) was tokenized, so that the tagger and the JSONL-spans
+reader see the words training saw: whitespace words with leading/trailing punctuation split off, `'s`/`n't`
+split off, and abbreviations (`U.S.`, `St.`, `Inc.`), hyphenated words (`Bre-X`) and numbers (`1,000`, `3.5`)
+kept whole."""
+
+from __future__ import annotations
+
+import re
+
+# Words that keep their final period (CoNLL-2003 writes `Inc.`, `St.`, `vs.` as one token).
+ABBREVIATIONS = frozenset("""
+    mr mrs ms dr prof gen gov sen rep rev st mt ft jr sr co corp inc ltd plc bros dept univ assn vs etc no nos
+    jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu thur thurs fri sat sun
+    calif fla ariz colo conn del ga ill ind kan ky la md mass mich minn miss mo mont neb nev okla ore pa tenn tex
+    va vt wash wis wyo sgt lt col capt cmdr adm maj
+""".split())
+# Letters joined by periods: U.S., U.N., a.m., F.C., N.J.; a single capital initial: M., J.
+_INITIALS = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]?\.?")
+_CLITICS = ("n't", "'s", "'re", "'ve", "'ll", "'m", "'d")
+_LEADING = "\"([{'`$\u201c\u2018\u00ab"
+_TRAILING = ",;:!?)]}\"'\u201d\u2019\u00bb"
+_CHUNK = re.compile(r"\S+")
+_RUN = re.compile(r"(.)\1*")
+
+
+def split_words(text: str) -> list[tuple[int, int]]:
+    """The (start, end) character spans of the words of `text`, in order."""
+    out: list[tuple[int, int]] = []
+    chunks = [m.span() for m in _CHUNK.finditer(text)]
+    for k, (a, b) in enumerate(chunks):
+        if text[a:b].isalnum():  # most words: no punctuation, no rule applies
+            out.append((a, b))
+        else:
+            _split_chunk(text, a, b, out, first=k == 0, last=k == len(chunks) - 1)
+    return out
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text` as strings."""
+    return [text[a:b] for a, b in split_words(text)]
+
+
+def _is_punct(s: str) -> bool:
+    return not any(c.isalnum() for c in s)
+
+
+def _split_chunk(text: str, a: int, b: int, out: list[tuple[int, int]], first: bool, last: bool) -> None:
+    if _is_punct(text[a:b]):  # runs of one mark ("--", "...") are one token, different marks ('".') are not
+        out.extend((a + m.start(), a + m.end()) for m in _RUN.finditer(text[a:b]))
+        return
+    head: list[tuple[int, int]] = []
+    while a < b - 1 and text[a] in _LEADING and not text[a:b].lower() in _CLITICS:
+        head.append((a, a + 1))
+        a += 1
+    tail: list[tuple[int, int]] = []
+    while a < b - 1:
+        w = text[a:b]
+        low = w.lower()
+        if w[-1] in _TRAILING and not (w[-1] == "'" and low in _CLITICS):
+            tail.append((b - 1, b))
+            b -= 1
+        elif w.endswith("...") or w.endswith(".."):
+            k = len(w) - len(w.rstrip("."))
+            tail.append((b - k, b))
+            b -= k
+        elif w[-1] == "." and ((last and not tail) or not _keeps_period(w, first and not head)):
+            tail.append((b - 1, b))
+            b -= 1
+        else:
+            clitic = next((c for c in _CLITICS if low.endswith(c) and len(low) > len(c)), None)
+            if clitic is None:
+                break
+            tail.append((b - len(clitic), b))
+            b -= len(clitic)
+    out.extend(head)
+    out.append((a, b))
+    out.extend(reversed(tail))
+
+
+def _keeps_period(w: str, first: bool) -> bool:
+    """A word ending in "." that is one token in CoNLL-2003: an abbreviation, initials, or a list number ("2.")
+    that opens the text. (At the end of the text the period is split off: CoNLL-2003 writes a sentence that ends
+    in "U.S." as `U.S` `.`.)"""
+    stem = w[:-1]
+    return (stem.lower() in ABBREVIATIONS or _INITIALS.fullmatch(w) is not None
+            or (first and stem.isdigit()))

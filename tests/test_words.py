@@ -1,0 +1,79 @@
+"""The word splitter recovers CoNLL-2003's words from their text, and the tagger's CoNLL words map back to the
+original text."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flaxner.config import DataConfig
+from flaxner.data import load_split
+from flaxner.words import split_words, words_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from tag_vs_eval import join_words, tags_on_words  # noqa: E402
+
+
+@pytest.mark.parametrize("text, words", [
+    ("U.S. Treasury bonds rose 1,000 points, or 3.5 percent.",
+     ["U.S.", "Treasury", "bonds", "rose", "1,000", "points", ",", "or", "3.5", "percent", "."]),
+    ("Bre-X Minerals Inc. said the trans-Atlantic deal (St. Louis) failed.",
+     ["Bre-X", "Minerals", "Inc.", "said", "the", "trans-Atlantic", "deal", "(", "St.", "Louis", ")", "failed",
+      "."]),
+    ("Clinton's aides didn't say \"no\" -- they left for the U.S.",
+     ["Clinton", "'s", "aides", "did", "n't", "say", '"', "no", '"', "--", "they", "left", "for", "the", "U.S",
+      "."]),
+    ("  ", []),
+])
+def test_split_words_examples(text, words):
+    spans = split_words(text)
+    assert [text[a:b] for a, b in spans] == words
+    assert all(a < b and not text[a:b].isspace() for a, b in spans)
+
+
+@pytest.mark.parametrize("layout", ["spaces", "running"])
+def test_conll2003_words_are_recovered_from_their_text(layout):
+    """Validation split (not used to write the rules): the splitter gives back the gold words of nearly every
+    sentence, whether they are joined by single spaces or laid out as running text."""
+    tokens = load_split(DataConfig(), "validation")[:]["tokens"]
+    ok = sum(words_of(join_words(ws, layout)[0]) == ws for ws in tokens)
+    assert ok / len(tokens) > 0.995, ok / len(tokens)
+
+
+def test_join_and_map_back():
+    text, spans = join_words(["He", "met", "Bob", "(", "U.S.", ")", "'s", "men", "."], "running")
+    assert text == "He met Bob (U.S.)'s men."
+    assert [text[a:b] for a, b in spans] == ["He", "met", "Bob", "(", "U.S.", ")", "'s", "men", "."]
+    ents = [{"start": 7, "end": 10, "label": "PER"}, {"start": 12, "end": 14, "label": "LOC"}]
+    assert tags_on_words(ents, spans) == ["O", "O", "B-PER", "O", "B-LOC", "O", "O", "O", "O"]
+
+
+@pytest.mark.parametrize("tokenizer_dir", ["fixture", "minilm"])
+def test_conll_words_offsets_point_into_the_text(tokenizer_dir):
+    """With words=conll each sub-token's offsets are into the original text, inside its word's span, and the
+    words are split_words' words."""
+    from tokenizers import Tokenizer
+
+    from flaxner.model import packaged_minilm
+    from flaxner.tagio import Record
+    from flaxner.windows import encode
+
+    folder = Path(__file__).resolve().parent / "fixtures" / "tiny-bert" if tokenizer_dir == "fixture" \
+        else Path(packaged_minilm())
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    backend.no_truncation()
+    backend.no_padding()
+    texts = ["  Bre-X's U.S. unit, (Calgary) rose 3.5%.", "", "Zürich\u00a0café  naïve Ünïcode."]
+    docs = encode(backend, [Record(i + 1, i, t) for i, t in enumerate(texts)], words="conll")
+    for (rec, doc), text in zip(docs, texts):
+        spans = split_words(text)
+        assert len(set(doc.word_ids.tolist())) == len(spans) if len(doc.ids) else spans == []
+        for t in range(len(doc.ids)):
+            a, b = doc.token_chars(t)
+            wa, wb = spans[doc.word_ids[t]]
+            assert wa <= a < b <= wb
+        first = np.flatnonzero(np.r_[True, doc.word_ids[1:] != doc.word_ids[:-1]]) if len(doc.ids) else []
+        assert [doc.token_chars(t)[0] for t in first] == [a for a, _ in spans]
