@@ -4,6 +4,7 @@ shapes, tokenized on a background thread while the compiled forward runs, entiti
 from __future__ import annotations
 
 import dataclasses
+import signal
 import logging
 import queue
 import re
@@ -11,17 +12,30 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from flaxner.config import TagConfig
-from flaxner.tagio import LineReader, OutputWriter, Record, TagInputError, default_output, input_format, \
-    output_line, parse_line, parse_shard
+from flaxner.tagio import MAX_LINE_BYTES, LineReader, OutputWriter, Progress, Record, TagInputError, \
+    TagInterrupted, check_output, clean_text, default_output, input_format, output_line, parse_line, parse_shard
 from flaxner.windows import collate, encode, entities_many, pack, rows_for, rows_per_batch, scatter, small_rows
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TagStats:
+    """Running totals of a Tagger (written by its tokenizer thread only)."""
+
+    docs: int = 0
+    tokens: int = 0
+    windows: int = 0
+    long_docs: int = 0
+
+
 _IOB2 = re.compile(r"O|[BI]-.+")
 
 
@@ -116,7 +130,7 @@ class Tagger:
         self._data_sharding = data
         self.shapes: set[tuple[int, int]] = set()
         self.compiled_ahead = 0  # shapes compiled on the compile threads
-        self.stats = {"docs": 0, "tokens": 0, "windows": 0, "long_docs": 0}
+        self.stats = TagStats()
 
     @property
     def compiles(self) -> int:
@@ -162,22 +176,48 @@ class Tagger:
         """The bound on `compiles`: a full and a small batch shape per bucket."""
         return 2 * len(self.cfg.buckets)
 
-    def tag(self, texts: Sequence[str]) -> list[list[dict]]:
-        """Entities of each text: [{"text", "label", "start", "end", "score"}] with character offsets."""
+    @overload
+    def tag(self, texts: str) -> list[dict]: ...
+
+    @overload
+    def tag(self, texts: Sequence[str]) -> list[list[dict]]: ...
+
+    def tag(self, texts):
+        """Entities of each text: [{"text", "label", "start", "end", "score"}] with character offsets. A single
+        str is one text: its list of entities comes back (not one list per character)."""
+        if isinstance(texts, str):
+            return self.tag([texts])[0]
+        records = []
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a str")
-        records = (Record(i + 1, i, t) for i, t in enumerate(texts))
-        return [ents for _, ents in self.stream(records)]
+            records.append(Record(i + 1, i, clean_text(t)[0]))  # lone surrogates -> U+FFFD, as `flaxner tag`
+        out = []
+        for rec, ents in self.stream(records):
+            if rec.error is not None:
+                raise ValueError(f"texts[{rec.id}]: {rec.error}")
+            out.append(ents)
+        return out
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Batch-engine form (Ray Data `map_batches`): adds an `entities` column to a dict of columns."""
-        texts = [str(t) for t in batch[self.text_field]]
-        ents = self.tag(texts)
-        col = np.empty(len(ents), dtype=object)
-        for i, e in enumerate(ents):
-            col[i] = e
-        return {**batch, "entities": col}
+        """Batch-engine form (Ray Data `map_batches`): adds an `entities` column to a dict of columns, and an
+        `error` column (None where the row was tagged) for a missing, null or non-string text."""
+        texts = batch.get(self.text_field)
+        n = len(next(iter(batch.values()))) if batch else 0
+        records = []
+        for i in range(n):
+            t = None if texts is None else texts[i]
+            rec = Record(i + 1, i, None)
+            if isinstance(t, str):
+                rec.text = clean_text(t)[0]
+            else:
+                rec.error = (f"field {self.text_field!r} is " +
+                             ("missing" if texts is None else f"a {type(t).__name__}, not a string"))
+            records.append(rec)
+        ents, errors = np.empty(n, dtype=object), np.empty(n, dtype=object)
+        for rec, e in self.stream(records):
+            ents[rec.id], errors[rec.id] = e, rec.error
+        return {**batch, "entities": ents, "error": errors}
 
     def stream(self, records: Iterable[Record]) -> Iterator[tuple[Record, list[dict] | None]]:
         """(record, entities) in input order; records with an error come back with None."""
@@ -259,10 +299,10 @@ class Tagger:
                         doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride)
                         doc.pending = len(doc_rows)
                         rows.extend(doc_rows)
-                        self.stats["tokens"] += len(doc.ids)
-                        self.stats["long_docs"] += len(doc_rows) > 1
-                self.stats["docs"] += len(chunk)
-                self.stats["windows"] += len(rows)
+                        self.stats.tokens += len(doc.ids)
+                        self.stats.long_docs += len(doc_rows) > 1
+                self.stats.docs += len(chunk)
+                self.stats.windows += len(rows)
                 put(("docs", docs))
                 # A bucket's tail waits for the next chunk's rows once, never twice (bounded reorder buffer).
                 batches, carry = pack(carry + rows, cfg.buckets, cfg.batch_size, cfg.batch_tokens, self.n_devices)
@@ -285,26 +325,45 @@ class Tagger:
         return collate(rows, bucket, n_rows, self.cls_id, self.sep_id, self.pad_id)
 
     def tag_file(self, path: str, output: str | None = None, *, id_field: str = "id", keep_fields: bool = False,
-                 fmt: str = "auto", shard: str | None = None, resume: bool = False, on_error: str = "record",
+                 fmt: str = "auto", shard: str | None = None, resume: bool = False, overwrite: bool = False,
+                 resume_stdin: bool = False, on_error: str = "record", max_line_bytes: int = MAX_LINE_BYTES,
                  progress: bool = True, commit_every: float = 5.0) -> dict:
-        """Tag a JSONL/text file (or '-' for stdin) into OUTPUT, one line per input line; returns the summary."""
-        from flaxner.tagio import Progress
+        """Tag a JSONL/text file (or '-' for stdin) into OUTPUT, one line per input line; returns the summary.
 
+        `lines`, `errors`, `warnings`, `entities` count the whole output (a resumed run's earlier lines included);
+        `this_run` counts what this call tagged. `input_damaged` says why a damaged gzip input ended early."""
         output = output or default_output(path)
         fmt = input_format(path, fmt)
         shard_t = parse_shard(shard)
+        check_output(output, path)
+        if resume and path == "-" and not resume_stdin:
+            raise TagInputError("--resume from stdin cannot check that stdin gives the same lines again; pass "
+                                "--resume-stdin to vouch that it does")
         key = {"input": str(Path(path).resolve()) if path != "-" else "-", "shard": list(shard_t), "format": fmt,
                "text_field": self.text_field, "id_field": id_field, "keep_fields": keep_fields,
                "model": self.model_dir, "aggregation": self.cfg.aggregation, "max_length": self.cfg.max_length,
-               "stride": self.cfg.stride}
-        writer = OutputWriter(output, key, resume)
-        reader = LineReader(path, shard_t, writer.resume_point)
-        counts = {"lines": writer.lines_done, "errors": 0, "warnings": 0, "entities": 0}
-        start_tokens, t0 = self.stats["tokens"], time.perf_counter()
+               "stride": self.cfg.stride, "max_line_bytes": max_line_bytes}
+        writer = OutputWriter(output, key, resume, overwrite)
+        try:
+            reader = LineReader(path, shard_t, writer.resume_point, max_line_bytes,
+                                writer.state.get("input") if writer.resume_point else None)
+        except BaseException:
+            writer.close()
+            raise
+        before = writer.state.get("counts", {"lines": writer.lines_done, "errors": 0, "warnings": 0,
+                                             "entities": 0})
+        counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}  # this run's
+        start_tokens, t0 = self.stats.tokens, time.perf_counter()
         records = (parse_line(line, fmt, self.text_field, id_field) for line in reader)
         last_commit, last = time.monotonic(), None
+
+        def commit() -> None:
+            if last is not None:
+                writer.commit(last.line + 1, last.resume_at,
+                              {"input": reader.identity(last), "counts": {k: before[k] + counts[k] for k in counts}})
+
         try:
-            with Progress(reader, self.stats, counts, enabled=progress) as bar:
+            with Progress(reader, self.stats, counts, enabled=progress, t0=t0) as bar:
                 for rec, ents in self.stream(records):
                     if rec.error is not None:
                         if on_error == "fail":
@@ -313,25 +372,38 @@ class Tagger:
                     else:
                         counts["entities"] += len(ents)
                     counts["warnings"] += rec.warning is not None
-                    writer.write(output_line(rec, ents, keep_fields))
+                    writer.write(output_line(rec, ents, keep_fields, id_field))
                     counts["lines"] += 1
                     last = rec
                     if time.monotonic() - last_commit >= commit_every:
-                        writer.commit(last.line + 1, last.resume_at)
+                        commit()
                         last_commit = time.monotonic()
                     bar.tick()
+                seconds = time.perf_counter() - t0
+                bar.done(seconds)
             writer.finish()
-        except BaseException:
-            if last is not None:
-                writer.commit(last.line + 1, last.resume_at)
-            writer.close()
+        except BaseException as e:
+            try:
+                commit()
+            finally:
+                writer.close()
+            if isinstance(e, KeyboardInterrupt) and not isinstance(e, TagInterrupted):
+                signum = getattr(e, "signum", signal.SIGINT)
+                where = ("to stdout" if output == "-" else
+                         f"and committed to {output}.part; run the same command with --resume to continue")
+                raise TagInterrupted(f"interrupted by {signal.Signals(signum).name} after "
+                                     f"{before['lines'] + counts['lines']} lines, written {where}", signum) from None
             raise
-        seconds = time.perf_counter() - t0
-        tokens = self.stats["tokens"] - start_tokens
-        return {**counts, "output": output, "seconds": round(seconds, 3), "tokens": tokens,
-                "docs_per_s": round(counts["lines"] / max(seconds, 1e-9), 1),
-                "tokens_per_s": round(tokens / max(seconds, 1e-9), 1), "compiles": self.compiles,
-                "shapes": sorted(self.shapes), "long_docs": self.stats["long_docs"]}
+        tokens = self.stats.tokens - start_tokens
+        summary = {k: before[k] + counts[k] for k in counts}
+        summary.update(output=output, this_run=dict(counts), resumed_lines=before["lines"],
+                       seconds=round(seconds, 3), tokens=tokens,
+                       docs_per_s=round(counts["lines"] / max(seconds, 1e-9), 1),
+                       tokens_per_s=round(tokens / max(seconds, 1e-9), 1), compiles=self.compiles,
+                       shapes=sorted(self.shapes), long_docs=self.stats.long_docs)
+        if reader.damage:
+            summary["input_damaged"] = reader.damage
+        return summary
 
 
 def _resolve_dtype(dtype: str) -> str:
@@ -349,56 +421,3 @@ def run_tag_config(model_dir: str | Path) -> TagConfig:
 
     saved = Path(model_dir) / "config.yaml"
     return load_config(saved).tag if saved.is_file() else TagConfig()
-
-
-def add_arguments(p) -> None:
-    """Declare the options of `flaxner tag`."""
-    p.add_argument("input", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or - for stdin")
-    p.add_argument("--model", required=True, help="run folder of `flaxner train`, or an HF BERT token-classification folder")
-    p.add_argument("-o", "--output", default=None, help="default: INPUT with .entities.jsonl (stdout for stdin)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--id-field", default="id", help="copied as `id`; the line number when absent")
-    p.add_argument("--keep-fields", action="store_true", help="copy the input fields into each output line")
-    p.add_argument("--format", default="auto", choices=("auto", "jsonl", "txt"))
-    p.add_argument("--aggregation", choices=("first", "average", "max"), default=None,
-                   help="sub-token predictions -> word label (default: first, as trained)")
-    p.add_argument("--max-length", type=int, default=None, help="sub-tokens per window, specials included")
-    p.add_argument("--stride", type=int, default=None, help="sub-tokens shared by neighbouring windows")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per batch when --batch-tokens is 0")
-    p.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per batch (rows = this / length)")
-    p.add_argument("--lookahead", type=int, default=None, help="documents read ahead and sorted by length")
-    p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--shard", default=None, metavar="I/N", help="tag only slice I of N (outputs concatenate)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last committed line")
-    p.add_argument("--on-error", default="record", choices=("record", "fail"),
-                   help="record: bad lines get an `error` field; fail: stop at the first")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--processes", type=int, default=1, metavar="N",
-                   help="tag in N processes at once, one slice of the input each, then join their outputs in "
-                        "order (one process' Python work caps it well below a GPU's pace; see flaxner/tagprocs.py)")
-
-
-def run_cli(args) -> int:
-    """`flaxner tag`: check the input and the model before any work, tag, print the summary."""
-    import json
-    import sys
-
-    if args.input != "-" and not Path(args.input).is_file():
-        raise FileNotFoundError(f"{args.input}: no such input file")
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"{args.model}: no such model folder")
-    parse_shard(args.shard)
-    if args.processes < 1:
-        raise ValueError(f"--processes {args.processes}: must be at least 1")
-    if args.processes > 1:
-        from flaxner.tagprocs import run_processes
-
-        return run_processes(args)
-    overrides = {k: getattr(args, k) for k in ("aggregation", "max_length", "stride", "batch_size", "batch_tokens",
-                                               "lookahead", "dtype") if getattr(args, k) is not None}
-    tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
-    summary = tagger.tag_file(args.input, args.output, id_field=args.id_field, keep_fields=args.keep_fields,
-                              fmt=args.format, shard=args.shard, resume=args.resume, on_error=args.on_error,
-                              progress=not args.no_progress)
-    print(json.dumps({"summary": summary}), file=sys.stderr)
-    return 0
