@@ -152,7 +152,7 @@ def _tag(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from flaxner.tagio import MAX_LINE_BYTES, check_output, default_output, parse_shard
+    from flaxner.tagio import MAX_LINE_BYTES, RESUME_STDIN, check_output, default_output, parse_shard
 
     if args.input != "-" and not Path(args.input).is_file():
         raise FileNotFoundError(f"{args.input}: no such input file")
@@ -163,6 +163,8 @@ def _tag(args: argparse.Namespace) -> int:
         raise ValueError(f"--processes {args.processes}: must be at least 1")
     if args.max_line_bytes is not None and args.max_line_bytes < 0:
         raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
+    if args.resume and args.input == "-" and not args.resume_stdin:
+        raise ValueError(RESUME_STDIN)
     output = args.output or default_output(args.input)
     check_output(output, args.input, fresh=not (args.resume or args.overwrite))
     if args.processes > 1:  # this parent imports no JAX: the children do the tagging

@@ -19,7 +19,7 @@ from typing import Any, overload
 import numpy as np
 
 from flaxner.config import TagConfig
-from flaxner.tagio import MAX_LINE_BYTES, LineReader, OutputWriter, Progress, Record, TagInputError, \
+from flaxner.tagio import MAX_LINE_BYTES, RESUME_STDIN, LineReader, OutputWriter, Progress, Record, TagInputError, \
     TagInterrupted, check_output, clean_text, default_output, input_format, output_line, parse_line, parse_shard
 from flaxner.windows import collate, encode, entities_many, pack, rows_for, rows_per_batch, scatter, small_rows
 
@@ -337,8 +337,7 @@ class Tagger:
         shard_t = parse_shard(shard)
         check_output(output, path)
         if resume and path == "-" and not resume_stdin:
-            raise TagInputError("--resume from stdin cannot check that stdin gives the same lines again; pass "
-                                "--resume-stdin to vouch that it does")
+            raise TagInputError(RESUME_STDIN)
         key = {"input": str(Path(path).resolve()) if path != "-" else "-", "shard": list(shard_t), "format": fmt,
                "text_field": self.text_field, "id_field": id_field, "keep_fields": keep_fields,
                "model": self.model_dir, "aggregation": self.cfg.aggregation, "max_length": self.cfg.max_length,
@@ -365,14 +364,12 @@ class Tagger:
         try:
             with Progress(reader, self.stats, counts, enabled=progress, t0=t0) as bar:
                 for rec, ents in self.stream(records):
-                    if rec.error is not None:
-                        if on_error == "fail":
-                            raise TagInputError(rec.error)
-                        counts["errors"] += 1
-                    else:
-                        counts["entities"] += len(ents)
-                    counts["warnings"] += rec.warning is not None
+                    if rec.error is not None and on_error == "fail":
+                        raise TagInputError(rec.error)
                     writer.write(output_line(rec, ents, keep_fields, id_field))
+                    counts["errors"] += rec.error is not None
+                    counts["entities"] += len(ents) if rec.error is None else 0
+                    counts["warnings"] += rec.warning is not None
                     counts["lines"] += 1
                     last = rec
                     if time.monotonic() - last_commit >= commit_every:

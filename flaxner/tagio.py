@@ -23,6 +23,8 @@ _CHUNK = 1 << 24
 # Longest line read (bytes): a 1 MB document is ~250k sub-tokens, ~500 windows; past that a line's memory
 # (its tokens, windows and probabilities at once) grows into gigabytes; 0 lifts the cap.
 MAX_LINE_BYTES = 1_000_000
+RESUME_STDIN = ("--resume from stdin: a pipe cannot be checked before it is read again; pass --resume-stdin to vouch "
+                "that it gives the same lines (their CRC is then checked as they are skipped)")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -181,23 +183,27 @@ class LineReader:
 
     def _iter_stream(self) -> Iterator[Line]:
         i, n = self.shard
-        first, stop = 0, None
+        first, stop, mark = 0, None, None
         if n > 1:
-            total, damaged = _count_gz_lines(self.path)
+            total, damaged, marks = _count_gz_lines(self.path)
             first, stop = total * i // n, total * (i + 1) // n
             if damaged and i == n - 1:
                 stop = None  # the last shard reads on to the damage and reports it
+            mark = max((m for m in marks if m.lines_passed <= first), key=lambda m: m.lines_passed)
         skip = self.resume[1] if self.resume else 0
         raw_f = self._open_raw()
         k, crc = 0, 0
         try:
-            counted = raw_f if not self.gz else _Counting(raw_f)
-            f = gzip.GzipFile(fileobj=counted, mode="rb") if self.gz else raw_f
-            f = io.BufferedReader(f, _CHUNK) if self.gz else f
+            gz = _Gunzip(raw_f, mark) if self.gz else None
+            if mark is not None:
+                k = mark.lines_passed
+                if not mark.at_line_start:
+                    gz.skip_line()
+            f = io.BufferedReader(gz, 1 << 20) if self.gz else raw_f
             while stop is None or k < stop:
                 try:
                     raw, size = _read_line(f, self.cap)
-                except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt gzip stream
+                except (EOFError, zlib.error) as e:  # a truncated or corrupt gzip stream
                     if k < first + skip:
                         self._refuse(f"it is damaged at line {k + 1}, before the resume point")
                     self.damage = (f"{self.path}: damaged after line {k} ({type(e).__name__}: {e}); "
@@ -215,13 +221,99 @@ class LineReader:
                     if k == first + skip and self.expect is not None and self.expect.get("crc") != crc:
                         self._refuse("its lines before the resume point differ")
                     continue
-                self.bytes_read = counted.n if self.gz else self.bytes_read + size
+                self.bytes_read = gz.n if self.gz else self.bytes_read + size
                 yield Line(k, raw or b"", k - first, None if raw is not None else self._too_long(k, size), crc)
             if skip and k < first + skip:
                 self._refuse(f"it ends at line {k}, before the resume point")
         finally:
             if not self.stdin:
                 raw_f.close()
+
+
+@dataclass
+class _Mark:
+    """A saved point of a gzip stream: where its compressed bytes resume, the decompressor's state there, and the
+    lines before that point."""
+
+    offset: int
+    state: Any
+    lines_before: int
+    at_line_start: bool
+
+    @property
+    def lines_passed(self) -> int:
+        """Lines wholly before the point once the line it falls in (if any) is skipped."""
+        return self.lines_before + (not self.at_line_start)
+
+
+class _Gunzip(io.RawIOBase):
+    """The decompressed bytes of a gzip file (members one after another) through zlib. Unlike gzip.GzipFile, the
+    bytes decompressed before a truncation or corruption are returned before the error is raised; and it can start
+    at a `_Mark`, so a shard decompresses what precedes its slice once, in the counting pass, not twice."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, f: BinaryIO, mark: _Mark | None = None):
+        self.f, self.n = f, 0
+        self.d = zlib.decompressobj(31)
+        self.out = b""
+        self.error: Exception | None = None
+        self.done = False
+        if mark is not None and mark.offset:
+            f.seek(mark.offset)
+            self.n, self.d = mark.offset, mark.state.copy()
+
+    def readable(self) -> bool:
+        return True
+
+    def mark(self, lines_before: int, at_line_start: bool) -> _Mark:
+        return _Mark(self.n, self.d.copy(), lines_before, at_line_start)
+
+    def fill(self) -> bytes:
+        """The next decompressed block (b"" at the end); an error only once the bytes before it are out."""
+        while not self.out and not self.done:
+            data = self.f.read(self.BLOCK)
+            if not data:
+                self.done = True
+                if self.n and not self.d.eof:
+                    self.error = EOFError("compressed file ended before the end-of-stream marker was reached")
+                break
+            self.n += len(data)
+            try:
+                if self.d.eof:
+                    self.d = zlib.decompressobj(31)
+                out = self.d.decompress(data)
+                while self.d.eof and self.d.unused_data:  # the next member
+                    rest, self.d = self.d.unused_data, zlib.decompressobj(31)
+                    out += self.d.decompress(rest)
+                self.out = out
+            except zlib.error as e:
+                self.error, self.done = e, True
+        out, self.out = self.out, b""
+        if not out and self.error is not None:
+            raise self.error
+        return out
+
+    def readinto(self, b) -> int:
+        if not self.out:
+            self.out = self.fill()
+        k = min(len(b), len(self.out))
+        b[:k] = self.out[:k]
+        self.out = self.out[k:]
+        return k
+
+    def skip_line(self) -> None:
+        """Read past the next line break (a `_Mark` taken mid-line)."""
+        while True:
+            if not self.out:
+                self.out = self.fill()
+                if not self.out:
+                    return
+            j = self.out.find(b"\n")
+            if j >= 0:
+                self.out = self.out[j + 1:]
+                return
+            self.out = b""
 
 
 def file_stat(path: str) -> dict:
@@ -255,22 +347,6 @@ def _read_line(f: BinaryIO, cap: int) -> tuple[bytes | None, int]:
     return None, size
 
 
-class _Counting(io.RawIOBase):
-    """A read-through file that counts the compressed bytes consumed (progress of a gzip input)."""
-
-    def __init__(self, f: BinaryIO):
-        self.f, self.n = f, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.f.read(len(b))
-        self.n += len(data)
-        b[:len(data)] = data
-        return len(data)
-
-
 def _count_newlines(f: BinaryIO, upto: int) -> int:
     f.seek(0)
     count, left = 0, upto
@@ -283,17 +359,30 @@ def _count_newlines(f: BinaryIO, upto: int) -> int:
     return count
 
 
-def _count_gz_lines(path: str) -> tuple[int, bool]:
-    """Lines of a gzip file (a last line without a newline included), and whether it ends damaged."""
-    count, last, damaged = 0, b"", False
-    with gzip.open(path, "rb") as g:
-        try:
-            for chunk in iter(lambda: g.read(_CHUNK), b""):
-                count += chunk.count(b"\n")
-                last = chunk[-1:]
-        except (EOFError, OSError, zlib.error):
-            damaged = True
-    return count + int(bool(last) and last != b"\n"), damaged
+def _count_gz_lines(path: str, spacing: int = 1 << 26, most: int = 256) -> tuple[int, bool, list[_Mark]]:
+    """Lines of a gzip file (a last line without a newline included), whether it ends damaged, and marks every
+    `spacing` decompressed bytes (at most `most`: past that every other one goes, and the spacing doubles)."""
+    count, last, damaged, pos, next_mark = 0, b"\n", False, 0, spacing
+    with open(path, "rb") as f:
+        g = _Gunzip(f)
+        marks = [g.mark(0, True)]
+        while True:
+            if pos >= next_mark and not g.d.eof:
+                if len(marks) >= most:
+                    marks, spacing = marks[::2], spacing * 2  # marks[0], the start, stays
+                marks.append(g.mark(count, last == b"\n"))
+                next_mark = pos + spacing
+            try:
+                chunk = g.fill()
+            except (EOFError, zlib.error):
+                damaged = True
+                break
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            pos += len(chunk)
+            last = chunk[-1:]
+    return count + int(last != b"\n"), damaged, marks
 
 
 def clean_text(text: str) -> tuple[str, bool]:
