@@ -6,6 +6,10 @@ tag (bench/tag_host.py). This runs N `flaxner tag --shard` children on consecuti
 resume point, then concatenates them in order. Interrupted or failed, the shard outputs stay: `--resume` with the
 same N finishes the shards that are not complete and skips those that are. JAX's share of accelerator memory is
 split between the children (XLA_PYTHON_CLIENT_MEM_FRACTION, unless set).
+
+This parent imports no JAX. It holds the lock of the joined output, each child that of its shard (a second run on
+the same output is refused); SIGINT/SIGTERM are passed on to the children, which commit and exit, and are waited
+for; a parent killed outright takes its children with it (PR_SET_PDEATHSIG: they get SIGTERM and commit).
 """
 
 from __future__ import annotations
