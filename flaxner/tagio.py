@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import codecs
 import fcntl
-import gzip
 import io
 import json
 import math
