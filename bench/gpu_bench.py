@@ -237,7 +237,8 @@ def part_tag(args) -> None:
     snap = counter.snapshot()
     for _ in range(args.tag_repeats):
         t = time.perf_counter()
-        summaries.append(tagger.tag_file(str(corpus), str(Path(args.work) / "tagged.jsonl"), progress=False))
+        summaries.append(tagger.tag_file(str(corpus), str(Path(args.work) / "tagged.jsonl"), progress=False,
+                                         overwrite=True))
         times.append(time.perf_counter() - t)
     out.update(wall_s=times, median_s=median(times), tok_s=out["tokens"] / median(times),
                lines_s=args.tag_lines / median(times), compiles_in_runs=counter.since(snap)[0],

@@ -71,7 +71,7 @@ def child(args) -> None:
     while not Path(args.go).exists():
         time.sleep(0.005)
     t = time.time()
-    summary = tagger.tag_file(args.corpus, args.output, shard=args.shard, progress=False)
+    summary = tagger.tag_file(args.corpus, args.output, shard=args.shard, progress=False, overwrite=True)
     write_json(args.json, {"start": t, "end": time.time(), "tokens": summary["tokens"], "lines": summary["lines"],
                            "entities": summary["entities"], "compiles": summary["compiles"]})
 

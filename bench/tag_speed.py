@@ -98,7 +98,8 @@ def worker(args) -> None:
         from flaxner.tagger import Tagger
 
         tagger = Tagger.from_pretrained(model_dir)
-        run = lambda: tagger.tag_file(str(corpus), str(out_dir / "flaxner.out.jsonl"), progress=False)  # noqa: E731
+        run = lambda: tagger.tag_file(str(corpus), str(out_dir / "flaxner.out.jsonl"), progress=False,  # noqa: E731
+                                      overwrite=True)
     else:
         import torch
 

@@ -65,10 +65,143 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tag(args: argparse.Namespace) -> int:
-    from flaxner.tagger import run_cli
+# The options of `flaxner tag`: (flags, argparse keywords, passed on to the children of --processes).
+TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
+    (("--model",), dict(required=True, help="run folder of `flaxner train`, or an HF BERT token-classification "
+                                            "folder"), False),
+    (("-o", "--output"), dict(default=None, help="output file (.gz: gzip); default: INPUT with .entities.jsonl "
+                                                 "(stdout for stdin); - for stdout"), False),
+    (("--overwrite",), dict(action="store_true", help="replace an existing output (refused otherwise)"), False),
+    (("--text-field",), dict(default="text", help="the JSONL field holding the text (default: text)"), True),
+    (("--id-field",), dict(default="id", help="copied as `id`; the line number when absent"), True),
+    (("--keep-fields",), dict(action="store_true", help="copy the input fields into each output line (an input "
+                                                         "id/entities/error/warning is kept as input_<name>)"),
+     True),
+    (("--format",), dict(default="auto", choices=("auto", "jsonl", "txt"),
+                         help="input format (auto: .txt/.txt.gz is text, one document a line; else JSONL)"), True),
+    (("--aggregation",), dict(choices=("first", "average", "max"), default=None,
+                              help="sub-token predictions -> word label (default: first, as trained)"), True),
+    (("--words",), dict(choices=("conll", "tokenizer"), default=None,
+                        help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
+                             "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), True),
+    (("--max-length",), dict(type=int, default=None, help="sub-tokens per window, specials included"), True),
+    (("--stride",), dict(type=int, default=None, help="sub-tokens shared by neighbouring windows"), True),
+    (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), True),
+    (("--batch-tokens",), dict(type=int, default=None, help="padded tokens per batch (rows = this / length)"),
+     True),
+    (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), True),
+    (("--dtype",), dict(default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                        help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU)"), True),
+    (("--max-line-bytes",), dict(type=int, default=None, metavar="BYTES",
+                                 help="a longer line gets an error record, unread (default 1000000; 0: no cap)"),
+     True),
+    (("--shard",), dict(default=None, metavar="I/N", help="tag only slice I of N (outputs concatenate)"), False),
+    (("--resume",), dict(action="store_true", help="continue an interrupted run from its last committed line "
+                                                   "(refused if the input has changed)"), False),
+    (("--resume-stdin",), dict(action="store_true", help="with --resume and stdin input: vouch that stdin gives "
+                                                         "the same lines again (their CRC is checked)"), False),
+    (("--on-error",), dict(default="record", choices=("record", "fail"),
+                           help="record: bad lines get an `error` field; fail: stop at the first"), True),
+    (("--no-progress",), dict(action="store_true", help="no progress bar on stderr (it is off anyway when the "
+                                                        "output is a terminal's stdout)"), False),
+    (("--processes",), dict(type=int, default=1, metavar="N",
+                            help="tag in N processes at once, one slice of the input each, then join their outputs "
+                                 "in order (one process' Python work caps it well below a GPU's pace; see "
+                                 "flaxner/tagprocs.py)"), False),
+]
 
-    return run_cli(args)
+
+def _tag_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or - for stdin")
+    for flags, kw, _ in TAG_OPTIONS:
+        p.add_argument(*flags, **kw)
+
+
+def tag_child_args(args: argparse.Namespace) -> list[str]:
+    """The options a child of --processes gets from its parent's command line, as given."""
+    out: list[str] = []
+    for flags, kw, passed in TAG_OPTIONS:
+        value = getattr(args, flags[-1].lstrip("-").replace("-", "_"), None)
+        if not passed or value is None or value is False:
+            continue
+        out += [flags[-1]] if kw.get("action") == "store_true" else [flags[-1], str(value)]
+    return out
+
+
+class _Signal(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signal(signum, frame):
+    raise _Signal(signum)
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    """`flaxner tag`; an interrupt (SIGINT, SIGTERM) is one line saying what was committed, exit 128 + signal."""
+    import signal
+
+    try:
+        return _tag(args)
+    except KeyboardInterrupt as e:  # tag_file's TagInterrupted says what was committed and how to go on
+        if args.verbose:
+            raise
+        signum = getattr(e, "signum", signal.SIGINT)
+        msg = str(e) if isinstance(e.args[0] if e.args else None, str) else \
+            f"interrupted by {signal.Signals(signum).name} before tagging began"
+        print(f"flaxner tag: {msg}", file=sys.stderr)
+        return 128 + signum
+
+
+def _tag(args: argparse.Namespace) -> int:
+    """Check the input, the output and the model before any work, tag, print the summary (one JSON line)."""
+    import signal
+    from pathlib import Path
+
+    from flaxner.tagio import MAX_LINE_BYTES, RESUME_STDIN, check_output, default_output, parse_shard
+
+    if args.input != "-" and not Path(args.input).is_file():
+        raise FileNotFoundError(f"{args.input}: no such input file")
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"{args.model}: no such model folder")
+    parse_shard(args.shard)
+    if args.processes < 1:
+        raise ValueError(f"--processes {args.processes}: must be at least 1")
+    if args.max_line_bytes is not None and args.max_line_bytes < 0:
+        raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
+    if args.resume and args.input == "-" and not args.resume_stdin:
+        raise ValueError(RESUME_STDIN)
+    output = args.output or default_output(args.input)
+    check_output(output, args.input, fresh=not (args.resume or args.overwrite))
+    if args.processes > 1:  # this parent imports no JAX: the children do the tagging
+        from flaxner.tagprocs import run_processes
+
+        return run_processes(args, tag_child_args(args))
+    if threading_main():
+        signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
+    from flaxner.tagger import Tagger
+
+    overrides = {k: getattr(args, k) for k in ("aggregation", "max_length", "stride", "batch_size", "batch_tokens",
+                                               "lookahead", "dtype", "words") if getattr(args, k) is not None}
+    tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
+    progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
+    summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,
+                              fmt=args.format, shard=args.shard, resume=args.resume, overwrite=args.overwrite,
+                              resume_stdin=args.resume_stdin, on_error=args.on_error, progress=progress,
+                              max_line_bytes=MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes)
+    print(json.dumps({"summary": summary}), file=sys.stderr)
+    if "input_damaged" in summary:
+        print(f"flaxner tag: error: {summary['input_damaged']} ({summary['lines']} lines tagged into {output})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="score only the first N sentences (0: all)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
-    from flaxner.tagger import add_arguments
-
-    add_arguments(p)
+    _tag_args(p)
     p.set_defaults(func=cmd_tag)
     return parser
 

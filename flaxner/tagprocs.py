@@ -6,6 +6,10 @@ tag (bench/tag_host.py). This runs N `flaxner tag --shard` children on consecuti
 resume point, then concatenates them in order. Interrupted or failed, the shard outputs stay: `--resume` with the
 same N finishes the shards that are not complete and skips those that are. JAX's share of accelerator memory is
 split between the children (XLA_PYTHON_CLIENT_MEM_FRACTION, unless set).
+
+This parent imports no JAX. It holds the lock of the joined output, each child that of its shard (a second run on
+the same output is refused); SIGINT/SIGTERM are passed on to the children, which commit and exit, and are waited
+for; a parent killed outright takes its children with it (PR_SET_PDEATHSIG: they get SIGTERM and commit).
 """
 
 from __future__ import annotations
@@ -19,16 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from flaxner.tagio import default_output, parse_shard
-
-# options passed through to every child as given (None / False: left out)
-PASS = ("text_field", "id_field", "format", "aggregation", "max_length", "stride", "batch_size", "batch_tokens",
-        "lookahead", "dtype", "words", "on_error")
-FLAGS = ("keep_fields",)
-
+from flaxner.tagio import OutputLock, TagInputError, check_output, default_output, parse_shard
 
 def shard_output(output: str, k: int, n: int) -> Path:
-    return Path(f"{output}.shard{k}of{n}")
+    """Shard k of n's output (gzip, as a child writes it, when the output is .gz: gzip files concatenate)."""
+    return Path(f"{output}.shard{k}of{n}" + (".gz" if output.endswith(".gz") else ""))
 
 
 def child_env(n: int) -> dict:
@@ -39,40 +38,79 @@ def child_env(n: int) -> dict:
     return env
 
 
-def run_processes(args) -> int:
-    """Tag `args.input` with `args.processes` children; returns the exit status."""
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL (Linux), so it commits and exits."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def child_command(args, child_args: list[str], out: Path, shard: str) -> list[str]:
+    return [sys.executable, "-m", "flaxner.cli", "tag", args.input, "--model", args.model, "-o", str(out),
+            "--shard", shard, "--no-progress", *child_args, "--resume" if args.resume else "--overwrite"]
+
+
+def run_processes(args, child_args: list[str]) -> int:
+    """Tag `args.input` with `args.processes` children, each given `child_args` (the options they share); returns
+    the exit status. SIGINT/SIGTERM are passed on to the children (each commits), which are then waited for."""
     n = args.processes
     if args.input == "-":
         raise ValueError("--processes needs an input file, not stdin")
     i, m = parse_shard(args.shard)
     target = args.output or default_output(args.input)
     base = target if target != "-" else str(Path(args.input).with_suffix("")) + ".stdout"
-    if args.resume and target != "-" and Path(target).is_file() and not any(
-            shard_output(base, k, n).exists() or Path(f"{shard_output(base, k, n)}.part").exists()
-            for k in range(n)):
+    outs = [shard_output(base, k, n) for k in range(n)]
+    for out in outs:
+        check_output(str(out), args.input)
+    lock = OutputLock(target) if target != "-" else None  # one parent per output
+    try:
+        return _run(args, child_args, n, i, m, target, outs)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(args, child_args, n, i, m, target, outs) -> int:
+    started = [out for out in outs if out.exists() or Path(f"{out}.part").exists()]
+    if args.resume and target != "-" and Path(target).is_file() and not started:
         raise ValueError(f"--resume: {target} is already complete")
+    if not args.resume and not args.overwrite:
+        if target != "-" and Path(target).exists():
+            raise TagInputError(f"{target} exists; pass --overwrite to replace it")
+        if started:
+            raise TagInputError(f"{started[0]}: an interrupted run's shard is there; pass --resume to continue it "
+                                f"or --overwrite to start over")
     env = child_env(n)
     procs: dict[int, subprocess.Popen] = {}
     logs: dict[int, Path] = {}
+    stopped: list[int] = []
+
+    def forward(signum, frame) -> None:
+        stopped.append(signum)
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)  # each child commits what it wrote and leaves its shard for --resume
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter()
-    for k in range(n):
-        out = shard_output(base, k, n)
-        if args.resume and out.is_file() and not Path(f"{out}.part").exists():
-            continue  # finished before the interruption
-        cmd = [sys.executable, "-m", "flaxner.cli", "tag", args.input, "--model", args.model, "-o", str(out),
-               "--shard", f"{i * n + k}/{m * n}", "--no-progress"]
-        for name in PASS:
-            value = getattr(args, name, None)
-            if value is not None:
-                cmd += [f"--{name.replace('_', '-')}", str(value)]
-        cmd += [f"--{name.replace('_', '-')}" for name in FLAGS if getattr(args, name, False)]
-        cmd += ["--resume"] if args.resume else []
-        logs[k] = Path(f"{out}.log")
-        with logs[k].open("w") as log:  # the child's stderr: its summary, or why it failed
-            procs[k] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    print(f"tag: {len(procs)} of {n} shard processes started ({n - len(procs)} already complete)", file=sys.stderr)
-    summaries, failed = {}, {}
     try:
+        for k, out in enumerate(outs):
+            if stopped:
+                break
+            if args.resume and out.is_file() and not Path(f"{out}.part").exists():
+                continue  # finished before the interruption
+            logs[k] = Path(f"{out}.log")
+            with logs[k].open("w") as log:  # the child's stderr: its summary, or why it failed
+                # its own session: a terminal's Ctrl-C reaches the parent only, which passes it on once
+                procs[k] = subprocess.Popen(child_command(args, child_args, out, f"{i * n + k}/{m * n}"), env=env,
+                                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
+        print(f"tag: {len(procs)} of {n} shard processes started ({n - len(procs)} already complete)",
+              file=sys.stderr)
+        summaries, failed = {}, {}
         for k, p in procs.items():
             p.wait()
             err = logs[k].read_text(errors="replace")
@@ -82,20 +120,24 @@ def run_processes(args) -> int:
                 summaries[k] = _summary(err)
                 logs[k].unlink()
                 print(f"tag: shard {k + 1}/{n} done: {summaries[k].get('lines', '?')} lines", file=sys.stderr)
-    except BaseException:
-        for p in procs.values():
+    finally:
+        for p in procs.values():  # reaped whatever ends the wait (an exception here included)
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)  # each child commits what it wrote and leaves its shard for --resume
-        for p in procs.values():
-            p.wait()
-        raise
+                p.send_signal(signal.SIGINT)
+                p.wait()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stopped:
+        print(f"tag: interrupted by {signal.Signals(stopped[0]).name}: each shard committed what it wrote; run the "
+              f"same command with --resume to continue", file=sys.stderr)
+        return 128 + stopped[0]
     if failed:
         for k, (rc, last, log) in sorted(failed.items()):
             print(f"tag: shard {k + 1}/{n} failed (exit status {rc}): {last} (full log: {log})", file=sys.stderr)
         print(f"tag: the finished shards are kept; run again with --resume --processes {n} to finish",
               file=sys.stderr)
         return 1
-    _concatenate([shard_output(base, k, n) for k in range(n)], target)
+    _concatenate(outs, target)
     seconds = time.perf_counter() - t0
     total = {key: sum(s.get(key, 0) for s in summaries.values())
              for key in ("lines", "errors", "warnings", "entities", "tokens", "long_docs")}

@@ -1,0 +1,53 @@
+"""What a Tagger accepts: the one place that validates a TagConfig, a label map and a tokenizer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from flaxner.config import TagConfig
+
+_IOB2 = re.compile(r"O|[BI]-.+")
+
+
+def check_iob2(labels: Sequence[str]) -> None:
+    """Refuse a label map whose tags are not IOB2 (e.g. the LABEL_0.. of a model without a classifier)."""
+    bad = [lab for lab in labels if not _IOB2.fullmatch(lab)]
+    if bad or not labels:
+        raise ValueError(f"the model's label map {list(labels)} is not IOB2 (O, B-X, I-X); bad: {bad}")
+
+
+def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
+    """Refuse a TagConfig that cannot tag with a model of `max_positions` positions."""
+    if cfg.aggregation not in ("first", "average", "max"):
+        raise ValueError(f"aggregation: expected first, average or max, got {cfg.aggregation!r}")
+    if list(cfg.buckets) != sorted(set(cfg.buckets)) or not cfg.buckets:
+        raise ValueError(f"tag.buckets: must be strictly increasing, got {list(cfg.buckets)}")
+    if not 3 <= cfg.max_length <= min(max_positions, cfg.buckets[-1]):
+        raise ValueError(f"max_length {cfg.max_length}: must be in [3, {min(max_positions, cfg.buckets[-1])}] "
+                         f"(the model's positions and the largest bucket)")
+    if not 0 <= cfg.stride < cfg.max_length - 2:
+        raise ValueError(f"stride {cfg.stride}: must be in [0, max_length - 2)")
+
+
+def check_tokenizer(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a fast tokenizer (tokenizer.json) is needed for word ids and character offsets")
+
+
+def resolve_dtype(dtype: str) -> str:
+    """'auto': bfloat16 on accelerators, float32 on CPU."""
+    if dtype != "auto":
+        return dtype
+    import jax
+
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def run_tag_config(model_dir: str | Path) -> TagConfig:
+    """The `tag:` section of a run folder's config.yaml (how it was trained to be used), else the defaults."""
+    from flaxner.config import load_config
+
+    saved = Path(model_dir) / "config.yaml"
+    return load_config(saved).tag if saved.is_file() else TagConfig()

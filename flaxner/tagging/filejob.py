@@ -1,0 +1,90 @@
+"""The file job: a JSONL/text file (gzip, stdin, a shard) in, one JSON line per input line out, through a part file
+that commits every few seconds, so an interrupted run resumes where it stopped (and refuses an input that changed)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from flaxner.tagio import MAX_LINE_BYTES, RESUME_STDIN, LineReader, OutputWriter, Progress, TagInputError, \
+    TagInterrupted, check_output, default_output, input_format, output_line, parse_line, parse_shard
+
+
+def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "id", keep_fields: bool = False,
+             fmt: str = "auto", shard: str | None = None, resume: bool = False, overwrite: bool = False,
+             resume_stdin: bool = False, on_error: str = "record", max_line_bytes: int = MAX_LINE_BYTES,
+             progress: bool = True, commit_every: float = 5.0) -> dict:
+    """Tag a JSONL/text file (or '-' for stdin) into OUTPUT, one line per input line; returns the summary.
+
+    `lines`, `errors`, `warnings`, `entities` count the whole output (a resumed run's earlier lines included);
+    `this_run` counts what this call tagged. `input_damaged` says why a damaged gzip input ended early."""
+    output = output or default_output(path)
+    fmt = input_format(path, fmt)
+    shard_t = parse_shard(shard)
+    check_output(output, path)
+    if resume and path == "-" and not resume_stdin:
+        raise TagInputError(RESUME_STDIN)
+    key = {"input": str(Path(path).resolve()) if path != "-" else "-", "shard": list(shard_t), "format": fmt,
+           "text_field": tagger.text_field, "id_field": id_field, "keep_fields": keep_fields,
+           "model": tagger.model_dir, "aggregation": tagger.cfg.aggregation, "max_length": tagger.cfg.max_length,
+           "stride": tagger.cfg.stride, "words": tagger.cfg.words, "max_line_bytes": max_line_bytes}
+    writer = OutputWriter(output, key, resume, overwrite)
+    try:
+        reader = LineReader(path, shard_t, writer.resume_point, max_line_bytes,
+                            writer.state.get("input") if writer.resume_point else None)
+    except BaseException:
+        writer.close()
+        raise
+    before = writer.state.get("counts", {"lines": writer.lines_done, "errors": 0, "warnings": 0,
+                                         "entities": 0})
+    counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}  # this run's
+    start_tokens, t0 = tagger.stats.tokens, time.perf_counter()
+    records = (parse_line(line, fmt, tagger.text_field, id_field) for line in reader)
+    last_commit, last = time.monotonic(), None
+
+    def commit() -> None:
+        if last is not None:
+            writer.commit(last.line + 1, last.resume_at,
+                          {"input": reader.identity(last), "counts": {k: before[k] + counts[k] for k in counts}})
+
+    try:
+        with Progress(reader, tagger.stats, counts, enabled=progress, t0=t0) as bar:
+            for rec, ents in tagger.stream(records):
+                if rec.error is not None and on_error == "fail":
+                    raise TagInputError(rec.error)
+                writer.write(output_line(rec, ents, keep_fields, id_field))
+                counts["errors"] += rec.error is not None
+                counts["entities"] += len(ents) if rec.error is None else 0
+                counts["warnings"] += rec.warning is not None
+                counts["lines"] += 1
+                last = rec
+                if time.monotonic() - last_commit >= commit_every:
+                    commit()
+                    last_commit = time.monotonic()
+                bar.tick()
+            seconds = time.perf_counter() - t0
+            bar.done(seconds)
+        writer.finish()
+    except BaseException as e:
+        try:
+            commit()
+        finally:
+            writer.close()
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, TagInterrupted):
+            signum = getattr(e, "signum", signal.SIGINT)
+            where = ("to stdout" if output == "-" else
+                     f"and committed to {output}.part; run the same command with --resume to continue")
+            raise TagInterrupted(f"interrupted by {signal.Signals(signum).name} after "
+                                 f"{before['lines'] + counts['lines']} lines, written {where}", signum) from None
+        raise
+    tokens = tagger.stats.tokens - start_tokens
+    summary = {k: before[k] + counts[k] for k in counts}
+    summary.update(output=output, this_run=dict(counts), resumed_lines=before["lines"],
+                   seconds=round(seconds, 3), tokens=tokens,
+                   docs_per_s=round(counts["lines"] / max(seconds, 1e-9), 1),
+                   tokens_per_s=round(tokens / max(seconds, 1e-9), 1), compiles=tagger.compiles,
+                   shapes=sorted(tagger.shapes), long_docs=tagger.stats.long_docs)
+    if reader.damage:
+        summary["input_damaged"] = reader.damage
+    return summary

@@ -1,0 +1,97 @@
+"""The model's forward compiled over the local devices (data-parallel rows), with the batch shapes it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from flaxner.config import TagConfig
+from flaxner.windows import rows_per_batch, scatter, small_rows
+
+
+class CompiledForward:
+    """softmax(model(ids, mask)) jitted: label ids and scores ("first") or probabilities, one compile per shape."""
+
+    def __init__(self, model, params, cfg: TagConfig, pad_id: int):
+        import jax
+        import jax.numpy as jnp
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+        self.cfg, self.pad_id = cfg, pad_id
+        devices = jax.local_devices()
+        self.n_devices = len(devices)
+        mesh = Mesh(np.array(devices), ("data",))
+        data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+        if cfg.dtype != "float32":
+            params = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                                  params)
+        self.params = jax.device_put(params, repl)
+        first = cfg.aggregation == "first"
+
+        def forward(params, input_ids, attention_mask):
+            logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, labels]
+            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+            if first:
+                return probs.argmax(-1).astype(jnp.int32), probs.max(-1)
+            return probs
+
+        self.fn = jax.jit(forward, in_shardings=(repl, data, data), out_shardings=data)
+        self.data_sharding = data
+        self.shapes: set[tuple[int, int]] = set()
+        self.compiled_ahead = 0  # shapes compiled on the compile threads
+
+    @property
+    def max_compiles(self) -> int:
+        """The bound on the shapes run: a full and a small batch shape per bucket."""
+        return 2 * len(self.cfg.buckets)
+
+    def batch_shapes(self, buckets: Iterable[int] | None = None) -> list[tuple[int, int]]:
+        """The full and the small batch shape of each bucket (default: all), shortest bucket first."""
+        out = []
+        for b in sorted(set(self.cfg.buckets if buckets is None else buckets)):
+            full = rows_per_batch(b, self.cfg.batch_size, self.cfg.batch_tokens, self.n_devices)
+            out += [(n, b) for n in sorted({full, small_rows(full, self.n_devices)}, reverse=True)]
+        return out
+
+    def precompile(self, buckets: Iterable[int] | None = None) -> None:
+        """Compile the batch shapes of these buckets (default: all) now."""
+        import jax
+
+        for shape in self.batch_shapes(buckets):
+            ids = np.full(shape, self.pad_id, dtype=np.int32)
+            self.shapes.add(shape)
+            jax.block_until_ready(self.fn(self.params, ids, np.zeros_like(ids)))
+
+    def compile_ahead(self):
+        """A `Precompiler` working through the shapes not compiled yet (`tag.compile_workers` threads)."""
+        import jax
+
+        from flaxner.precompile import Precompiler, workers_for
+        from flaxner.runtime import abstract
+
+        pre = Precompiler(workers_for(self.cfg.compile_workers, jax.local_devices()[0].platform))
+        if pre.workers:
+            params = abstract(self.params)
+            for shape in self.batch_shapes():
+                if shape not in self.shapes:
+                    spec = jax.ShapeDtypeStruct(shape, np.int32, sharding=self.data_sharding)
+                    pre.submit(shape, self.fn, params, spec, spec)
+        return pre
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, pre):
+        """Start one batch (asynchronously); a shape not seen yet is taken from the compile threads' queue."""
+        if ids.shape not in self.shapes:
+            pre.claim(ids.shape)
+            self.shapes.add(ids.shape)
+        return self.fn(self.params, ids, mask)
+
+    @staticmethod
+    def collect(out, rows) -> None:
+        """Copy a finished batch's predictions into the documents of its rows."""
+        if isinstance(out, tuple):
+            pred, score = (np.asarray(x) for x in out)
+        else:
+            pred, score = np.asarray(out), None
+        for r, row in enumerate(rows):
+            scatter(row, pred[r], None if score is None else score[r])

@@ -1,0 +1,168 @@
+"""Records in, (record, entities) out in input order: a thread tokenizes and packs windows into batches while the
+consumer runs the compiled forward, and documents are released as soon as their last window is back.
+
+The threads pass typed messages (`Docs`, `Batch`, `Failed`, `End`) through a bounded queue; only the tokenizer
+thread writes the `TagStats`."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flaxner.config import TagConfig
+from flaxner.tagging.forward import CompiledForward
+from flaxner.tagio import Record
+from flaxner.windows import DocState, Row, collate, encode, entities_many, pack, rows_for
+
+
+@dataclass
+class TagStats:
+    """Running totals of a Tagger (written by its tokenizer thread only)."""
+
+    docs: int = 0
+    tokens: int = 0
+    windows: int = 0
+    long_docs: int = 0
+
+
+@dataclass(slots=True)
+class Docs:
+    """A chunk of records in input order, each with its document (None: the record has an error)."""
+
+    docs: list[tuple[Record, DocState | None]]
+
+
+@dataclass(slots=True)
+class Batch:
+    bucket: int
+    ids: np.ndarray   # [rows, bucket] int32
+    mask: np.ndarray  # [rows, bucket] int32
+    rows: list[Row]
+
+
+@dataclass(slots=True)
+class Failed:
+    """The tokenizer thread failed: raised again in the consumer."""
+
+    error: BaseException
+
+
+@dataclass(slots=True)
+class End:
+    pass
+
+
+@dataclass
+class Tokens:
+    """How texts become sub-token ids: the Rust tokenizer and its special ids."""
+
+    backend: object
+    cls_id: int
+    sep_id: int
+    pad_id: int
+
+
+class Pipeline:
+    def __init__(self, tokens: Tokens, forward: CompiledForward, cfg: TagConfig, labels: Sequence[str],
+                 stats: TagStats):
+        self.tokens, self.forward, self.cfg, self.labels, self.stats = tokens, forward, cfg, list(labels), stats
+
+    def stream(self, records: Iterable[Record]) -> Iterator[tuple[Record, list[dict] | None]]:
+        """(record, entities) in input order; records with an error come back with None."""
+        q: queue.Queue = queue.Queue(maxsize=self.cfg.prefetch)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(iter(records), q, stop), daemon=True,
+                                  name="flaxner-tokenize")
+        worker.start()
+        waiting: deque = deque()     # (record, DocState | None) in input order
+        in_flight: deque = deque()   # (device outputs, rows)
+        fwd = self.forward
+        pre = fwd.compile_ahead()
+        try:
+            done = False
+            while not done or in_flight:
+                msg = None
+                if not done:
+                    try:
+                        msg = q.get(block=not in_flight)
+                    except queue.Empty:
+                        pass
+                if msg is None:
+                    fwd.collect(*in_flight.popleft())
+                elif isinstance(msg, Docs):
+                    waiting.extend(msg.docs)
+                elif isinstance(msg, Batch):
+                    in_flight.append((fwd.run(msg.ids, msg.mask, pre), msg.rows))
+                    if len(in_flight) > 1:
+                        fwd.collect(*in_flight.popleft())
+                elif isinstance(msg, Failed):
+                    raise msg.error
+                else:
+                    done = True
+                ready = []
+                while waiting and (waiting[0][1] is None or waiting[0][1].pending == 0):
+                    ready.append(waiting.popleft())
+                if ready:  # all documents completed by this batch at once: one numpy pass over their tokens
+                    ents = iter(entities_many([d for r, d in ready if r.error is None], self.labels,
+                                              self.cfg.aggregation))
+                    for rec, _ in ready:
+                        yield rec, (None if rec.error is not None else next(ents))
+        finally:
+            stop.set()
+            pre.close()  # compiles not started are dropped; the next stream queues them again
+            fwd.compiled_ahead += len(pre.done)
+
+    def _produce(self, records: Iterator[Record], q: queue.Queue, stop: threading.Event) -> None:
+        def put(msg) -> None:
+            while not stop.is_set():
+                try:
+                    q.put(msg, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            raise SystemExit  # the consumer has gone; end this thread quietly
+
+        cfg, tok, stats, n_dev = self.cfg, self.tokens, self.stats, self.forward.n_devices
+
+        def batch(b: int, rows: list[Row], n: int) -> Batch:
+            return Batch(b, *collate(rows, b, n, tok.cls_id, tok.sep_id, tok.pad_id), rows)
+
+        carry: list = []
+        try:
+            while True:
+                chunk = [r for _, r in zip(range(cfg.lookahead), records)]
+                if not chunk:
+                    break
+                docs = encode(tok.backend, chunk, words=cfg.words)
+                rows = []
+                for _, doc in docs:
+                    if doc is not None:
+                        doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride)
+                        doc.pending = len(doc_rows)
+                        rows.extend(doc_rows)
+                        stats.tokens += len(doc.ids)
+                        stats.long_docs += len(doc_rows) > 1
+                stats.docs += len(chunk)
+                stats.windows += len(rows)
+                put(Docs(docs))
+                # A bucket's tail waits for the next chunk's rows once, never twice (bounded reorder buffer).
+                batches, carry = pack(carry + rows, cfg.buckets, cfg.batch_size, cfg.batch_tokens, n_dev)
+                for r in carry:
+                    r.carried = True
+                for b, rs, n in batches:
+                    put(batch(b, rs, n))
+            for b, rs, n in pack(carry, cfg.buckets, cfg.batch_size, cfg.batch_tokens, n_dev, flush=True)[0]:
+                put(batch(b, rs, n))
+            put(End())
+        except SystemExit:
+            return
+        except BaseException as e:  # surfaced in the consumer
+            try:
+                put(Failed(e))
+            except SystemExit:
+                return
