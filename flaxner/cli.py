@@ -15,7 +15,20 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="YAML config (path, or the name of one in configs/); default: the seed recipe")
     p.add_argument("--output-dir", default=None, help="run folder (default runs/<config name>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    g = p.add_argument_group("multi-host (each sets train.distributed=true; unset ones are detected from "
+                             "SLURM, Open MPI, Kubernetes or cloud TPU)")
+    g.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's host and a free port")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes (hosts) in the run")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=1")
+
+
+def _launch_overrides(args: argparse.Namespace) -> list[str]:
+    """The multi-host flags as config overrides (after the KEY=VALUE ones, so the flags win)."""
+    given = {k: getattr(args, k) for k in ("coordinator_address", "num_processes", "process_id")
+             if getattr(args, k) is not None}
+    # json.dumps quotes the address, so YAML cannot read HOST:PORT as anything but a string
+    return [f"train.{k}={json.dumps(v)}" for k, v in given.items()] + (["train.distributed=true"] if given else [])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -30,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         saved = Path(args.output_dir) / "config.yaml"
         path = saved if saved.is_file() else path
-    cfg = load_config(resolve_config_path(path), args.overrides)
+    cfg = load_config(resolve_config_path(path), args.overrides + _launch_overrides(args))
     from flaxner.train import Interrupted, train
 
     try:

@@ -11,6 +11,7 @@ import optax
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from flaxner.data import Encoded, iter_batches
+from flaxner.distributed import fetch
 from flaxner.labels import IGNORE
 
 
@@ -35,7 +36,8 @@ def predict(step_fn: Callable, params, enc: Encoded, batch_size: int, buckets: S
     pending = [(idx, step_fn(params, put(batch)))
                for idx, batch in iter_batches(enc, batch_size, buckets, shuffle=False, pad_id=pad_id)]
     for idx, out in pending:
-        pred = np.asarray(out["pred"])
+        out = fetch(out)  # rows held by other hosts' devices too
+        pred = out["pred"]
         loss_sum += float(out["loss_sum"])
         count += int(out["count"])
         for r, i in enumerate(idx):

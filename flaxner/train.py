@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxner import export
+from flaxner import distributed, export
 from flaxner.checkpoint import Checkpointer
 from flaxner.config import Config, TrainConfig, save_config
 from flaxner.data import Encoded, encode, iter_batches, load_split, run_buckets
@@ -26,24 +26,11 @@ from flaxner.vocab import compact_model
 log = logging.getLogger(__name__)
 
 
-class _Stop:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and exits."""
+class _Discard:
+    """metrics.jsonl on hosts other than process 0."""
 
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
+    def write(self, row: dict) -> None:
+        pass
 
 
 class Interrupted(Exception):
@@ -95,9 +82,12 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     compiles0 = compile_stats()
     rt = setup_runtime(cfg.train)
     tc = cfg.train
-    run_dir = Path(output_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(output_dir or distributed.broadcast(f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    distributed.check_same_dir(run_dir)
+    primary = distributed.is_primary()
+    if primary:
+        save_config(cfg, run_dir / "config.yaml")
     labels = list(CONLL_LABELS)
 
     tokenizer = make_tokenizer(cfg.model)
@@ -122,7 +112,8 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     if resume and ckpt.latest_step() is not None:
         state, meta = ckpt.restore(abstract(state))
         log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), meta["epoch"], meta["batch"])
-    metrics_log = export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"]))
+    metrics_log = (export.MetricsLog(run_dir / "metrics.jsonl", keep_until=int(state["step"])) if primary
+                   else _Discard())
 
     step_fn = make_train_step(train_model.__call__, tx, rt, loss_denominator(tc, train_enc))
     eval_fn = jit_eval_step(train_model.__call__)
@@ -139,7 +130,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     eval_keys = submit_run(pre, step_fn, eval_fn, state, rt, tc, buckets, train_enc.lengths,
                            {k: enc.lengths for k, (enc, _) in data.items() if k != "train"},
                            (meta["epoch"], meta["batch"]), total_steps - step, steps_per_epoch)
-    with pre, _Stop() as stop, export.progress(total_steps, step) as bar:
+    with pre, distributed.StopSignals() as stop, export.progress(total_steps, step) as bar:
         while meta["epoch"] < tc.epochs and step < total_steps:
             epoch = meta["epoch"]
             t_ep = time.perf_counter()
@@ -164,7 +155,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                                     tok_s=f"{real_tokens / (time.perf_counter() - t_log):.0f}")
                     real_tokens, t_log = 0, time.perf_counter()
                 bar.update(1)
-                if stop_after and step >= stop_after or stop.signum:
+                if distributed.agree(stop_after and step >= stop_after or stop.signum):
                     _flush(pending, meta)
                     ckpt.save(step, state, meta)
                     ckpt.close()
@@ -190,8 +181,9 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             if improved:
                 meta["best_f1"] = ev["f1"]
                 best_params = jax.device_get(state["params"])
-                export.save_model(model, vocab.expand(best_params, full_params) if vocab else best_params,
-                                  tokenizer, run_dir / "model")
+                if primary:
+                    export.save_model(model, vocab.expand(best_params, full_params) if vocab else best_params,
+                                      tokenizer, run_dir / "model")
             meta.update(epoch=epoch + 1, batch=0, epoch_loss=0.0, epoch_batches=0)
             ckpt.save(step, state, meta, best=improved)
             log.info("epoch %d: %s", epoch + 1, export.format_scores(ev))
@@ -212,8 +204,9 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         summary["test"] = test
     ckpt.close()
     summary["total_s"] = time.perf_counter() - t0
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    export.write_card(run_dir, cfg, summary)
+    if primary:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        export.write_card(run_dir, cfg, summary)
     return summary
 
 
