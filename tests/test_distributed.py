@@ -22,7 +22,7 @@ from flaxner.config import ConfigError, load_config, save_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # One train shape and one eval shape, no test split: the runs spend their time training, not compiling.
-RUN = ["--config", "tiny", "data.buckets=[64,512]", "train.eval_test=false"]
+RECIPE = ["data.buckets=[64,512]", "train.eval_test=false"]
 LAUNCH_S = 900  # per launch; a quiet 2-core machine needs well under a minute
 
 
@@ -145,15 +145,15 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _launch(out: Path, processes: int, devices: int, cache: str, *extra: str, dirs: list[Path] | None = None,
+def _launch(out: Path, processes: int, devices: int, cache: str, *flags: str, dirs: list[Path] | None = None,
             env: dict | None = None) -> list[tuple[int, str]]:
     """Start `processes` processes of `flaxner train` with `devices` CPU devices each; (exit code, log) each."""
     port, procs = _free_port(), []
     for i in range(processes):
         dist = ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(processes),
                 "--process-id", str(i)] if processes > 1 else []
-        cmd = [sys.executable, "-c", _CLI, "train", *RUN, "--output-dir", str(dirs[i] if dirs else out), *dist,
-               f"train.compilation_cache={cache}", *extra]
+        cmd = [sys.executable, "-c", _CLI, "train", "--config", "tiny", "--output-dir", str(dirs[i] if dirs else out),
+               *dist, *flags, *RECIPE, f"train.compilation_cache={cache}"]
         e = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
              "JAX_PLATFORMS": "cpu", **(env or {})}
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
