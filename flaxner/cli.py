@@ -19,7 +19,20 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                         "to do); training keys must match its config.yaml")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --output-dir (without it, a folder holding a run is refused)")
+    g = p.add_argument_group("multi-host (each sets train.distributed=true; unset ones are detected from "
+                             "SLURM, Open MPI, Kubernetes or cloud TPU)")
+    g.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's host and a free port")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes (hosts) in the run")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=1")
+
+
+def _launch_overrides(args: argparse.Namespace) -> list[str]:
+    """The multi-host flags as config overrides (after the KEY=VALUE ones, so the flags win)."""
+    given = {k: getattr(args, k) for k in ("coordinator_address", "num_processes", "process_id")
+             if getattr(args, k) is not None}
+    # json.dumps quotes the address, so YAML cannot read HOST:PORT as anything but a string
+    return [f"train.{k}={json.dumps(v)}" for k, v in given.items()] + (["train.distributed=true"] if given else [])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -34,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         saved = RunDir(args.output_dir).config
         path = saved if saved.is_file() else path
-    cfg = load_config(resolve_config_path(path), args.overrides)
+    cfg = load_config(resolve_config_path(path), args.overrides + _launch_overrides(args))
     from flaxner.train import Interrupted, train
 
     try:

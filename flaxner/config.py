@@ -115,7 +115,12 @@ class TrainConfig:
     # Threads that compile the run's train and evaluation shapes ahead of their first step; 0: compile each on
     # first use; -1: auto (1 on CPU, up to 8 beside an accelerator).
     compile_workers: int = -1
+    # Multi-host: jax.distributed.initialize(coordinator_address, num_processes, process_id); unset ("", 0, -1)
+    # lets JAX detect them (SLURM, Open MPI, Kubernetes, cloud TPU). Launch settings: not saved with the run.
     distributed: bool = False
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
     # Hold only the embedding rows of ids in the run's data in the optimizer; exact when weight_decay is 0.
     compact_vocab: bool = True
 
@@ -308,6 +313,24 @@ def validate(cfg: Config) -> None:
                           f"got {t.compile_workers}")
     if t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate: must be positive, got {t.learning_rate}")
+    _validate_launch(t)
+
+
+def _validate_launch(t: TrainConfig) -> None:
+    if t.num_processes < 0:
+        raise ConfigError(f"train.num_processes: must be 0 (detect) or a process count, got {t.num_processes}")
+    if t.process_id < -1:
+        raise ConfigError(f"train.process_id: must be -1 (detect) or this process's index, got {t.process_id}")
+    if t.num_processes and t.process_id >= t.num_processes:
+        raise ConfigError(f"train.process_id: {t.process_id} is not below train.num_processes={t.num_processes}")
+    if t.coordinator_address and ":" not in t.coordinator_address:
+        raise ConfigError(f"train.coordinator_address: expected HOST:PORT (process 0's host), "
+                          f"got {t.coordinator_address!r}")
+    given = [k for k, unset in (("coordinator_address", ""), ("num_processes", 0), ("process_id", -1))
+             if getattr(t, k) != unset]
+    if given and not t.distributed:
+        raise ConfigError(f"train.{given[0]} is set but train.distributed is false: set train.distributed=true "
+                          f"(the --coordinator-address/--num-processes/--process-id flags do)")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -321,9 +344,15 @@ def to_dict(cfg: Config) -> dict:
     return conv(dataclasses.asdict(cfg))
 
 
+# Per-launch settings, left out of a run's saved config: a resume may start on other hosts, or on each host from
+# the one config.yaml process 0 wrote (which must not hand every host process 0's id).
+LAUNCH_KEYS = ("coordinator_address", "num_processes", "process_id")
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config so a later `flaxner tag` or `--resume` rebuilds the same run."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    recipe = replace(cfg, train={k: TrainConfig.__dataclass_fields__[k].default for k in LAUNCH_KEYS})
+    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
 
 def replace(cfg: Config, **sections: Any) -> Config:

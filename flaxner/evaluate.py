@@ -12,6 +12,7 @@ from seqeval.metrics import accuracy_score, classification_report, f1_score, pre
 
 from flaxner.batching import iter_batches
 from flaxner.data import Encoded
+from flaxner.distributed import fetch
 from flaxner.labels import IGNORE
 
 
@@ -36,7 +37,8 @@ def predict(step_fn: Callable, params, enc: Encoded, batch_size: int, buckets: S
     pending = [(idx, step_fn(params, put(batch)))
                for idx, batch in iter_batches(enc, batch_size, buckets, shuffle=False, pad_id=pad_id)]
     for idx, out in pending:
-        pred = np.asarray(out["pred"])
+        out = fetch(out)  # rows held by other hosts' devices too
+        pred = out["pred"]
         loss_sum += float(out["loss_sum"])
         count += int(out["count"])
         for r, i in enumerate(idx):

@@ -59,9 +59,9 @@ class RunDir:
         """The HF model folder of this run folder, or None when `path` is not a run folder with a model."""
         return self.model if (self.model / "config.json").is_file() else None
 
-    def prepare(self, resume: bool, overwrite: bool = False) -> None:
+    def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
-        found there first."""
+        found there first (where `delete`: on one host of several sharing the folder)."""
         if resume:
             if overwrite:
                 raise RunDirError("--resume and --overwrite exclude each other")
@@ -72,8 +72,9 @@ class RunDir:
             if not overwrite:
                 raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
                                   f"with --overwrite")
-            for p in (self.config, self.metrics, self.summary, self.card):
-                p.unlink(missing_ok=True)
-            for p in (self.checkpoints, self.model):
-                shutil.rmtree(p, ignore_errors=True)
+            if delete:
+                for p in (self.config, self.metrics, self.summary, self.card):
+                    p.unlink(missing_ok=True)
+                for p in (self.checkpoints, self.model):
+                    shutil.rmtree(p, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)

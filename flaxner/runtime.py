@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from flaxner import distributed
 from flaxner.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,15 @@ def enable_compilation_cache(path: str) -> None:
 
 
 def setup_runtime(tc: TrainConfig) -> Runtime:
-    """Initialise multi-host JAX when asked, enable the compile cache, and build the mesh of all devices."""
-    if tc.distributed:
-        jax.distributed.initialize()  # coordinator, process count and id from the environment / cluster
+    """Initialise multi-host JAX when asked, enable the compile cache, and build the mesh of every host's devices
+    (ordered by process, so each host's devices take consecutive rows of a batch)."""
+    distributed.initialize(tc)
     enable_compilation_cache(tc.compilation_cache)
     devices = np.array(jax.devices())
     for name, size in (("train.batch_size", tc.batch_size), ("train.eval_batch_size", tc.eval_batch_size)):
         if size % devices.size:
             raise ValueError(f"{name}={size} is not divisible by the {devices.size} devices")
     mesh = Mesh(devices, ("data",))
-    log.info("%d device(s) on %d host(s): %s", devices.size, jax.process_count(), devices[0].platform)
+    log.info("%d device(s) on %d host(s) (%d here): %s", devices.size, jax.process_count(),
+             jax.local_device_count(), devices[0].platform)
     return Runtime(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))

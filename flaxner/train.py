@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,7 +37,9 @@ log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: they do not alter the steps it takes or the weights it reaches.
 RESUME_HARMLESS = ("name", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile_workers",
-                   "train.compilation_cache", "train.eval_test", "tag.")
+                   "train.compilation_cache", "train.eval_test", "tag.",
+                   # where the run is launched (per launch, never saved), not what it computes
+                   "train.distributed", "train.coordinator_address", "train.num_processes", "train.process_id")
 
 
 class Interrupted(Exception):
@@ -257,12 +258,14 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     vocabulary size rather than the tokenizer's (benchmarks of a model's shape with another tokenizer)."""
     t0 = time.perf_counter()
     compiles0 = compile_stats()
-    rd = RunDir(run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    rd.prepare(resume, overwrite)
-    if resume:
-        check_resume_config(cfg, rd.config)
     tc = cfg.train
     distributed.initialize(tc)
+    # Every host checks the folder; only process 0 deletes an overwritten run; then all see the same folder.
+    rd = RunDir(run_dir or distributed.broadcast(f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    rd.prepare(resume, overwrite, delete=distributed.is_primary())
+    distributed.check_same_dir(rd.path)
+    if resume:
+        check_resume_config(cfg, rd.config)
     rt = setup_runtime(dataclasses.replace(tc, distributed=False))  # joined just above
     # A fresh run creates its checkpoint folder only once its data loaded: a refused start leaves no run behind.
     ckpt = Checkpointer(rd.checkpoints, tc.keep_checkpoints) if resume else None
@@ -352,28 +355,6 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
             timings.compile_wait_eval_s += pre.claim(*eval_keys["test"])
 
 
-class StopSignals:
-    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary. Installed on the main thread only
-    (elsewhere, e.g. in a Ray Train worker, `signal.signal` raises; the caller's own handling applies there)."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 class Checkpoints:
     """Handler: a checkpoint every `train.save_every` steps (not at an epoch's last step: its end saves it) and
     after every evaluation, each step once."""
@@ -432,7 +413,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     metrics = export.MetricsLog(rd.metrics, keep_until=run.step) if primary else None
     checkpoints, best = Checkpoints(run), BestModel(run)
     tokens, t_log = 0, time.perf_counter()
-    with contextlib.closing(training_steps(run)) as events, StopSignals() as stop, \
+    with contextlib.closing(training_steps(run)) as events, distributed.StopSignals() as stop, \
             export.progress(run.total_steps, run.step) as bar:
         for ev in events:
             if isinstance(ev, StepEvent):

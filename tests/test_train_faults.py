@@ -17,7 +17,8 @@ from flaxner.cli import main
 from flaxner.config import ConfigError, replace
 from flaxner.data import DataError
 from flaxner.rundir import RunDirError
-from flaxner.train import EpochEvent, Interrupted, StepEvent, StopSignals, build_run, train, training_steps
+from flaxner.distributed import StopSignals
+from flaxner.train import EpochEvent, Interrupted, StepEvent, build_run, train, training_steps
 
 from test_train import assert_same_run, interrupt_at
 
