@@ -353,7 +353,8 @@ def run_tag_config(model_dir: str | Path) -> TagConfig:
 
 def add_arguments(p) -> None:
     """Declare the options of `flaxner tag`."""
-    p.add_argument("input", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or - for stdin")
+    p.add_argument("input", nargs="+", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or - "
+                                            "for stdin (several files or globs: --engine ray)")
     p.add_argument("--model", required=True, help="run folder of `flaxner train`, or an HF BERT token-classification folder")
     p.add_argument("-o", "--output", default=None, help="default: INPUT with .entities.jsonl (stdout for stdin)")
     p.add_argument("--text-field", default="text")
@@ -376,6 +377,9 @@ def add_arguments(p) -> None:
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="tag in N processes at once, one slice of the input each, then join their outputs in "
                         "order (one process' Python work caps it well below a GPU's pace; see flaxner/tagprocs.py)")
+    from flaxner import raytag
+
+    raytag.add_arguments(p)
 
 
 def run_cli(args) -> int:
@@ -383,6 +387,13 @@ def run_cli(args) -> int:
     import json
     import sys
 
+    if args.engine == "ray":
+        from flaxner import raytag
+
+        return raytag.run_cli(args)
+    if len(args.input) > 1:
+        raise ValueError(f"{len(args.input)} inputs: one at a time, or several (and globs) with --engine ray")
+    args.input = args.input[0]
     if args.input != "-" and not Path(args.input).is_file():
         raise FileNotFoundError(f"{args.input}: no such input file")
     if not Path(args.model).is_dir():
