@@ -446,6 +446,7 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
                 continue
             print(f"tag: slice {row['index'] + 1}/{len(slices)} done: {row['lines']} lines, {row['errors']} errors, "
                   f"{row['seconds']:.1f}s ({len(stats)}/{len(todo)})", file=sys.stderr)
+    _clean(filesystem, out, keep_slices=True)  # the .tmp of attempts that died (their slices were redone)
     if join:
         join_slices(out_uri, len(slices), join)
     seconds = time.perf_counter() - t0
