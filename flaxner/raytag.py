@@ -367,17 +367,16 @@ def _connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in (_FAULT_ENV,) if k in os.environ}
-    ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True,
-             logging_level="WARNING")
+    ray.init(address=address, logging_level="WARNING")
 
 
 def _tag_dataset(ray, todo: list[dict], pool: dict, model_dir: str, out_uri: str, fmt: str, text_field: str,
                  id_field: str, keep_fields: bool, overrides: dict):
     """One block, hence one actor task, per slice (batch_size=1 keeps Ray Data from bundling blocks); at most two
     slices queued per actor, so a lost actor takes little back to the queue."""
+    env = {k: os.environ[k] for k in (_FAULT_ENV,) if k in os.environ}  # the test hook, from the driver
     return ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
-        _SliceTagger, batch_size=1,
+        _SliceTagger, batch_size=1, runtime_env={"env_vars": env} if env else None,
         compute=ray.data.ActorPoolStrategy(size=pool["actors"], max_tasks_in_flight_per_actor=2),
         num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None, ray_remote_args_fn=_Placement(pool["slots"]),
         fn_constructor_kwargs=dict(model_dir=model_dir, out_dir=out_uri, fmt=fmt, text_field=text_field,

@@ -221,24 +221,24 @@ def test_pool_leaves_every_node_a_cpu(cluster):
 
 
 @pytest.mark.ray
-def test_a_crashed_actor_loses_and_duplicates_nothing(cluster, model_dir, corpus, reference, tmp_path):
+def test_a_crashed_actor_loses_and_duplicates_nothing(cluster, model_dir, corpus, reference, tmp_path, monkeypatch,
+                                                      capsys):
     marker = tmp_path / "died"
+    monkeypatch.setenv(raytag._FAULT_ENV, f"die:1:{marker}")  # a crash midway through an actor's second slice
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), raytag._FAULT_ENV: f"die:1:{marker}"}
-    p = subprocess.run(_cli(corpus, model_dir, out, "--address", cluster["address"], "--slice-mb", "0.003"),
-                       env=env, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert marker.is_file()  # an actor did die midway through its second slice
-    summary = json.loads(next(x for x in p.stderr.splitlines() if x.startswith('{"summary"')))["summary"]
-    assert summary["slices_tagged"] == summary["slices"] and "tag: ray pool of 2 actors" in p.stderr
-    _assert_same(_read(out / "all.jsonl"), reference)
+    s = raytag.tag_files(corpus["glob"], str(model_dir), str(out), join=str(tmp_path / "all.jsonl"),
+                         slice_bytes=3000, progress=False, **corpus["overrides"])
+    assert marker.is_file()
+    assert "tag: ray pool of 2 actors × 1 CPU" in capsys.readouterr().err
+    assert s["slices_tagged"] == s["slices"] and sorted(s["tagged"]) == list(range(s["slices"]))
+    _assert_same(_read(tmp_path / "all.jsonl"), reference)
     assert not list(out.glob("*.tmp"))  # the dead attempt's file was swept at the end
 
 
 @pytest.mark.ray
 def test_a_killed_driver_resumes_without_gap_or_duplicate(cluster, model_dir, corpus, reference, tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), raytag._FAULT_ENV: "sleep:3"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), raytag._FAULT_ENV: "sleep:1"}
     p = subprocess.Popen(_cli(corpus, model_dir, out, "--address", cluster["address"], "--slice-mb", "0.003"),
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 180
