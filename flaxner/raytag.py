@@ -7,10 +7,12 @@ Design (Ray Data, the way the issue asks, but not `read_json`):
   `tagio.LineReader._iter_plain` does (a slice owns the lines that *start* in its range). A `.gz` file cannot be
   cut, so it is one slice: split a compressed corpus into many files.
 - Line numbers: a slice's first line number is 1 + the newlines before it. A counting pass (one Ray Data map task
-  per slice of the multi-slice files, in parallel) counts the newlines of each slice's range; prefix sums give every
-  slice's first line. Counting is memchr-speed (GB/s) while tagging is MB/s, so it costs well under 1% of the run
-  (one more read of the bytes: on object stores that is a second GET of the corpus). The counts are saved in
-  OUT_DIR/plan.json, so `--resume` does not count again.
+  per slice of the multi-slice files, in parallel; on the driver when under DRIVER_COUNT_BYTES) counts the newlines
+  of each slice's range; prefix sums give every slice's first line. Counting is memchr-speed (GB/s) while tagging
+  is MB/s, so it costs well under 1% of the run (one more read of the bytes: on object stores a second GET of the
+  corpus). Tagging with numbers relative to the slice and fixing them up afterwards would avoid that read, but the
+  output lines hold the numbers (errors, and ids of lines without one), so every slice file would be rewritten.
+  The plan (slices and first lines) is saved in OUT_DIR/plan.json, so `--resume` does not count again.
 - Tagging: `ray.data.from_items(slices, one block each).map_batches(_SliceTagger, batch_size=1, concurrency=N)`.
   Each actor holds one warm compiled `Tagger`; for a slice it reads the bytes itself (pyarrow.fs), turns every line
   into a `Record` with `tagio.parse_line` (blank, bad, undecodable lines become error rows, never exceptions), runs
@@ -68,8 +70,9 @@ def _fs(uri: str):
     return fs.FileSystem.from_uri(uri)
 
 
-def _uri(filesystem, path: str, like: str) -> str:
-    """The URI the workers reopen `path` by: a local absolute path, or the scheme of `like` + path."""
+def _uri(path: str, like: str) -> str:
+    """The URI the workers reopen a glob match by: a local absolute path, or the scheme of `like` + path (right
+    for s3://, gs://, file://; a URI with a host in it, hdfs://host/..., needs its files named one by one)."""
     if "://" not in like:
         return path
     return like.split("://", 1)[0] + "://" + path
@@ -86,7 +89,7 @@ def expand_inputs(inputs: list[str]) -> list[dict]:
             info = filesystem.get_file_info(path)
             if info.type != fs.FileType.File:
                 raise FileNotFoundError(f"{spec}: no such input file")
-            files.append({"uri": _uri(filesystem, path, spec), "size": info.size})
+            files.append({"uri": spec if "://" in spec else path, "size": info.size})
             continue
         head, _, rest = spec.partition("://") if "://" in spec else ("", "", spec)
         parts = rest.split("/")
@@ -99,7 +102,7 @@ def expand_inputs(inputs: list[str]) -> list[dict]:
         found = sorted(i.path for i in infos if i.type == fs.FileType.File and fnmatch.fnmatchcase(i.path, pattern))
         if not found:
             raise FileNotFoundError(f"{spec}: no input file matches")
-        files += [{"uri": _uri(filesystem, p, spec), "size": filesystem.get_file_info(p).size} for p in found]
+        files += [{"uri": _uri(p, spec), "size": filesystem.get_file_info(p).size} for p in found]
     return files
 
 
@@ -138,11 +141,13 @@ def number_slices(slices: list[dict]) -> None:
     """Fill in `first_line` of the slices of multi-slice files: a parallel counting pass (Ray Data tasks), or on
     the driver when there is little to count (a Ray task costs seconds to start; 256 MiB count in a fraction)."""
     todo = [s for s in slices if s["parts"] > 1 and s["part"] < s["parts"] - 1]
-    if sum(s["hi"] - s["lo"] for s in todo) <= DRIVER_COUNT_BYTES:
+    nbytes = sum(s["hi"] - s["lo"] for s in todo)
+    if nbytes <= DRIVER_COUNT_BYTES:
         counts = {r["index"]: r["newlines"] for r in map(count_newlines, todo)}
     else:
         import ray
 
+        print(f"tag: counting the lines of {nbytes / 2**30:.1f} GiB in {len(todo)} Ray tasks", file=sys.stderr)
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(count_newlines)
         counts = {r["index"]: r["newlines"] for r in ds.take_all()}
     before = 0
@@ -405,7 +410,7 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
     files = expand_inputs(inputs)
     key = _plan_key(files, model_dir, fmt, text_field, id_field, keep_fields, slice_bytes, overrides)
     filesystem, out = _fs(out_dir)
-    out_uri = _uri(filesystem, out, out_dir)
+    out_uri = out_dir if "://" in out_dir else out
     filesystem.create_dir(out, recursive=True)
     plan_path = f"{out}/{PLAN}"
     plan = None
@@ -445,6 +450,8 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
                 continue
             print(f"tag: slice {row['index'] + 1}/{len(slices)} done: {row['lines']} lines, {row['errors']} errors, "
                   f"{row['seconds']:.1f}s ({len(stats)}/{len(todo)})", file=sys.stderr)
+    if not todo:
+        print(f"tag: all {len(slices)} slices of {out_dir} are done already", file=sys.stderr)
     _clean(filesystem, out, keep_slices=True)  # the .tmp of attempts that died (their slices were redone)
     if join:
         join_slices(out_uri, len(slices), join)
