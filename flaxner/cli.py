@@ -125,9 +125,13 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
 
 
 def _tag_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or - for stdin")
+    from flaxner import raytag
+
+    p.add_argument("input", nargs="+", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or "
+                                            "- for stdin (several files or globs: --engine ray)")
     for flags, kw, _ in TAG_OPTIONS:
         p.add_argument(*flags, **kw)
+    raytag.add_arguments(p)
 
 
 def tag_child_args(args: argparse.Namespace) -> list[str]:
@@ -171,6 +175,14 @@ def _tag(args: argparse.Namespace) -> int:
     """Check the input, the output and the model before any work, tag, print the summary (one JSON line)."""
     import signal
     from pathlib import Path
+
+    if args.engine == "ray":
+        from flaxner import raytag
+
+        return raytag.run_cli(args)
+    if len(args.input) > 1:
+        raise ValueError(f"{len(args.input)} inputs: one at a time, or several (and globs) with --engine ray")
+    args.input = args.input[0]
 
     from flaxner.tagio import MAX_LINE_BYTES, RESUME_STDIN, check_output, default_output, parse_shard
 
