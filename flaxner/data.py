@@ -155,6 +155,8 @@ def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequen
         sents, names = got
         name_ids(sents, names or cfg.labels or labels, "the label names")
         raw[split], class_names[split] = drop_empty(sents), names
+        if not raw[split].tokens:  # nothing to train on or score: say so before anything trains
+            raise DataError(f"{sents.source}: the {split!r} split has no sentences")
     train = splits[0]
     for s in raw.values():
         _check_prefixes(s)

@@ -103,7 +103,15 @@ def _versions() -> str:
 
 def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None:
     """README.md in the seed card's format, beside the exported model; `summary` is summary.json's content."""
+    from flaxner.data import describe_model, describe_source
+
     rd = RunDir(run_dir)
+    d, m = cfg.data, cfg.model
+    # The hub names the card's metadata can link: the packaged copy is conll2003, a hub source is itself.
+    hub_data = "conll2003" if d.source == "builtin" else None if Path(d.source).expanduser().exists() else d.source
+    hub_model = ("sentence-transformers/all-MiniLM-L6-v2" if m.name == "minilm" else
+                 None if m.random_init or Path(m.name).expanduser().exists() else m.name)
+    base = f"[{describe_model(m)}](https://huggingface.co/{hub_model})" if hub_model else describe_model(m)
     t, hist = cfg.train, summary["history"]
     best = max(hist, key=lambda h: h["f1"]) if hist else None
     results = "" if best is None else (
@@ -120,14 +128,12 @@ tags:
 - token-classification
 - flax
 - generated_from_flaxner
-datasets:
-- conll2003
----
+{f"datasets:{chr(10)}- {hub_data}{chr(10)}" if hub_data else ""}---
 
 # {cfg.name}
 
-This model is a fine-tuned version of [{cfg.model.name}](https://huggingface.co/{cfg.model.name}) on the conll2003
-dataset, trained with flaxner (JAX/Flax). {results}
+This model is a fine-tuned version of {base} on {describe_source(d)}, trained with flaxner (JAX/Flax).
+{results}
 ## Training procedure
 
 ### Training hyperparameters

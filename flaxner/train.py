@@ -23,7 +23,7 @@ from flaxner import distributed, export
 from flaxner.batching import EpochPlan, collate, eval_lengths, plan_epochs
 from flaxner.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, ConfigError, TrainConfig, load_config, save_config, to_dict
-from flaxner.data import DataError, Encoded, encode, load_dataset_splits
+from flaxner.data import Encoded, encode, load_dataset_splits
 from flaxner.evaluate import evaluate, jit_eval_step
 from flaxner.labels import IGNORE
 from flaxner.model import make_model, make_tokenizer
@@ -243,8 +243,6 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
     out = {}
     for role, name in roles.items():
         cols = ds[name][:]  # read the columns once, for the gold tags and the encoding
-        if not cols["tokens"]:
-            raise DataError(f"data.source {d.source}: the {name!r} split has no sentences")
         gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
         out[role] = Split(name, encode(cols, tokenizer, d, labels), gold)
     return out, tuple(labels)

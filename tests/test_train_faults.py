@@ -53,7 +53,7 @@ def test_small_run_skips_the_missing_test_split(small_run, small_cfg, caplog, tm
     with caplog.at_level(logging.INFO, logger="flaxner.train"):
         build_run(small_cfg, tmp_path / "skip")
     assert "has no 'test' split: the test evaluation is skipped" in caplog.text
-    with pytest.raises(DataError, match="no file for split 'test'"):  # asked for explicitly: refused up front
+    with pytest.raises(DataError, match="no 'test' split"):  # asked for explicitly: refused up front
         build_run(replace(small_cfg, train={"eval_test": True}), tmp_path / "required")
     assert not (tmp_path / "required" / "metrics.jsonl").exists()
 
@@ -202,7 +202,8 @@ def test_an_empty_split_is_refused_before_the_first_step(small_cfg, tmp_path, ca
     code = main(["train", "--config", "tiny", "--output-dir", str(out), f"data.source={d}",
                  f"train.compilation_cache={small_cfg.train.compilation_cache}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1] == f"flaxner train: error: data.source {d}: the {split!r} split has no sentences"
+    name = {"train": "train.txt", "validation": "valid.txt"}[split]
+    assert code == 2 and err[-1] == f"flaxner train: error: {d / name}: the {split!r} split has no sentences"
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
@@ -281,3 +282,14 @@ def test_loop_state_reads_an_old_checkpoints_meta():
            "epoch_loss": 0.0, "epoch_batches": 0}
     loop = LoopState.from_json(old)
     assert loop.to_json() == old and loop.labels == ["O", "B-PER"] and loop.best_f1 == 0.5
+
+
+def test_card_names_the_data_and_base_model_used(small_run, snippet_data):
+    card = (Path(small_run.run_dir) / "README.md").read_text()
+    assert f"on {snippet_data.name} (a local data folder)" in card and "conll2003" not in card
+    assert "randomly initialised BERT" in card
+    cfg = json.loads((Path(small_run.run_dir) / "model" / "config.json").read_text())
+    ck = Checkpointer(Path(small_run.run_dir) / "checkpoints")
+    labels = ck.read_labels()  # the inventory the run trained with, as its checkpoints store it
+    ck.close()
+    assert [cfg["id2label"][str(i)] for i in range(len(labels))] == labels and len(cfg["id2label"]) == len(labels)
