@@ -49,6 +49,10 @@ class ModelConfig:
     num_heads: int = 0
     intermediate_size: int = 0
     tokenizer: str = ""
+    # Run the encoder layers as one scanned block (XLA compiles one layer); false: unrolled, one copy per layer.
+    scan_layers: bool = True
+    # Recompute each layer's activations in the backward pass (less memory for large batches, ~1/3 more compute).
+    remat: bool = False
 
 
 @dataclass(frozen=True)
