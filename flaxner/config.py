@@ -40,6 +40,7 @@ class DataConfig:
 class ModelConfig:
     # A hub name (bert-base-multilingual-cased) or a local HF folder; "minilm" is the offline packaged MiniLM.
     name: str = "bert-base-multilingual-cased"
+    # Read PyTorch weights (model.safetensors, pytorch_model.bin) before flax_model.msgpack when a folder has both.
     from_pt: bool = False
     dtype: str = "float32"
     # Set to build a randomly initialised BERT of this shape instead of loading weights (tests, speed work).

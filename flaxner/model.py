@@ -73,14 +73,12 @@ def model_folder(name: str) -> Path:
         return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached (any of several hub error types): try the network once
         pass
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
         return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated: all the same to the user
         raise ModelNotReachable(
-            f"model {name!r} is not reachable: not a local folder, not in the hub cache, and the hub answered "
-            f"{type(e).__name__}; offline, use configs/quickstart.yaml or model.name=minilm (the packaged MiniLM)"
+            f"model {name!r} is not reachable: not a local folder, not in the hub cache, and not downloadable now "
+            f"({type(e).__name__}); offline, use configs/quickstart.yaml or model.name=minilm (the packaged MiniLM)"
         ) from None
 
 
