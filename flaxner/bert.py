@@ -2,7 +2,8 @@
 
 The parameter tree is transformers' `FlaxBertForTokenClassification` tree (`bert/encoder/layer/0/...`; `roberta/...`
 for RoBERTa), so `flax_model.msgpack` files and orbax checkpoints written with the HF class load unchanged. The
-layers may run as one `nn.scan`ned block: XLA then compiles one layer instead of `num_hidden_layers`. The scanned
+layers may run as one `nn.scan`ned block (`model.scan_layers`): XLA then compiles one layer instead of
+`num_hidden_layers`. The scanned
 block's stacked parameters exist only inside the traced call (`stack_layers`), so everything outside (optimizer
 state, checkpoints, exports, the compact vocabulary) keeps seeing the per-layer HF tree.
 
@@ -237,7 +238,7 @@ class Encoder(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     deterministic: bool = True
-    scan_layers: bool = True
+    scan_layers: bool = False
     remat: bool = False
 
     @nn.compact
@@ -257,7 +258,7 @@ class Backbone(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
-    scan_layers: bool = True
+    scan_layers: bool = False
     remat: bool = False
 
     @nn.compact
@@ -272,7 +273,7 @@ class TokenClassifier(nn.Module):
 
     config: BertConfig
     dtype: Any = jnp.float32
-    scan_layers: bool = True
+    scan_layers: bool = False
     remat: bool = False
 
     @nn.compact
@@ -327,7 +328,7 @@ class FlaxBertForTokenClassification:
     """The model other modules use: `model(input_ids, attention_mask, params=..., dropout_rng=..., train=...)`
     returns `.logits`; `params` is always the per-layer HF tree."""
 
-    def __init__(self, config: BertConfig, dtype=jnp.float32, scan_layers: bool = True, remat: bool = False):
+    def __init__(self, config: BertConfig, dtype=jnp.float32, scan_layers: bool = False, remat: bool = False):
         self.config, self.dtype = config, dtype
         self.scan_layers, self.remat = scan_layers, remat
         self.module = TokenClassifier(config, dtype, scan_layers, remat)

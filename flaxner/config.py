@@ -50,8 +50,9 @@ class ModelConfig:
     num_heads: int = 0
     intermediate_size: int = 0
     tokenizer: str = ""
-    # Run the encoder layers as one scanned block (XLA compiles one layer); false: unrolled, one copy per layer.
-    scan_layers: bool = True
+    # true: the encoder layers as one scanned block, so XLA compiles one layer (quicker compiles for deep models,
+    # slower steps on CPU: docs/benchmarks.md, "Own BERT"); false: unrolled, one copy per layer.
+    scan_layers: bool = False
     # Recompute each layer's activations in the backward pass (less memory for large batches, ~1/3 more compute).
     remat: bool = False
 

@@ -145,7 +145,7 @@ def _random_config(cfg: ModelConfig, conf: BertConfig, vocab_size: int | None) -
     return conf.replace(vocab_size=vocab_size) if vocab_size else conf
 
 
-def load_trained(path: str | Path, dtype: str = "float32", scan_layers: bool = True):
+def load_trained(path: str | Path, dtype: str = "float32", scan_layers: bool = False):
     """A fine-tuned token-classification model (an HF folder, or a run folder holding `model/`): (model, params,
     tokenizer, labels)."""
     p = Path(path)

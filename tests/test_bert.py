@@ -153,13 +153,15 @@ def test_dropout_is_active_only_in_training():
     assert float(jnp.abs(train - eval_a).max()) > 1e-3
 
 
-def test_remat_gives_the_same_gradients():
+@pytest.mark.parametrize("scan", [True, False])
+def test_remat_gives_the_same_gradients(scan):
     conf = tiny_config()
     params = noisy_params(FlaxBertForTokenClassification(conf))
     ids, mask = batch()
     b = {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask > 0, 1, -100)}
     grads = [jax.grad(lambda p, m=m: loss_fn(p, b, jax.random.PRNGKey(1), m.__call__)[0])(params)
-             for m in (FlaxBertForTokenClassification(conf), FlaxBertForTokenClassification(conf, remat=True))]
+             for m in (FlaxBertForTokenClassification(conf, scan_layers=scan),
+                       FlaxBertForTokenClassification(conf, scan_layers=scan, remat=True))]
     assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), *grads))) <= 1e-6
 
 

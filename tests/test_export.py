@@ -19,7 +19,7 @@ def test_export_loads_back_in_flax(tiny_run, snippet):
     assert model.config.label2id["B-LOC"] == 5
     batch = _sample_batch(tok, snippet)
     logits = model(batch["input_ids"], batch["attention_mask"], params=params).logits
-    again, again_params = load_trained(Path(tiny_run["run_dir"]) / "model", scan_layers=False)[:2]
+    again, again_params = load_trained(Path(tiny_run["run_dir"]) / "model", scan_layers=True)[:2]
     np.testing.assert_allclose(np.asarray(logits), np.asarray(
         again(batch["input_ids"], batch["attention_mask"], params=again_params).logits), rtol=1e-5, atol=1e-6)
 

@@ -78,7 +78,7 @@ def test_pytorch_bin_is_read_with_weights_only(exported, tmp_path):
     shutil.copytree(out, d)
     (d / "model.safetensors").unlink()
     (d / "flax_model.msgpack").unlink()
-    torch.save({k: torch.from_numpy(v) for k, v in to_pytorch_names(jax.device_get(params)).items()},
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in to_pytorch_names(jax.device_get(params)).items()},
                d / "pytorch_model.bin")
     assert_trees_equal(jax.device_get(load_trained(d)[1]), jax.device_get(params))
     torch.save({"w": torch.zeros(1), "evil": _Pickled()}, d / "pytorch_model.bin")
