@@ -76,7 +76,7 @@ class BertConfig:
         if d.get("hidden_act", "gelu") not in ACTIVATIONS:
             raise ValueError(f"{source}: hidden_act {d['hidden_act']!r} is not supported ({sorted(ACTIVATIONS)})")
         names = {f.name for f in dataclasses.fields(cls)} - {"labels"}
-        kw = {k: d[k] for k in names if k in d and d[k] is not None or k == "classifier_dropout" and k in d}
+        kw = {k: d[k] for k in names if k in d and (d[k] is not None or k == "classifier_dropout")}
         id2label = d.get("id2label") or {}
         labels = tuple(id2label[k] for k in sorted(id2label, key=int))
         return cls(**kw, labels=labels)
