@@ -177,7 +177,7 @@ def test_minilm_logits_equal_pytorch():
     ref = BertForTokenClassification.from_pretrained(packaged_minilm(), num_labels=len(LABELS)).eval()
     with torch.no_grad():  # the new classifier is random on both sides: give PyTorch ours
         ref.classifier.weight.copy_(torch.from_numpy(np.asarray(params["classifier"]["kernel"]).T.copy()))
-        ref.classifier.bias.copy_(torch.from_numpy(np.asarray(params["classifier"]["bias"])))
+        ref.classifier.bias.copy_(torch.from_numpy(np.array(params["classifier"]["bias"])))
     ids, mask = batch(vocab=30522)
     with torch.no_grad():
         want = ref(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()

@@ -112,7 +112,7 @@ def test_minilm_reports_unused_and_new_in_one_line(caplog):
         model, params = make_model(ModelConfig(name="minilm"), LABELS)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
-    assert "unused: embeddings.position_ids, pooler.dense.bias, pooler.dense.kernel" in lines[0]
+    assert "unused: bert.embeddings.position_ids, bert.pooler.dense.bias, bert.pooler.dense.kernel" in lines[0]
     assert "new classifier for 9 labels (the checkpoint has none)" in lines[0]
     assert params["bert"]["encoder"]["layer"]["5"]["output"]["dense"]["kernel"].shape == (1536, 384)
 
