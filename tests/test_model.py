@@ -187,7 +187,6 @@ def test_config_refuses_unsupported_architectures():
 
 
 def test_compact_vocab_twin_has_the_compact_table(exported):
-    from flaxner.data import Encoded  # noqa: F401  (CompactVocab's input type)
     from flaxner.vocab import CompactVocab
 
     _, model, params = exported
