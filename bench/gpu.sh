@@ -6,14 +6,13 @@
 #   bash bench/gpu.sh OUT_DIR [gpu_bench.py options]       # e.g. bash bench/gpu.sh "$OUT"
 #   bash bench/gpu.sh /tmp/gb --size tiny                   # CPU smoke run
 #
-# The image has jax (CUDA), flax, optax, orbax, torch, pyarrow, pandas, fsspec, xxhash, requests, tqdm, pyyaml,
-# safetensors and regex, but transformers 5 (no Flax) with tokenizers/huggingface_hub too new for 4.57.
-# Carry the missing pieces in .whl/ (gitignored; about 17 MiB; pass carry=[".whl"] to the device tool):
+# The image has jax (CUDA), flax, optax, orbax, torch, transformers 5, tokenizers, huggingface_hub, safetensors,
+# pyarrow, pandas, fsspec, xxhash, requests, tqdm, pyyaml and regex; flaxner's own BERT needs nothing older. Carry
+# what it lacks in .whl/ (gitignored; a few MiB; pass carry=[".whl"] to the device tool):
 #
 #   W="python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl"
-#   $W transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2 datasets==5.0.1 dill==0.4.1 \
-#      multiprocess==0.70.19
+#   $W datasets==5.0.1 dill==0.4.1 multiprocess==0.70.19
 #   python3 -m pip wheel --no-deps seqeval==1.2.2 -w .whl        # seqeval is published as an sdist only
 #   python3 -c "from transformers import AutoTokenizer; from flaxner.model import packaged_minilm; \
 #      AutoTokenizer.from_pretrained(packaged_minilm()).save_pretrained('.whl/minilm-tokenizer')"

@@ -263,14 +263,7 @@ def part_hf(args) -> None:
     dtype = torch.bfloat16 if cuda and args.tag_dtype in ("auto", "bfloat16") else torch.float32
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     tok.model_max_length = 512
-    if (model_dir / "model.safetensors").is_file():  # flaxner's export writes PyTorch-layout weights too
-        model = BertForTokenClassification.from_pretrained(str(model_dir))
-    else:  # from_pretrained(from_flax=True) leaves meta tensors in transformers 4.57; load into real ones
-        from transformers import AutoConfig
-        from transformers.modeling_flax_pytorch_utils import load_flax_checkpoint_in_pytorch_model
-
-        model = BertForTokenClassification(AutoConfig.from_pretrained(str(model_dir)))
-        model = load_flax_checkpoint_in_pytorch_model(model, str(model_dir / "flax_model.msgpack"))
+    model = BertForTokenClassification.from_pretrained(str(model_dir))  # the export's model.safetensors
     model = model.to("cuda" if cuda else "cpu", dtype).eval()
     pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="first", stride=128,
                     device=0 if cuda else -1, batch_size=args.hf_batch)

@@ -34,18 +34,18 @@ ENV = {"FLAXNER_MALLOC": "system"}
 
 def stand_in_model(out: Path, tokenizer: str) -> None:
     """A 1-layer, hidden-32 BERT with the tokenizer's vocabulary and the CoNLL labels (its weights never run)."""
-    from transformers import AutoTokenizer, BertConfig, FlaxBertForTokenClassification
+    from transformers import AutoTokenizer
 
+    from flaxner.bert import BertConfig, FlaxBertForTokenClassification
     from flaxner.export import save_model
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import packaged_minilm
 
     tok = AutoTokenizer.from_pretrained(packaged_minilm() if tokenizer == "minilm" else tokenizer)
     conf = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, num_labels=len(CONLL_LABELS), id2label=dict(enumerate(CONLL_LABELS)),
-                      label2id={lab: i for i, lab in enumerate(CONLL_LABELS)})
-    model = FlaxBertForTokenClassification(conf, seed=0)
-    save_model(model, model.params, tok, out)
+                      intermediate_size=64, labels=tuple(CONLL_LABELS))
+    model = FlaxBertForTokenClassification(conf)
+    save_model(model, model.init_params(0), tok, out)
 
 
 def child(args) -> None:

@@ -37,8 +37,9 @@ DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "tiny": 200}
 
 
 def export_model(kind: str, out: Path) -> None:
-    """A token-classification model with CoNLL labels in HF format (Flax weights + tokenizer)."""
+    """A token-classification model with CoNLL labels in HF format (flaxner's export)."""
     from flaxner.config import ModelConfig
+    from flaxner.export import save_model
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import make_model, make_tokenizer
 
@@ -49,8 +50,7 @@ def export_model(kind: str, out: Path) -> None:
     else:
         cfg = ModelConfig(name="tests/fixtures/tiny-bert", random_init=True)
     model, params = make_model(cfg, CONLL_LABELS, seed=0)
-    model.save_pretrained(out, params=params)
-    make_tokenizer(cfg).save_pretrained(out)
+    save_model(model, params, make_tokenizer(cfg), out)
 
 
 def make_corpus(path: Path, lines: int, long_frac: float, seed: int = 0) -> None:
@@ -80,11 +80,9 @@ def count_tokens(model_dir: Path, texts: list[str]) -> int:
 
 def load_torch(model_dir: Path):
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
-    from transformers.modeling_flax_pytorch_utils import load_flax_checkpoint_in_pytorch_model
+    from transformers import AutoTokenizer, BertForTokenClassification
 
-    model = BertForTokenClassification(BertConfig.from_pretrained(str(model_dir)))
-    model = load_flax_checkpoint_in_pytorch_model(model, str(model_dir / "flax_model.msgpack")).eval()
+    model = BertForTokenClassification.from_pretrained(str(model_dir)).eval()  # model.safetensors of the export
     torch.set_grad_enabled(False)
     return model, AutoTokenizer.from_pretrained(str(model_dir))
 

@@ -72,6 +72,7 @@ class DataConfig:
 class ModelConfig:
     # A hub name (bert-base-multilingual-cased) or a local HF folder; "minilm" is the offline packaged MiniLM.
     name: str = "bert-base-multilingual-cased"
+    # Read PyTorch weights (model.safetensors, pytorch_model.bin) before flax_model.msgpack when a folder has both.
     from_pt: bool = False
     dtype: str = "float32"
     # Set to build a randomly initialised BERT of this shape instead of loading weights (tests, speed work).
@@ -81,6 +82,11 @@ class ModelConfig:
     num_heads: int = 0
     intermediate_size: int = 0
     tokenizer: str = ""
+    # true: the encoder layers as one scanned block, so XLA compiles one layer (quicker compiles for deep models,
+    # slower steps on CPU: docs/benchmarks.md, "Own BERT"); false: unrolled, one copy per layer.
+    scan_layers: bool = False
+    # Recompute each layer's activations in the backward pass (less memory for large batches, ~1/3 more compute).
+    remat: bool = False
 
 
 @dataclass(frozen=True)

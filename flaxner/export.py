@@ -46,32 +46,21 @@ def progress(total: int, initial: int = 0):
 
 
 def save_model(model, params, tokenizer, out: Path) -> None:
-    """HF-format export that Flax and PyTorch both load: flax_model.msgpack, model.safetensors (PyTorch names and
-    layout), config.json with id2label/label2id, and the tokenizer."""
-    out.mkdir(parents=True, exist_ok=True)
+    """HF-format export that flaxner, transformers' PyTorch classes (`BertForTokenClassification.from_pretrained`)
+    and transformers 4's Flax class all load: config.json (architectures, id2label/label2id), model.safetensors
+    (PyTorch names and layout), flax_model.msgpack (HF Flax tree) and the tokenizer."""
     model.save_pretrained(out, params=params)
-    save_pytorch_safetensors(params, out / "model.safetensors")
     tokenizer.save_pretrained(out)
 
 
 def save_pytorch_safetensors(params: dict, path: Path) -> None:
     """Write Flax BERT params under PyTorch's names and layouts (kernel -> weight transposed, scale/embedding ->
-    weight), without needing torch. transformers 4.57's `from_flax=True` leaves weights on the meta device, so
-    this file is what `BertForTokenClassification.from_pretrained(folder)` loads."""
-    import numpy as np
-    from flax.traverse_util import flatten_dict
+    weight), without needing torch."""
     from safetensors.numpy import save_file
 
-    tensors = {}
-    for keys, value in flatten_dict(params).items():
-        value = np.asarray(value, dtype=np.float32)
-        *mod, leaf = keys
-        if leaf == "kernel":
-            value, leaf = value.T, "weight"
-        elif leaf in ("scale", "embedding"):
-            leaf = "weight"
-        tensors[".".join([*mod, leaf])] = np.ascontiguousarray(value)
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    from flaxner.bert import to_pytorch_names
+
+    save_file(to_pytorch_names(params), str(path), metadata={"format": "pt"})
 
 
 def format_scores(m: dict) -> str:

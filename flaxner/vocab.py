@@ -7,7 +7,6 @@ parameters) and the dense scatter of the embedding gradient, every step."""
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -18,6 +17,11 @@ from flaxner.data import Encoded
 
 log = logging.getLogger(__name__)
 EMBED_PATH = ("bert", "embeddings", "word_embeddings", "embedding")
+
+
+def embed_path(params: dict) -> tuple[str, ...]:
+    """EMBED_PATH, or its RoBERTa twin (`roberta/...`) for a RoBERTa/XLM-R tree."""
+    return ("roberta", *EMBED_PATH[1:]) if "roberta" in params else EMBED_PATH
 
 
 def _get(tree: dict, path: tuple[str, ...]):
@@ -59,19 +63,19 @@ class CompactVocab:
 
     def shrink(self, params: dict) -> dict:
         """Params whose word-embedding table holds only the kept rows."""
-        return _set(params, EMBED_PATH, np.asarray(_get(params, EMBED_PATH))[self.ids])
+        path = embed_path(params)
+        return _set(params, path, np.asarray(_get(params, path))[self.ids])
 
     def model(self, model):
-        """A twin of the HF Flax `model` whose word-embedding table has the compact row count (no weights)."""
-        conf = copy.deepcopy(model.config)
-        conf.vocab_size = len(self.ids)
-        return type(model)(conf, dtype=model.dtype, _do_init=False)
+        """A twin of `model` whose word-embedding table has the compact row count (no weights)."""
+        return model.resized(len(self.ids))
 
     def expand(self, params: dict, full_params: dict) -> dict:
         """Compact params put back into the full vocabulary: trained rows over the untouched original table."""
-        table = np.array(_get(full_params, EMBED_PATH), copy=True)
-        table[self.ids] = np.asarray(_get(params, EMBED_PATH))
-        return _set(params, EMBED_PATH, table)
+        path = embed_path(params)
+        table = np.array(_get(full_params, path), copy=True)
+        table[self.ids] = np.asarray(_get(params, path))
+        return _set(params, path, table)
 
 
 def compact_model(tc, model, params: dict, encs: Iterable[Encoded], special_ids: Iterable[int]):

@@ -19,9 +19,9 @@ def test_export_loads_back_in_flax(tiny_run, snippet):
     assert model.config.label2id["B-LOC"] == 5
     batch = _sample_batch(tok, snippet)
     logits = model(batch["input_ids"], batch["attention_mask"], params=params).logits
-    again = load_trained(Path(tiny_run["run_dir"]) / "model")[0]
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(again(batch["input_ids"], batch["attention_mask"]).logits),
-                               rtol=1e-6)
+    again, again_params = load_trained(Path(tiny_run["run_dir"]) / "model", scan_layers=True)[:2]
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(
+        again(batch["input_ids"], batch["attention_mask"], params=again_params).logits), rtol=1e-5, atol=1e-6)
 
 
 def test_export_loads_in_pytorch_with_equal_logits(tiny_run, snippet):
@@ -29,8 +29,7 @@ def test_export_loads_in_pytorch_with_equal_logits(tiny_run, snippet):
     from transformers import BertForTokenClassification
 
     model, params, tok, _ = load_trained(tiny_run["run_dir"])
-    # transformers 4.57's from_flax=True keeps the weights on the meta device; the export's model.safetensors
-    # (PyTorch names) is what PyTorch loads.
+    # the export's model.safetensors (PyTorch names) is what PyTorch loads
     pt = BertForTokenClassification.from_pretrained(Path(tiny_run["run_dir"]) / "model").eval()
     batch = _sample_batch(tok, snippet)
     flax_logits = np.asarray(model(batch["input_ids"], batch["attention_mask"], params=params).logits)
@@ -38,7 +37,7 @@ def test_export_loads_in_pytorch_with_equal_logits(tiny_run, snippet):
         pt_logits = pt(input_ids=torch.from_numpy(batch["input_ids"]).long(),
                        attention_mask=torch.from_numpy(batch["attention_mask"]).long()).logits.numpy()
     mask = batch["attention_mask"].astype(bool)
-    np.testing.assert_allclose(flax_logits[mask], pt_logits[mask], atol=1e-4, rtol=1e-4)
+    assert np.abs(flax_logits[mask] - pt_logits[mask]).max() <= 1e-5
     assert pt.config.id2label[1] == "B-PER"
 
 

@@ -432,8 +432,7 @@ def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
     """Same weights in PyTorch: HF's pipeline gives the same entities (sentences without [UNK] words, which the
     pipeline glues to the previous word)."""
     pytest.importorskip("torch")
-    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
-    from transformers.modeling_flax_pytorch_utils import load_flax_checkpoint_in_pytorch_model
+    from transformers import AutoTokenizer, BertForTokenClassification, pipeline
 
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     vocab = [w for w in tok.get_vocab() if w.isalpha() and not w.startswith("[")]
@@ -445,9 +444,7 @@ def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
         text = " ".join(words)
         if tok.unk_token_id not in tok(text)["input_ids"]:
             texts.append(text)
-    # from_pretrained(from_flax=True) trips over meta tensors with torch 2.13; load the msgpack directly.
-    pt = BertForTokenClassification(BertConfig.from_pretrained(str(tiny_dir)))
-    pt = load_flax_checkpoint_in_pytorch_model(pt, str(tiny_dir / "flax_model.msgpack")).eval()
+    pt = BertForTokenClassification.from_pretrained(str(tiny_dir)).eval()  # the folder's model.safetensors
     pipe = pipeline("token-classification", model=pt, tokenizer=tok, aggregation_strategy=aggregation, device="cpu")
     ref = pipe(texts, batch_size=8)
     got = Tagger.from_pretrained(tiny_dir, _tag_config(aggregation=aggregation, words="tokenizer")).tag(texts)

@@ -105,10 +105,10 @@ def test_schedule_is_hf_linear(tiny_cfg):
 def test_compact_vocab_equals_dense(tiny_cfg, tmp_path):
     a = train(replace(tiny_cfg, train={"epochs": 1, "eval_test": False}), tmp_path / "compact")
     b = train(replace(tiny_cfg, train={"epochs": 1, "eval_test": False, "compact_vocab": False}), tmp_path / "dense")
-    from transformers import FlaxBertForTokenClassification
+    from flaxner.model import load_trained
 
-    pa = FlaxBertForTokenClassification.from_pretrained(tmp_path / "compact" / "model").params
-    pb = FlaxBertForTokenClassification.from_pretrained(tmp_path / "dense" / "model").params
+    pa = load_trained(tmp_path / "compact" / "model")[1]
+    pb = load_trained(tmp_path / "dense" / "model")[1]
     for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     assert a.history[0]["f1"] == b.history[0]["f1"]
@@ -155,10 +155,10 @@ def assert_same_run(summary, ref, out: Path) -> None:
         assert x["f1"] == pytest.approx(y["f1"], abs=1e-9)
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
-    from transformers import FlaxBertForTokenClassification
+    from flaxner.model import load_trained
 
-    pa = FlaxBertForTokenClassification.from_pretrained(out / "model").params
-    pb = FlaxBertForTokenClassification.from_pretrained(Path(ref.run_dir) / "model").params
+    pa = load_trained(out / "model")[1]
+    pb = load_trained(Path(ref.run_dir) / "model")[1]
     for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
