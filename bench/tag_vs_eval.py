@@ -50,7 +50,7 @@ def tags_on_words(entities: list[dict], spans: list[tuple[int, int]], type_key: 
 
 
 def run(args) -> dict:
-    from flaxner.analysis import predict_split
+    from flaxner.evaluate import predict_split
     from flaxner.evaluate import compute_metrics
     from flaxner.model import load_trained
     from flaxner.tagger import Tagger

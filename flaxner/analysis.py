@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -218,49 +218,3 @@ def make_long_text(tokenizer, filler: str, tail: str, min_subtokens: int = 512) 
     while subtoken_count(tokenizer, " ".join(parts)) <= min_subtokens:
         parts.append(filler)
     return " ".join([*parts, tail])
-
-
-@dataclass
-class SplitPredictions:
-    """Word-level gold and predicted tags of a split, with the scores `flaxner.evaluate` gives them."""
-
-    split: str
-    tokens: list[list[str]]
-    gold: list[list[str]]
-    pred: list[list[str]]
-    metrics: dict
-
-
-def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation", limit: int | None = None,
-                  data: DataConfig | None = None, batch_size: int | None = None) -> SplitPredictions:
-    """Load a trained model (a run folder, an HF folder, or the tuple `flaxner.model.load_trained` returns) and
-    predict a split of its data: the run's `config.yaml` data section unless `data` is given, `limit`
-    sentences (None: the config's limit, 0: all)."""
-    from flaxner.data import encode, load_split
-    from flaxner.evaluate import evaluate, jit_eval_step
-    from flaxner.labels import check_labels
-    from flaxner.model import load_trained
-
-    saved = None
-    if isinstance(run_dir_or_model, tuple):
-        model, params, tokenizer, labels = run_dir_or_model
-    else:
-        model, params, tokenizer, labels = load_trained(run_dir_or_model)
-        cfg_path = RunDir(run_dir_or_model).config
-        saved = load_config(cfg_path) if cfg_path.is_file() else None
-    data = data or (saved.data if saved else DataConfig())
-    if limit is not None:
-        data = replace(data, limit=limit)
-    batch_size = batch_size or (saved.train.eval_batch_size if saved else 16)
-    ds = load_split(data, split, labels=labels)  # a tag outside the model's labels: DataError at its file:line
-    names = ds.features["ner_tags"].feature.names
-    check_labels(labels, names)
-    cols = ds[:]
-    gold = [[names[t] for t in tags] for tags in cols["ner_tags"]]
-    # Label ids as the model numbers them (its order may differ from the data's), so that the loss is right.
-    to_model = {lab: i for i, lab in enumerate(labels)}
-    enc = encode({"tokens": cols["tokens"], "ner_tags": [[to_model[t] for t in tags] for tags in gold]}, tokenizer,
-                 data, labels)
-    metrics, pred = evaluate(jit_eval_step(model.__call__), params, enc, gold, labels, batch_size, data.buckets,
-                             pad_id=tokenizer.pad_token_id or 0)
-    return SplitPredictions(split, [list(t) for t in cols["tokens"]], gold, pred, metrics)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxner import analysis
+from flaxner import analysis, evaluate
 from flaxner.analysis import MISSED, SPURIOUS
 from flaxner.config import DataConfig, ModelConfig
 from flaxner.batching import padding_stats
@@ -190,7 +190,7 @@ def test_predict_split_matches_evaluate(tmp_path):
     model.save_pretrained(tmp_path, params=params)
     AutoTokenizer.from_pretrained(str(FIXTURE)).save_pretrained(tmp_path)
     data = DataConfig(limit=12, buckets=(64, 512))
-    pred = analysis.predict_split(tmp_path, "validation", data=data, batch_size=8)
+    pred = evaluate.predict_split(tmp_path, "validation", data=data, batch_size=8)
     assert len(pred.tokens) == len(pred.gold) == len(pred.pred) == 12
     assert [len(t) for t in pred.tokens] == [len(g) for g in pred.gold] == [len(p) for p in pred.pred]
     assert pred.metrics["f1"] == compute_metrics(pred.gold, pred.pred)["f1"]
@@ -199,7 +199,7 @@ def test_predict_split_matches_evaluate(tmp_path):
     perm = np.arange(len(CONLL_LABELS))[::-1]
     clf = params["classifier"]
     permuted = {**params, "classifier": {"kernel": clf["kernel"][:, perm], "bias": clf["bias"][perm]}}
-    again = analysis.predict_split((model, permuted, AutoTokenizer.from_pretrained(str(FIXTURE)),
+    again = evaluate.predict_split((model, permuted, AutoTokenizer.from_pretrained(str(FIXTURE)),
                                     [CONLL_LABELS[i] for i in perm]), "validation", data=data, batch_size=8)
     assert again.pred == pred.pred and again.gold == pred.gold
     assert again.metrics["loss"] == pytest.approx(pred.metrics["loss"], rel=1e-5)
