@@ -349,8 +349,10 @@ class FlaxBertForTokenClassification:
         """Fresh weights as BERT initialises them (normal(initializer_range), zero biases, unit LayerNorm)."""
         unrolled = TokenClassifier(self.config, self.dtype, scan_layers=False)
         ids = jnp.zeros((1, 1), jnp.int32)
-        init = jax.jit(lambda rng: unrolled.init(rng, ids, ids, ids, ids, deterministic=True)["params"])
-        return init(jax.random.PRNGKey(seed))
+        def init_weights(rng):
+            return unrolled.init(rng, ids, ids, ids, ids, deterministic=True)["params"]
+
+        return jax.jit(init_weights)(jax.random.PRNGKey(seed))
 
     def params_shape(self) -> dict:
         """The params tree as `jax.ShapeDtypeStruct`s (no memory)."""

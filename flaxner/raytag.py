@@ -475,7 +475,7 @@ def add_arguments(p) -> None:
     g.add_argument("--address", default=None, help="Ray cluster to use ('auto', HOST:PORT); default: a local one")
     g.add_argument("--actors", type=int, default=None, help="tagging actors (default: one per GPU, else per CPU "
                                                             "leaving one CPU per node)")
-    g.add_argument("--cpus-per-actor", type=float, default=None)
+    g.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs each actor reserves (default 1)")
     g.add_argument("--gpus-per-actor", type=float, default=None, help="below 1 shares a GPU between actors")
     g.add_argument("--slice-mb", type=float, default=32.0, help="plain files are tagged in slices of this size")
 

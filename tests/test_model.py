@@ -144,7 +144,7 @@ def test_old_checkpoint_restores_into_the_new_tree(tmp_path):
                                vocab_size=1000)
     tc = TrainConfig()
     state = init_state(params, make_optimizer(tc, 10), tc.seed, setup_runtime(tc))
-    ckpt = Checkpointer(tmp_path)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
     restored, meta = ckpt.restore(abstract(state))
     ckpt.close()
     assert int(restored["step"]) == 2 and meta["labels"] == list(LABELS)

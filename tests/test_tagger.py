@@ -36,8 +36,10 @@ SENTENCES = [
 
 
 def _tag_config(**kw) -> TagConfig:
+    # The tokenizer's words: the single-pass reference below and HF's pipeline read those (tests/test_words.py
+    # covers the CoNLL-style words).
     base = dict(buckets=(16, 32, 64, 128), max_length=128, stride=32, batch_tokens=512, lookahead=16,
-                compilation_cache="", dtype="float32")
+                compilation_cache="", dtype="float32", words="tokenizer")
     base.update(kw)
     return TagConfig(**base)
 
