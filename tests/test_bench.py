@@ -17,7 +17,7 @@ BENCH = REPO / "bench"
 pytestmark = pytest.mark.bench
 
 
-def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -59,7 +59,7 @@ def max_diff_on_tokens(a, b, mask):
     return float(np.abs(np.asarray(a) - np.asarray(b))[mask > 0].max())
 
 
-@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("scan", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_logits_equal_pytorch_bert(scan):
     from transformers import BertForTokenClassification
 
@@ -103,6 +103,7 @@ def test_stack_unstack_round_trip():
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), back, p))
 
 
+@pytest.mark.slow
 def test_same_tree_and_logits_as_hf_flax():
     from transformers import BertConfig as HFConfig
 
@@ -117,7 +118,7 @@ def test_same_tree_and_logits_as_hf_flax():
                               mask) <= 1e-5
 
 
-@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("scan", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_train_step_loss_and_grads_equal_hf_flax(scan):
     """Loss and gradients of flaxner's loss on one batch. Unrolled layers draw the very dropout masks of the HF
     class (same module paths); the scanned block draws its own, so it is compared without dropout."""
@@ -153,6 +154,7 @@ def test_dropout_is_active_only_in_training():
     assert float(jnp.abs(train - eval_a).max()) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [True, False])
 def test_remat_gives_the_same_gradients(scan):
     conf = tiny_config()

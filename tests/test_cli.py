@@ -10,6 +10,7 @@ from flaxner.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_train_cli_runs_and_prints_table(tmp_path, capsys, compile_cache):
     out = tmp_path / "run"
     code = main(["train", "--config", "tiny", "--output-dir", str(out), "train.epochs=1", "train.eval_test=false",

@@ -35,6 +35,7 @@ def probe(malloc: str) -> tuple[str, float]:
     return status, float(faults)
 
 
+@pytest.mark.slow
 @glibc
 def test_tune_stops_per_call_page_faults():
     tuned_status, tuned = probe("")

@@ -34,6 +34,7 @@ def test_committed_notebook_is_stripped():
     assert sum("parameters" in _tags(c) for c in code) == 1
 
 
+@pytest.mark.slow
 def test_notebook_runs_headless(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in _tags(c))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import threading
 
 import jax
@@ -87,6 +88,7 @@ def test_eval_lengths_are_the_evaluation_batches(tiny_cfg, tiny_tokenizer):
     assert eval_lengths(enc.lengths, bs, buckets) == sorted(used) and len(used) > 1
 
 
+@pytest.mark.slow
 def test_training_with_compile_threads_compiles_once_and_equals_without(tiny_cfg, tmp_path):
     # A batch size and learning rate no other test uses, so that JAX's in-process caches hold none of these
     # programs yet and every one is really compiled (and counted) here.

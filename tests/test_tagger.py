@@ -251,6 +251,7 @@ def test_compile_count_bounded_on_mixed_lengths(tiny_dir):
     assert tagger._forward._cache_size() == before
 
 
+@pytest.mark.slow
 def test_compile_threads_change_nothing_but_when_shapes_compile(tiny_dir):
     shape = dict(buckets=(16, 24, 48, 128), max_length=128, stride=32)
     ahead = Tagger.from_pretrained(tiny_dir, _tag_config(compile_workers=2, **shape))
@@ -362,6 +363,7 @@ def test_shards_concatenate_to_the_whole(tagger, tmp_path, gz):
                                [e["score"] for r in want for e in r["entities"]], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_processes_join_their_shards_in_order_and_resume(tiny_dir, tmp_path, capsys):
     """`--processes 2` (two shard children, outputs joined) writes what one process writes; with --resume it
     starts only the shards that are not complete; a stdin input or a failing child is a clear error."""
@@ -456,6 +458,7 @@ def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
         np.testing.assert_allclose([e["score"] for e in g], [float(e["score"]) for e in r], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_writes_to_stdout(tiny_dir, tmp_path):
     import subprocess
     import sys

@@ -31,6 +31,7 @@ def fixed_batch(vocab: int, batch: int = 8, seq: int = 16, seed: int = 0) -> dic
             "labels": labels}
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch(tiny_cfg, tiny_model):
     model, params = tiny_model
     rt = setup_runtime(tiny_cfg.train)
@@ -102,6 +103,7 @@ def test_schedule_is_hf_linear(tiny_cfg):
     assert float(sched(60)) == pytest.approx(5e-4)
 
 
+@pytest.mark.slow
 def test_compact_vocab_equals_dense(tiny_cfg, tmp_path):
     a = train(replace(tiny_cfg, train={"epochs": 1, "eval_test": False}), tmp_path / "compact")
     b = train(replace(tiny_cfg, train={"epochs": 1, "eval_test": False, "compact_vocab": False}), tmp_path / "dense")
@@ -211,6 +213,7 @@ def _run_devices(n: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_devices_match_one():
     one, two = _run_devices(1), _run_devices(2)
     assert one["devices"] == 1 and two["devices"] == 2

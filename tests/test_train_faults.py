@@ -78,7 +78,8 @@ def test_training_steps_yields_typed_events_and_stops_when_the_caller_does(small
     assert not (tmp_path / "run" / "model").exists()  # exporting is a handler of `train`, not the loop's
 
 
-@pytest.mark.parametrize("save_every, stop", [(3, None), (3, 3), (3, 6), (2, 6), (1, 4)])
+@pytest.mark.parametrize("save_every, stop", [(3, None), (3, 3), *(pytest.param(*c, marks=pytest.mark.slow)
+                                                                  for c in ((3, 6), (2, 6), (1, 4)))])
 def test_save_points_at_epoch_ends_and_stops_there_resume(small_cfg, small_run, tmp_path, monkeypatch,
                                                           save_every, stop):
     """save_every dividing an epoch's steps, and a stop at an epoch's (or the run's) last step, save each step once;
@@ -145,7 +146,7 @@ def _damage(step_dir: Path, how: str) -> None:
         p.write_text(p.read_text()[:20])
 
 
-@pytest.mark.parametrize("how", ["array", "state-metadata", "meta"])
+@pytest.mark.parametrize("how", ["array", *(pytest.param(h, marks=pytest.mark.slow) for h in ("state-metadata", "meta"))])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(small_cfg, small_run, tmp_path, monkeypatch, how,
                                                                 caplog):
     cfg = replace(small_cfg, train={"save_every": 1, "keep_checkpoints": 3})
