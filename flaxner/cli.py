@@ -1,4 +1,9 @@
-"""`flaxner train / eval / tag`: parse the command line and call one function."""
+"""flaxner: fine-tune BERT-family encoders for named-entity recognition on your data, and tag corpora with them.
+
+  flaxner train --config quickstart --output-dir runs/q        train (configs/base.yaml lists every key)
+  flaxner eval --model runs/q --split test                    score a trained model
+  flaxner tag corpus.jsonl --model runs/q                     tag a JSONL or text corpus
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,18 @@ import logging
 import sys
 
 from flaxner.config import ConfigError, load_config
+
+
+TRAIN_EPILOG = """\
+Every key and its default is in configs/base.yaml (shipped in the package; `--config NAME` finds
+quickstart, minilm-conll2003, mbert-conll2003, tiny); KEY=VALUE overrides any of them.
+
+Your own data (README, "Your own data"):
+  data.source=FOLDER                      train/valid/test files: CoNLL columns (.txt, .conll) or JSON Lines
+  data.train_file=F data.validation_file=F  split files named directly
+  data.source=HUB_NAME data.dataset_config=CFG   a Hugging Face dataset (needs the network)
+  data.scheme=auto|iob2|iob1|bioes|io     tag scheme (auto detects); data.labels=[O,B-X,I-X]  fixed inventory
+Labels come from the train split. Offline, use --config quickstart or model.name=minilm."""
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -230,13 +247,16 @@ def threading_main() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flaxner", description=__doc__)
+    parser = argparse.ArgumentParser(prog="flaxner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="fine-tune a BERT for NER")
+    p = sub.add_parser("train", help="fine-tune a BERT for NER", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Fine-tune a BERT-family encoder for NER on CoNLL-2003 or your own data.",
+                       epilog=TRAIN_EPILOG)
     _train_args(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="score a trained model on a CoNLL split")
+    p = sub.add_parser("eval", help="score a trained model on a split of its data (or --data)")
     p.add_argument("--model", required=True, help="run folder or HF model folder")
     p.add_argument("--split", default="validation")
     p.add_argument("--data", default=None,
