@@ -149,7 +149,9 @@ def torch_model(cfg, vocab):
     name = resolve_name(cfg.model.name)
     if not cfg.model.random_init:
         return BertForTokenClassification.from_pretrained(name, num_labels=len(CONLL_LABELS), **labels)
-    conf = base_config(name)
+    from transformers import BertConfig
+
+    conf = BertConfig.from_dict(base_config(name).to_dict())  # flaxner's config, as PyTorch's class reads it
     for field, attr in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
                         ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
         if getattr(cfg.model, field):
