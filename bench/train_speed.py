@@ -141,7 +141,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 def torch_model(cfg, vocab, names=None):
     """BertForTokenClassification from the same folder as flaxner (or the same random shape), with a classifier
     for `names` (default CoNLL-2003's labels)."""
-    from transformers import BertForTokenClassification
+    from transformers import BertConfig, BertForTokenClassification
 
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import base_config, resolve_name
@@ -151,16 +151,14 @@ def torch_model(cfg, vocab, names=None):
     name = resolve_name(cfg.model.name)
     if not cfg.model.random_init:
         return BertForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
-    conf = base_config(name)
-    for field, attr in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
-                        ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
-        if getattr(cfg.model, field):
-            setattr(conf, attr, getattr(cfg.model, field))
+    # flaxner's BertConfig is frozen: change the shape on a copy, then give transformers its config.json dict
+    shape = {attr: getattr(cfg.model, field) for field, attr in (
+        ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
+        ("intermediate_size", "intermediate_size")) if getattr(cfg.model, field)}
     if vocab:
-        conf.vocab_size = vocab
-    conf.num_labels = len(names)
-    conf.id2label, conf.label2id = labels["id2label"], labels["label2id"]
-    return BertForTokenClassification(conf)
+        shape["vocab_size"] = vocab
+    conf = base_config(name).replace(labels=tuple(names), **shape)
+    return BertForTokenClassification(BertConfig(**conf.to_dict()))
 
 
 def make_torch_optimizer(model, tc, total_steps: int):
