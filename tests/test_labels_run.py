@@ -1,5 +1,7 @@
 """Label sets that are not CoNLL-2003's, end to end: the tiny model trains on them through `flaxner.train.train`,
-exports exactly the data's inventory, scores only its types, resumes with it, and its card names the data."""
+exports exactly the data's inventory, scores only its types, resumes with it, and its card names the data.
+The training tests are `slow` (three tiny runs with two classifier sizes: about a minute of compiling on 2 cores);
+`tests/test_readers.py` checks the same inventories without training."""
 
 from __future__ import annotations
 
@@ -71,10 +73,11 @@ def variants(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tiny_cfg, variants, tmp_path_factory) -> dict:
-    """One finished tiny run per label set: 2 epochs of 4 steps."""
+    """One finished tiny run per label set: 2 epochs of 2 steps, in tiny.yaml's batch shapes (so the session's
+    compilation cache has them once other tiny runs ran)."""
     out = {}
     for name, (folder, _) in variants.items():
-        cfg = replace(tiny_cfg, data={"source": str(folder)}, train={"compile_workers": 0, "batch_size": 4, "eval_batch_size": 16})
+        cfg = replace(tiny_cfg, data={"source": str(folder)}, train={"compile_workers": 0})
         out[name] = (cfg, train(cfg, tmp_path_factory.mktemp("runs") / name))
     return out
 
@@ -84,6 +87,7 @@ def test_the_label_sets_are_what_the_test_means(variants):
     assert variants["place-num"][1] == {"MISC", "NUM", "ORG", "PER", "PLACE"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["nomisc", "place-num"])
 def test_a_run_exports_and_scores_exactly_the_datas_labels(runs, variants, name):
     _, summary = runs[name]
@@ -102,6 +106,7 @@ def test_a_run_exports_and_scores_exactly_the_datas_labels(runs, variants, name)
         assert set(row["per_type"]) == types
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_inferred_labels(runs, tmp_path, monkeypatch):
     cfg, ref = runs["place-num"]
     out = tmp_path / "resumed"
@@ -118,6 +123,7 @@ def test_resume_keeps_the_inferred_labels(runs, tmp_path, monkeypatch):
     assert list(json.loads((out / "model" / "config.json").read_text())["id2label"].values()) == ref_labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["nomisc", "place-num"])
 def test_the_card_names_the_data_and_base_model_used(runs, name):
     card = (Path(runs[name][1].run_dir) / "README.md").read_text()
