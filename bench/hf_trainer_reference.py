@@ -1,7 +1,7 @@
 """A flaxner config's recipe through PyTorch + the HF Trainer: the reference the benchmarks compare against.
 
-BertForTokenClassification from the same model folder (or the same random shape), the same tokenized CoNLL-2003
-data (flaxner.data.load_split + encode), lr / batch / epochs / seed / schedule / clipping from the config, the
+BertForTokenClassification from the same model folder (or the same random shape), the same tokenized data and
+label inventory as `flaxner train` reads from the config's `data` (flaxner.data.load_dataset_splits + encode), lr / batch / epochs / seed / schedule / clipping from the config, the
 Trainer's AdamW and dynamic padding, evaluation every epoch scored by seqeval on first sub-tokens, as the
 seed model's card. Prints the per-epoch table and the wall time split (load, train, evaluate, save, test).
 
@@ -65,22 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
     from flaxner.config import load_config
-    from flaxner.data import encode, load_split
-    from flaxner.labels import CONLL_LABELS
+    from flaxner.data import encode, load_dataset_splits
     from flaxner.model import make_tokenizer
 
     cfg = load_config(args.config, args.overrides)
-    tc, labels = cfg.train, list(CONLL_LABELS)
+    tc, d = cfg.train, cfg.data
     tok = make_tokenizer(cfg.model)
-    splits = {"train": cfg.data.train_split, "eval": cfg.data.eval_split}
-    if tc.eval_test:
-        splits["test"] = cfg.data.test_split
+    splits = {"train": d.train_split, "eval": d.eval_split}
+    # the splits and labels flaxner.train.load_splits reads: test as train.eval_test says (auto: when there is one)
+    required = [d.train_split, d.eval_split] + ([d.test_split] if tc.eval_test is True else [])
+    ds, labels = load_dataset_splits(d, required, [d.test_split] if tc.eval_test == "auto" else [])
+    labels = list(labels)
+    if tc.eval_test is not False and d.test_split in ds:
+        splits["test"] = d.test_split
     data = {}
     for key, split in splits.items():
-        enc = encode(load_split(cfg.data, split), tok, cfg.data)
+        enc = encode(ds[split], tok, d, labels)
         data[key] = [{"input_ids": i.tolist(), "labels": lab.tolist()} for i, lab in zip(enc.input_ids, enc.labels)]
     torch.manual_seed(tc.seed)
-    model = torch_model(cfg, None if not cfg.model.random_init else len(tok))
+    model = torch_model(cfg, None if not cfg.model.random_init else len(tok), labels)
 
     class EpochLoss(TrainerCallback):
         """Mean of the logged training losses of each epoch (the card's Training Loss column)."""
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {**info, "config": args.config, "overrides": args.overrides, "group_by_length": args.group_by_length,
            "load_s": load_s, "train_s": train_wall - trainer.eval_s - trainer.save_s, "eval_s": trainer.eval_s,
            "save_s": trainer.save_s, "history": history,
-           "steps": trainer.state.global_step, "threads": torch.get_num_threads()}
+           "labels": labels, "steps": trainer.state.global_step, "threads": torch.get_num_threads()}
     if "test" in data:
         t = time.perf_counter()
         res = trainer.predict(data["test"], metric_key_prefix="test")

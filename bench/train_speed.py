@@ -138,29 +138,27 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
             "devices": [str(d) for d in jax.devices()]}
 
 
-def torch_model(cfg, vocab):
-    """BertForTokenClassification from the same folder as flaxner (or the same random shape)."""
-    from transformers import BertForTokenClassification
+def torch_model(cfg, vocab, names=None):
+    """BertForTokenClassification from the same folder as flaxner (or the same random shape), with a classifier
+    for `names` (default CoNLL-2003's labels)."""
+    from transformers import BertConfig, BertForTokenClassification
 
     from flaxner.labels import CONLL_LABELS
     from flaxner.model import base_config, resolve_name
 
-    labels = {"id2label": dict(enumerate(CONLL_LABELS)), "label2id": {t: i for i, t in enumerate(CONLL_LABELS)}}
+    names = list(names or CONLL_LABELS)
+    labels = {"id2label": dict(enumerate(names)), "label2id": {t: i for i, t in enumerate(names)}}
     name = resolve_name(cfg.model.name)
     if not cfg.model.random_init:
-        return BertForTokenClassification.from_pretrained(name, num_labels=len(CONLL_LABELS), **labels)
-    from transformers import BertConfig
-
-    conf = BertConfig.from_dict(base_config(name).to_dict())  # flaxner's config, as PyTorch's class reads it
-    for field, attr in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
-                        ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
-        if getattr(cfg.model, field):
-            setattr(conf, attr, getattr(cfg.model, field))
+        return BertForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
+    # flaxner's BertConfig is frozen: change the shape on a copy, then give transformers its config.json dict
+    shape = {attr: getattr(cfg.model, field) for field, attr in (
+        ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
+        ("intermediate_size", "intermediate_size")) if getattr(cfg.model, field)}
     if vocab:
-        conf.vocab_size = vocab
-    conf.num_labels = len(CONLL_LABELS)
-    conf.id2label, conf.label2id = labels["id2label"], labels["label2id"]
-    return BertForTokenClassification(conf)
+        shape["vocab_size"] = vocab
+    conf = base_config(name).replace(labels=tuple(names), **shape)
+    return BertForTokenClassification(BertConfig(**conf.to_dict()))
 
 
 def make_torch_optimizer(model, tc, total_steps: int):

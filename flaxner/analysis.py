@@ -13,7 +13,7 @@ import numpy as np
 
 from flaxner.config import Config, DataConfig, load_config
 from flaxner.batching import batch_order, bucket_for
-from flaxner.labels import CONLL_LABELS, spans_from_tags
+from flaxner.labels import spans_from_tags
 from flaxner.rundir import RunDir
 
 MISSED = "missed"
@@ -29,8 +29,10 @@ def explore_config(run_dir: str | Path | None, config: str | Path, overrides: Se
     return load_config(saved if saved and saved.is_file() else config, list(overrides))
 
 
-def split_stats(ds, labels: Sequence[str] = CONLL_LABELS) -> dict:
-    """Sentences, words and entities (in total and per type) of one `datasets.Dataset` split."""
+def split_stats(ds, labels: Sequence[str] | None = None) -> dict:
+    """Sentences, words and entities (in total and per type) of one `datasets.Dataset` split; tag ids name
+    `labels` (default: the split's own ClassLabel names)."""
+    labels = labels or ds.features["ner_tags"].feature.names
     tags_col = ds[:]["ner_tags"]
     per_type: Counter = Counter()
     words = 0
@@ -42,11 +44,12 @@ def split_stats(ds, labels: Sequence[str] = CONLL_LABELS) -> dict:
 
 
 def dataset_stats(cfg: DataConfig, splits: Sequence[str] | None = None) -> dict[str, dict]:
-    """`split_stats` of each split (default: the config's train, eval and test splits), `cfg.limit` applied."""
+    """`split_stats` of each split (default: the config's train, eval and test splits), `cfg.limit` applied; any
+    label set (`data.labels`, else each split's own tags)."""
     from flaxner.data import load_split
 
     splits = splits or (cfg.train_split, cfg.eval_split, cfg.test_split)
-    return {s: split_stats(load_split(cfg, s)) for s in splits}
+    return {s: split_stats(load_split(cfg, s, labels=None)) for s in splits}
 
 
 def stats_table(stats: dict[str, dict]) -> list[dict]:

@@ -133,6 +133,14 @@ def test_dataset_stats_on_shipped_data():
     assert [r["split"] for r in rows] == list(stats) and all("PER" in r for r in rows)
 
 
+def test_dataset_stats_on_labels_that_are_not_conlls(tmp_path):
+    (tmp_path / "train.txt").write_text("Paris B-PLACE\nin O\n1996 B-NUM\n\nNew B-PLACE\nYork I-PLACE\n")
+    (tmp_path / "valid.txt").write_text("Rome B-PLACE\n\n")
+    stats = analysis.dataset_stats(DataConfig(source=str(tmp_path)), ["train", "validation"])
+    assert stats["train"] == {"sentences": 2, "tokens": 5, "entities": 3, "per_type": {"NUM": 1, "PLACE": 2}}
+    assert stats["validation"]["per_type"] == {"PLACE": 1}
+
+
 def _encoded(lengths) -> Encoded:
     ids = [np.zeros(n, np.int32) for n in lengths]
     return Encoded(ids, ids, ids, np.arange(len(ids)), np.asarray(lengths))

@@ -111,3 +111,18 @@ def test_sharded_tagging_reports_a_failed_child_instead_of_raising(tmp_path):
     out = run_sharded(str(tmp_path / "no-model"), corpus, 2, tmp_path / "w", stand_in=True, batch_tokens=0,
                       timeout=120)
     assert out["processes"] == 2 and "failed" in out["error"] and "tok_s" not in out
+
+
+def test_hf_reference_takes_the_labels_of_relabelled_data(tmp_path):
+    """relabel_conll.py's LOC -> PLACE + NUM variant through the HF Trainer reference: the classifier and the
+    scores use the data's 11 labels, as `flaxner train` would."""
+    pytest.importorskip("torch")
+    data = tmp_path / "place-num"
+    proc = run("relabel_conll.py", str(data), "--rename", "LOC=PLACE", "--numbers", "NUM")
+    assert "'NUM':" in proc.stdout and "'LOC'" not in proc.stdout
+    out = tmp_path / "hf.json"
+    run("hf_trainer_reference.py", "--config", "configs/tiny.yaml", "--save", "no", "--json", str(out),
+        f"data.source={data}", "train.epochs=1", "train.eval_test=true")
+    res = json.loads(out.read_text())
+    assert res["labels"] == ["O", *(f"{p}-{t}" for t in ("MISC", "NUM", "ORG", "PER", "PLACE") for p in "BI")]
+    assert len(res["history"]) == 1 and 0 <= res["test"]["f1"] <= 1
