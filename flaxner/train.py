@@ -220,7 +220,8 @@ def check_resume_config(cfg: Config, saved_path: Path) -> None:
 
     old, new = flat(to_dict(load_config(saved_path))), flat(to_dict(cfg))
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
-                    and not any(k == h or (h.endswith(".") and k.startswith(h)) for h in RESUME_HARMLESS))
+                    and not any(k == h or (h.endswith(".") and k.startswith(h)) for h in RESUME_HARMLESS)
+                    and not (k == "data.labels" and not new.get(k)))  # saved as inferred; empty means infer
     if differ:
         raise ConfigError(f"--resume: the config differs from {saved_path} in {', '.join(differ)} "
                           f"({'; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in differ)}); "
@@ -273,8 +274,8 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
 
     tokenizer = make_tokenizer(cfg.model)
     splits, labels = load_splits(cfg, tokenizer, labels)
-    if distributed.is_primary():
-        save_config(cfg, rd.config)
+    if distributed.is_primary():  # with the label inventory the run uses, so eval and tag read exactly it
+        save_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=tuple(labels))), rd.config)
     ckpt = ckpt or Checkpointer(rd.checkpoints, tc.keep_checkpoints)
     model, full_params = make_model(cfg.model, list(labels), seed=tc.seed,
                                     vocab_size=None if keep_model_vocab else len(tokenizer))
