@@ -225,7 +225,7 @@ class _SliceTagger:
         return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
     def _tag_slice(self, s: dict) -> dict:
-        t0, tokens0 = time.perf_counter(), self.tagger.stats["tokens"]
+        t0, tokens0 = time.perf_counter(), self.tagger.stats.tokens
         uri, index = str(s["uri"]), int(s["index"])
         fmt = input_format(uri, self.fmt)
         filesystem, out = _fs(self.out_dir)
@@ -237,7 +237,7 @@ class _SliceTagger:
         chunk: list[bytes] = []
         with filesystem.open_output_stream(tmp, compression=None) as f:
             for rec, ents in self.tagger.stream(lines):
-                chunk.append(output_line(rec, ents, self.keep_fields))
+                chunk.append(output_line(rec, ents, self.keep_fields, self.id_field))
                 counts["lines"] += 1
                 counts["errors"] += rec.error is not None
                 counts["warnings"] += rec.warning is not None
@@ -249,7 +249,7 @@ class _SliceTagger:
             f.write(b"".join(chunk))
         filesystem.move(tmp, final)
         self.done += 1
-        return {"index": index, **counts, "tokens": self.tagger.stats["tokens"] - tokens0,
+        return {"index": index, **counts, "tokens": self.tagger.stats.tokens - tokens0,
                 "seconds": time.perf_counter() - t0, "node": self.node, "pid": os.getpid()}
 
     def _maybe_fail(self, lines: int) -> None:
