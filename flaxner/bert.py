@@ -282,7 +282,8 @@ class TokenClassifier(nn.Module):
             input_ids, mask, token_type_ids, position_ids, deterministic)
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
         h = nn.Dropout(rate, name="dropout")(h, deterministic=deterministic)
-        return _dense(cfg, cfg.num_labels, self.dtype, "classifier")(h)
+        # lecun_normal, as transformers' Flax class (whose recipe flaxner's results were measured with) draws it
+        return nn.Dense(cfg.num_labels, dtype=self.dtype, name="classifier")(h)
 
 
 @struct.dataclass

@@ -271,8 +271,9 @@ def load_params(folder: Path, model: FlaxBertForTokenClassification, prefer_pt: 
     if new:
         rng = jax.random.PRNGKey(seed)
         h = model.config.hidden_size
+        # lecun_normal, as transformers' Flax class drew it (flaxner's recorded results were trained so)
         params[("classifier", "kernel")] = np.asarray(
-            jax.random.normal(rng, (h, len(labels)), jnp.float32) * model.config.initializer_range)
+            jax.nn.initializers.lecun_normal()(rng, (h, len(labels)), jnp.float32))
         params[("classifier", "bias")] = np.zeros(len(labels), np.float32)
     unused = sorted(".".join(k) for k in found if k not in want)
     parts = [f"loaded {path}"]

@@ -91,6 +91,8 @@ def test_init_is_berts():
             assert not np.any(v), k
         elif k[-1] == "scale":
             assert np.all(v == 1), k
+        elif k[0] == "classifier":  # lecun_normal, as transformers' Flax class: std 1/sqrt(fan_in)
+            assert abs(float(np.std(v)) - 1 / np.sqrt(v.shape[0])) < 0.03, k
         else:
             assert abs(float(np.std(v)) - 0.02) < 0.003 and abs(float(np.mean(v))) < 0.002, k
 
