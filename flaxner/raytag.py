@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from flaxner.tagio import Line, input_format, output_line, parse_line
+from flaxner.tagio import Line, input_format, newlines_between, output_line, parse_line
 
 PLAN = "plan.json"
 _CHUNK = 1 << 24
@@ -124,16 +124,8 @@ def count_newlines(row: dict) -> dict:
     they give its first line number (its first line starts after the first newline at or past lo - 1)."""
     filesystem, path = _fs(row["uri"])
     lo, hi = max(row["lo"] - 1, 0), max(row["hi"] - 1, 0)
-    count = 0
     with filesystem.open_input_file(path) as f:
-        f.seek(lo)
-        left = hi - lo
-        while left > 0:
-            chunk = f.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            left -= len(chunk)
+        count = newlines_between(f, lo, hi)
     return {"index": row["index"], "newlines": count}
 
 

@@ -158,7 +158,7 @@ class LineReader:
                 f.readline()  # the line straddling `lo` belongs to the previous shard
                 lo = f.tell()
             self._lo = lo
-            number = _count_newlines(f, lo) + 1
+            number = newlines_between(f, 0, lo) + 1
             pos = lo
             if self.resume:
                 number, pos = self.resume
@@ -346,9 +346,10 @@ def _read_line(f: BinaryIO, cap: int) -> tuple[bytes | None, int]:
     return None, size
 
 
-def _count_newlines(f: BinaryIO, upto: int) -> int:
-    f.seek(0)
-    count, left = 0, upto
+def newlines_between(f: BinaryIO, lo: int, hi: int) -> int:
+    """Newlines in bytes [lo, hi) of a seekable binary file (read in chunks; the file is left past them)."""
+    f.seek(lo)
+    count, left = 0, hi - lo
     while left > 0:
         chunk = f.read(min(_CHUNK, left))
         if not chunk:
