@@ -131,7 +131,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--resume-stdin",), dict(action="store_true", help="with --resume and stdin input: vouch that stdin gives "
                                                          "the same lines again (their CRC is checked)"), False),
     (("--commit-every",), dict(type=float, default=5.0, metavar="SECONDS",
-                               help="make the written lines durable (and resumable) this often (default 5)"), True),
+                               help="make the written lines durable (and resumable) this often (default 5; 0: after every line)"), True),
     (("--on-error",), dict(default="record", choices=("record", "fail"),
                            help="record: bad lines get an `error` field; fail: stop at the first"), True),
     (("--no-progress",), dict(action="store_true", help="no progress bar on stderr (it is off anyway when the "
@@ -214,8 +214,8 @@ def _tag(args: argparse.Namespace) -> int:
         raise ValueError(f"--processes {args.processes}: must be at least 1")
     if args.max_line_bytes is not None and args.max_line_bytes < 0:
         raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
-    if args.commit_every <= 0:
-        raise ValueError(f"--commit-every {args.commit_every}: must be more than 0 seconds")
+    if args.commit_every < 0:
+        raise ValueError(f"--commit-every {args.commit_every}: must be 0 (after every line) or more seconds")
     if args.resume and args.input == "-" and not args.resume_stdin:
         raise ValueError(RESUME_STDIN)
     output = args.output or default_output(args.input)

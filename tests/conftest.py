@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny config, a tiny random BERT, the CoNLL snippet, and one tiny trained run."""
+"""Shared fixtures: the tiny config, a tiny random BERT, the tiny NER model folder, the CoNLL snippet, and one tiny
+trained run. Shared helpers (not fixtures) are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -54,3 +55,21 @@ def tiny_run(tiny_cfg, tmp_path_factory) -> dict:
     from flaxner.train import train
 
     return train(tiny_cfg, tmp_path_factory.mktemp("runs") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_dir(tmp_path_factory) -> Path:
+    """An HF-format folder of a random tiny BERT NER model with confident, varied predictions (the tagging tests'
+    model): helpers.save_tiny_ner."""
+    from helpers import save_tiny_ner
+
+    return save_tiny_ner(tmp_path_factory.mktemp("tiny-ner"))
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_ner_dir):
+    """A Tagger over tiny_ner_dir with helpers.tag_config (one per test module)."""
+    from flaxner.tagger import Tagger
+    from helpers import tag_config
+
+    return Tagger.from_pretrained(tiny_ner_dir, tag_config())

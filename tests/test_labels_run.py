@@ -18,7 +18,7 @@ from flaxner.export import read_metrics
 from flaxner.labels import CONLL_LABELS
 from flaxner.train import Interrupted, train
 
-from test_train import assert_same_run, interrupt_at
+from helpers import assert_same_run, interrupt_at
 
 NUMBER = re.compile(r"^\d+([.,:/-]\d+)*$")
 

@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 
 from flaxner import raytag
-from flaxner.config import ModelConfig
-from flaxner.labels import CONLL_LABELS
+from helpers import read_jsonl as _read
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny-bert"
 WORDS = ("EU rejects German call to boycott British lamb . Peter Blackburn BRUSSELS 1996-08-22 The European "
          "Commission said on Thursday it disagreed with German advice to consumers . Only France and Britain backed "
          "Fischler 's proposal .").split()
@@ -73,22 +71,6 @@ BAD = [b'{"id": "a", "text": "Peter Blackburn"}', b"not json", b"", b'{"id": "m"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A random tiny BERT with confident, varied predictions (as in test_tagger), in HF format."""
-    from transformers import AutoTokenizer
-
-    from flaxner.model import make_model
-
-    d = tmp_path_factory.mktemp("tiny-ner")
-    model, params = make_model(ModelConfig(name=str(FIXTURE), random_init=True), CONLL_LABELS, seed=0,
-                               vocab_size=1000)
-    params["classifier"]["kernel"] = params["classifier"]["kernel"] * 8
-    model.save_pretrained(d, params=params)
-    AutoTokenizer.from_pretrained(str(FIXTURE)).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict:
     """A big plain file (many slices, ids from line numbers on every 3rd line), a file of bad lines without a
     final newline, and a .gz file; with `files` in tagging order and `overrides` (a shared compile cache)."""
@@ -111,11 +93,11 @@ def corpus(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir, corpus, tmp_path_factory) -> list[dict]:
+def reference(tiny_ner_dir, corpus, tmp_path_factory) -> list[dict]:
     """`flaxner tag` (the local engine) on each file, concatenated."""
     from flaxner.tagger import Tagger
 
-    tagger = Tagger.from_pretrained(model_dir, **corpus["overrides"])
+    tagger = Tagger.from_pretrained(tiny_ner_dir, **corpus["overrides"])
     out = tmp_path_factory.mktemp("reference")
     rows = []
     for k, f in enumerate(corpus["files"]):
@@ -151,30 +133,27 @@ def _assert_same(got: list[dict], want: list[dict]) -> None:
         assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(g["entities"], w["entities"]))
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _cli(corpus, model_dir, out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "flaxner.cli", "tag", corpus["glob"], "--engine", "ray", "--model", str(model_dir),
+def _cli(corpus, tiny_ner_dir, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "flaxner.cli", "tag", corpus["glob"], "--engine", "ray", "--model", str(tiny_ner_dir),
             "-o", str(out), "--join", str(out / "all.jsonl"), "--no-progress", "--dtype", "float32",
             "--batch-tokens", "512", "--max-length", "128", "--stride", "32", "--lookahead", "16", *extra]
 
 
 @pytest.mark.ray
-def test_a_two_cpu_machine_does_not_hang(model_dir, corpus, tmp_path):
+def test_a_two_cpu_machine_does_not_hang(tiny_ner_dir, corpus, tmp_path):
     """A fresh local Ray of 2 CPUs (its own process: one Ray per driver): the pool leaves a CPU free and the run
     ends; a pool of 2 one-CPU actors is refused."""
     script = textwrap.dedent(f"""
         import json, ray
         from flaxner import raytag
+from helpers import read_jsonl as _read
         ray.init(num_cpus=2, logging_level="WARNING")
         try:
             raytag.choose_pool(actors=2)
             raise SystemExit("a pool of 2 actors on 2 CPUs was accepted")
         except ValueError as e:
             assert "at most 1 actors" in str(e), e
-        s = raytag.tag_files({[str(f) for f in corpus['files'][1:]]!r}, {str(model_dir)!r}, {str(tmp_path / 'o')!r},
+        s = raytag.tag_files({[str(f) for f in corpus['files'][1:]]!r}, {str(tiny_ner_dir)!r}, {str(tmp_path / 'o')!r},
                              progress=False, **{corpus['overrides']!r})
         print(json.dumps({{"lines": s["lines"], "actors": s["pool"]["actors"]}}))
     """)
@@ -185,11 +164,11 @@ def test_a_two_cpu_machine_does_not_hang(model_dir, corpus, tmp_path):
 
 
 @pytest.mark.ray
-def test_every_line_comes_back_equal_to_the_local_tagger_across_nodes(cluster, model_dir, corpus, reference,
+def test_every_line_comes_back_equal_to_the_local_tagger_across_nodes(cluster, tiny_ner_dir, corpus, reference,
                                                                       tmp_path, monkeypatch):
     monkeypatch.setattr(raytag, "DRIVER_COUNT_BYTES", 0)  # the counting pass as Ray tasks
     out = tmp_path / "out"
-    s = raytag.tag_files([corpus["glob"]], str(model_dir), str(out), join=str(tmp_path / "all.jsonl"),
+    s = raytag.tag_files([corpus["glob"]], str(tiny_ner_dir), str(out), join=str(tmp_path / "all.jsonl"),
                          slice_bytes=3000, progress=False, **corpus["overrides"])
     plan = json.loads((out / "plan.json").read_text())
     parts = [x["parts"] for x in plan["slices"] if x["uri"].endswith("part-0.jsonl")]
@@ -221,12 +200,12 @@ def test_pool_leaves_every_node_a_cpu(cluster):
 
 
 @pytest.mark.ray
-def test_a_crashed_actor_loses_and_duplicates_nothing(cluster, model_dir, corpus, reference, tmp_path, monkeypatch,
+def test_a_crashed_actor_loses_and_duplicates_nothing(cluster, tiny_ner_dir, corpus, reference, tmp_path, monkeypatch,
                                                       capsys):
     marker = tmp_path / "died"
     monkeypatch.setenv(raytag._FAULT_ENV, f"die:1:{marker}")  # a crash midway through an actor's second slice
     out = tmp_path / "out"
-    s = raytag.tag_files(corpus["glob"], str(model_dir), str(out), join=str(tmp_path / "all.jsonl"),
+    s = raytag.tag_files(corpus["glob"], str(tiny_ner_dir), str(out), join=str(tmp_path / "all.jsonl"),
                          slice_bytes=3000, progress=False, **corpus["overrides"])
     assert marker.is_file()
     assert "tag: ray pool of 2 actors × 1 CPU" in capsys.readouterr().err
@@ -236,10 +215,10 @@ def test_a_crashed_actor_loses_and_duplicates_nothing(cluster, model_dir, corpus
 
 
 @pytest.mark.ray
-def test_a_killed_driver_resumes_without_gap_or_duplicate(cluster, model_dir, corpus, reference, tmp_path):
+def test_a_killed_driver_resumes_without_gap_or_duplicate(cluster, tiny_ner_dir, corpus, reference, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), raytag._FAULT_ENV: "sleep:1"}
-    p = subprocess.Popen(_cli(corpus, model_dir, out, "--address", cluster["address"], "--slice-mb", "0.003"),
+    p = subprocess.Popen(_cli(corpus, tiny_ner_dir, out, "--address", cluster["address"], "--slice-mb", "0.003"),
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 180
     while not list(out.glob("slice-*.jsonl")) and time.monotonic() < deadline and p.poll() is None:
@@ -249,7 +228,7 @@ def test_a_killed_driver_resumes_without_gap_or_duplicate(cluster, model_dir, co
     done = sorted(out.glob("slice-*.jsonl"))
     plan = json.loads((out / "plan.json").read_text())
     assert 1 <= len(done) < len(plan["slices"]) and not (out / "all.jsonl").exists()
-    s = raytag.tag_files([corpus["glob"]], str(model_dir), str(out), join=str(out / "all.jsonl"), resume=True,
+    s = raytag.tag_files([corpus["glob"]], str(tiny_ner_dir), str(out), join=str(out / "all.jsonl"), resume=True,
                          slice_bytes=int(0.003 * (1 << 20)), progress=False, **CLI_OVERRIDES)  # as the CLI's
     assert not set(s["tagged"]) & {int(f.name[6:11]) for f in done}  # committed slices are not redone
     assert len(s["tagged"]) + len(done) >= len(plan["slices"])

@@ -16,7 +16,7 @@ import pytest
 
 from flaxner.tagio import Line, LineReader, OutputWriter, TagInputError, TagInterrupted, check_output, \
     output_line, parse_line
-from test_tagger import SENTENCES, _corpus, _read, _write_jsonl, tagger, tiny_dir  # noqa: F401 (fixtures)
+from helpers import SENTENCES, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def test_processes_children_get_every_shared_option():
                                       "--max-line-bytes", "5", "--stride", "8", "--processes", "2", "--overwrite"])
     got = tag_child_args(args)
     assert got == ["--text-field", "body", "--id-field", "id", "--keep-fields", "--format", "auto", "--stride", "8",
-                   "--max-line-bytes", "5", "--on-error", "record"]
+                   "--max-line-bytes", "5", "--commit-every", "5.0", "--on-error", "record"]
     passed = {f[-1] for f, _, p in TAG_OPTIONS if p}
     assert {"--model", "--output", "--shard", "--resume", "--processes"}.isdisjoint(passed)
 
@@ -253,13 +253,13 @@ def _truncated_gz(path: Path, texts: list[str]) -> int:
     return readable.count(b"\n")
 
 
-def test_truncated_gzip_tags_every_readable_line_then_one_error(tiny_dir, tmp_path):
+def test_truncated_gzip_tags_every_readable_line_then_one_error(tiny_ner_dir, tmp_path):
     texts = _corpus(400, seed=3)
     src = tmp_path / "c.jsonl.gz"
     whole = _truncated_gz(src, texts)
     assert whole > 50
     out = tmp_path / "o.jsonl"
-    rc, err = _tag(src, "-o", out, "--model", tiny_dir, "--no-progress", "--max-length", "64", "--stride", "16")
+    rc, err = _tag(src, "-o", out, "--model", tiny_ner_dir, "--no-progress", "--max-length", "64", "--stride", "16")
     assert rc == 1 and err.strip().splitlines()[-1].startswith(f"flaxner tag: error: {src}: damaged after line")
     _no_traceback(err)
     rows = _read(out)
@@ -437,10 +437,10 @@ def test_two_writers_never_share_an_output(tmp_path):
 
 # ---- interrupts and the summary ------------------------------------------------------------------------------------
 
-def test_sigint_is_one_line_with_the_resume_hint(tiny_dir, tmp_path, monkeypatch):
+def test_sigint_is_one_line_with_the_resume_hint(tiny_ner_dir, tmp_path, monkeypatch):
     src = _write_jsonl(tmp_path / "c.jsonl", _corpus(50, seed=10))
     out = tmp_path / "o.jsonl"
-    common = ["--model", tiny_dir, "--no-progress", "--max-length", "64", "--stride", "16"]
+    common = ["--model", tiny_ner_dir, "--no-progress", "--max-length", "64", "--stride", "16"]
     rc, err = _tag(src, "-o", tmp_path / "clean.jsonl", *common)
     assert rc == 0
     _interrupt_after(monkeypatch, 20)
@@ -547,25 +547,28 @@ def _wait_gone(pids: list[int], timeout: float = 60) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["TERM", "KILL"])
-def test_processes_parent_killed_children_stop_and_resume_is_clean(tiny_dir, tmp_path, sig):
+def test_processes_parent_killed_children_stop_and_resume_is_clean(tiny_ner_dir, tmp_path, sig):
     """TERM to the parent: passed on, every child commits, exit 143 with one line. KILL to the parent: the children
     get SIGTERM from the kernel (PDEATHSIG) and commit. Either way --resume then gives the clean run's output."""
     import signal
     import time
 
-    src = _write_jsonl(tmp_path / "c.jsonl", _corpus(3000, seed=11))
-    common = ["--model", str(tiny_dir), "--no-progress", "--max-length", "64", "--stride", "16"]
+    src = _write_jsonl(tmp_path / "c.jsonl", _corpus(6000, seed=11))
+    common = ["--model", str(tiny_ner_dir), "--no-progress", "--max-length", "64", "--stride", "16"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "flaxner.cli", "tag", str(src), *common]
     clean = subprocess.run(cmd + ["-o", str(tmp_path / "clean.jsonl")], env=env, capture_output=True, timeout=600)
     assert clean.returncode == 0, clean.stderr[-2000:]
     out = tmp_path / "o.jsonl"
-    parent = subprocess.Popen(cmd + ["-o", str(out), "--processes", "2"], env=env, stderr=subprocess.PIPE,
-                              text=True)
+    # commits every 0.1 s: each child has committed long before its 3000 lines are done (a fast machine tagged 3000
+    # lines in all before the default 5 s had passed twice)
+    parent = subprocess.Popen(cmd + ["-o", str(out), "--processes", "2", "--commit-every", "0.1"], env=env,
+                              stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + 300
     while not all(Path(f"{out}.shard{k}of2.part.json").exists() for k in range(2)):  # both children have committed
-        assert time.monotonic() < end and parent.poll() is None
-        time.sleep(0.2)
+        assert parent.poll() is None, f"the run ended (rc {parent.returncode}) before both children committed"
+        assert time.monotonic() < end, "no commit from both children in 300 s"
+        time.sleep(0.05)
     children = _children_of(parent.pid)
     assert len(children) == 2
     parent.send_signal(getattr(signal, f"SIG{sig}"))
@@ -582,12 +585,12 @@ def test_processes_parent_killed_children_stop_and_resume_is_clean(tiny_dir, tmp
 
 
 @pytest.mark.slow
-def test_second_processes_run_on_the_same_output_is_refused(tiny_dir, tmp_path):
+def test_second_processes_run_on_the_same_output_is_refused(tiny_ner_dir, tmp_path):
     import time
 
     src = _write_jsonl(tmp_path / "c.jsonl", _corpus(2000, seed=12))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "flaxner.cli", "tag", str(src), "--model", str(tiny_dir), "--no-progress",
+    cmd = [sys.executable, "-m", "flaxner.cli", "tag", str(src), "--model", str(tiny_ner_dir), "--no-progress",
            "-o", str(tmp_path / "o.jsonl"), "--processes", "2"]
     first = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)

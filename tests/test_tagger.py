@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxner.config import ModelConfig, TagConfig
+from flaxner.config import ModelConfig
 from flaxner.labels import CONLL_LABELS
 from flaxner.tagio import OutputWriter, Record, default_output
 from flaxner.tagger import Tagger
+from helpers import FIXTURE, SENTENCES, tag_config as _tag_config, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
 from flaxner.windows import DocState, encode, entities, entities_many, plan_windows
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny-bert"
 TRICKY = [
     "Ça a été très bien à Zürich, São Paulo et Montréal.",
     "東京タワーは日本にあります。 Tokyo Tower 🗼 is in Japan 🇯🇵!",
@@ -26,60 +26,6 @@ TRICKY = [
     "   leading and trailing   ",
     "Mixed: Ελληνικά, русский, العربية, हिन्दी.",
 ]
-SENTENCES = [
-    "EU rejects German call to boycott British lamb .",
-    "Peter Blackburn", "BRUSSELS 1996-08-22",
-    "The European Commission said on Thursday it disagreed with German advice to consumers .",
-    "Germany 's representative to the European Union 's veterinary committee Werner Zwingmann said on Wednesday .",
-    "Only France and Britain backed Fischler 's proposal .",
-]
-
-
-def _tag_config(**kw) -> TagConfig:
-    # The tokenizer's words: the single-pass reference below and HF's pipeline read those (tests/test_words.py
-    # covers the CoNLL-style words).
-    base = dict(buckets=(16, 32, 64, 128), max_length=128, stride=32, batch_tokens=512, lookahead=16,
-                compilation_cache="", dtype="float32", words="tokenizer")
-    base.update(kw)
-    return TagConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A random 2-layer BERT (hidden 32) with the fixture vocab and CoNLL labels, saved in HF format; the
-    classifier is scaled up so that predictions are confident and varied (entities to find)."""
-    from transformers import AutoTokenizer
-
-    from flaxner.model import make_model
-
-    d = tmp_path_factory.mktemp("tiny-ner")
-    model, params = make_model(ModelConfig(name=str(FIXTURE), random_init=True), CONLL_LABELS, seed=0,
-                               vocab_size=1000)
-    params["classifier"]["kernel"] = params["classifier"]["kernel"] * 8
-    model.save_pretrained(d, params=params)
-    AutoTokenizer.from_pretrained(str(FIXTURE)).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_dir) -> Tagger:
-    return Tagger.from_pretrained(tiny_dir, _tag_config())
-
-
-def _corpus(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    words = " ".join(SENTENCES).split()
-    return [" ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 3, 8, 20, 45, 90]))) for _ in range(n)]
-
-
-def _write_jsonl(path: Path, texts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) + "\n"
-                            for i, t in enumerate(texts)), encoding="utf-8")
-    return path
-
-
-def _read(path) -> list[dict]:
-    return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.mark.parametrize("n,size,stride", [(5, 10, 3), (10, 10, 3), (11, 10, 3), (100, 10, 3), (57, 16, 7),
@@ -164,14 +110,14 @@ def test_entities_slice_back_to_the_text(tagger):
             assert e["label"] in {"PER", "ORG", "LOC", "MISC"} and 0 < e["score"] <= 1
 
 
-def _reference(tiny_dir, texts):
+def _reference(tiny_ner_dir, texts):
     """One plain forward per text (no windows, no batching), first-sub-token labels, seqeval spans."""
     from flaxner.labels import spans_from_tags
     from flaxner.model import load_trained
 
     import jax
 
-    model, params, tok, labels = load_trained(tiny_dir)
+    model, params, tok, labels = load_trained(tiny_ner_dir)
     forward = jax.jit(lambda ids, mask: model(ids, mask, params=params).logits)
     out = []
     for text in texts:
@@ -196,22 +142,22 @@ def _key(results):
     return [[(e["label"], e["start"], e["end"]) for e in ents] for ents in results]
 
 
-def test_batched_windowed_tagger_equals_single_pass_on_short_documents(tiny_dir, tagger):
+def test_batched_windowed_tagger_equals_single_pass_on_short_documents(tiny_ner_dir, tagger):
     texts = [t for t in SENTENCES + TRICKY[:2] + _corpus(30, seed=3)
              if len(tagger.backend.encode(t, add_special_tokens=False).ids) <= 126]  # one window of 128
-    ref = _reference(tiny_dir, texts)
+    ref = _reference(tiny_ner_dir, texts)
     got = tagger.tag(texts)
     assert _key(got) == [[r[:3] for r in ents] for ents in ref]
     for g, r in zip(got, ref):
         np.testing.assert_allclose([e["score"] for e in g], [x[3] for x in r], atol=1e-4)
     # small windows on documents that fit in one: the same entities
-    small = Tagger.from_pretrained(tiny_dir, _tag_config(max_length=64, stride=16))
+    small = Tagger.from_pretrained(tiny_ner_dir, _tag_config(max_length=64, stride=16))
     short = [t for t in texts if len(tagger.backend.encode(t, add_special_tokens=False).ids) <= 62]
     assert _key(small.tag(short)) == _key(tagger.tag(short))
 
 
-def test_long_documents_are_windowed_never_cut(tiny_dir):
-    tagger = Tagger.from_pretrained(tiny_dir, _tag_config(buckets=(64, 512), max_length=512, stride=128))
+def test_long_documents_are_windowed_never_cut(tiny_ner_dir):
+    tagger = Tagger.from_pretrained(tiny_ner_dir, _tag_config(buckets=(64, 512), max_length=512, stride=128))
     text = " ".join(SENTENCES) + " "
     doc = text * 25  # ~2,000 sub-tokens
     n = len(tagger.backend.encode(doc, add_special_tokens=False).ids)
@@ -226,7 +172,7 @@ def test_long_documents_are_windowed_never_cut(tiny_dir):
         assert doc[e["start"]:e["end"]] == e["text"]
 
 
-def test_output_order_on_a_shuffled_length_corpus(tiny_dir, tagger, tmp_path):
+def test_output_order_on_a_shuffled_length_corpus(tiny_ner_dir, tagger, tmp_path):
     texts = _corpus(150, seed=1)
     src = _write_jsonl(tmp_path / "c.jsonl", texts)
     summary = tagger.tag_file(str(src), progress=False)
@@ -237,9 +183,9 @@ def test_output_order_on_a_shuffled_length_corpus(tiny_dir, tagger, tmp_path):
     assert _key([r["entities"] for r in out[:12]]) == _key(one_by_one)
 
 
-def test_compile_count_bounded_on_mixed_lengths(tiny_dir):
+def test_compile_count_bounded_on_mixed_lengths(tiny_ner_dir):
     cfg = _tag_config(buckets=(16, 32, 64, 128), max_length=128, stride=32)
-    tagger = Tagger.from_pretrained(tiny_dir, cfg)
+    tagger = Tagger.from_pretrained(tiny_ner_dir, cfg)
     texts = _corpus(120, seed=2) + [" ".join(SENTENCES) * 3]
     tagger.tag(texts)
     assert 1 < tagger.compiles <= tagger.max_compiles == 2 * len(cfg.buckets)
@@ -252,14 +198,14 @@ def test_compile_count_bounded_on_mixed_lengths(tiny_dir):
 
 
 @pytest.mark.slow
-def test_compile_threads_change_nothing_but_when_shapes_compile(tiny_dir):
+def test_compile_threads_change_nothing_but_when_shapes_compile(tiny_ner_dir):
     shape = dict(buckets=(16, 24, 48, 128), max_length=128, stride=32)
-    ahead = Tagger.from_pretrained(tiny_dir, _tag_config(compile_workers=2, **shape))
+    ahead = Tagger.from_pretrained(tiny_ner_dir, _tag_config(compile_workers=2, **shape))
     texts = _corpus(60, seed=4) + [" ".join(SENTENCES) * 3]
     got = ahead.tag(texts)
     assert ahead.compiled_ahead >= 1 and 1 < ahead.compiles <= ahead.max_compiles
     assert ahead._forward._cache_size() <= ahead.max_compiles  # nothing compiled twice
-    inline = Tagger.from_pretrained(tiny_dir, _tag_config(compile_workers=0, **shape))
+    inline = Tagger.from_pretrained(tiny_ner_dir, _tag_config(compile_workers=0, **shape))
     assert got == inline.tag(texts) and any(got) and inline.compiled_ahead == 0
 
 
@@ -364,13 +310,13 @@ def test_shards_concatenate_to_the_whole(tagger, tmp_path, gz):
 
 
 @pytest.mark.slow
-def test_processes_join_their_shards_in_order_and_resume(tiny_dir, tmp_path, capsys):
+def test_processes_join_their_shards_in_order_and_resume(tiny_ner_dir, tmp_path, capsys):
     """`--processes 2` (two shard children, outputs joined) writes what one process writes; with --resume it
     starts only the shards that are not complete; a stdin input or a failing child is a clear error."""
     from flaxner.cli import main
 
     src = _write_jsonl(tmp_path / "c.jsonl", _corpus(60, seed=9))
-    common = ["--model", str(tiny_dir), "--no-progress", "--max-length", "64", "--stride", "16"]
+    common = ["--model", str(tiny_ner_dir), "--no-progress", "--max-length", "64", "--stride", "16"]
     assert main(["tag", str(src), "-o", str(tmp_path / "one.jsonl"), *common]) == 0
     assert main(["tag", str(src), "-o", str(tmp_path / "two.jsonl"), "--processes", "2", *common]) == 0
     err = capsys.readouterr().err
@@ -407,11 +353,11 @@ def test_callable_over_column_arrays(tagger):
     assert _key(list(out["entities"])) == _key(tagger.tag(SENTENCES[:3]))
 
 
-def test_cli_end_to_end_and_clear_errors(tiny_dir, tmp_path, capsys):
+def test_cli_end_to_end_and_clear_errors(tiny_ner_dir, tmp_path, capsys):
     from flaxner.cli import main
 
     src = _write_jsonl(tmp_path / "c.jsonl", SENTENCES)
-    rc = main(["tag", str(src), "--model", str(tiny_dir), "--no-progress", "--max-length", "64", "--stride", "16",
+    rc = main(["tag", str(src), "--model", str(tiny_ner_dir), "--no-progress", "--max-length", "64", "--stride", "16",
                "--aggregation", "average"])
     assert rc == 0
     assert len(_read(tmp_path / "c.entities.jsonl")) == len(SENTENCES)
@@ -432,13 +378,13 @@ def test_cli_end_to_end_and_clear_errors(tiny_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("aggregation", ["first", "average", "max"])
-def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
+def test_matches_hf_pytorch_pipeline(tiny_ner_dir, aggregation):
     """Same weights in PyTorch: HF's pipeline gives the same entities (sentences without [UNK] words, which the
     pipeline glues to the previous word)."""
     pytest.importorskip("torch")
     from transformers import AutoTokenizer, BertForTokenClassification, pipeline
 
-    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    tok = AutoTokenizer.from_pretrained(str(tiny_ner_dir))
     vocab = [w for w in tok.get_vocab() if w.isalpha() and not w.startswith("[")]
     pieces = [w[2:] for w in tok.get_vocab() if w.startswith("##") and w[2:].isalpha()]
     rng = random.Random(7)
@@ -448,10 +394,10 @@ def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
         text = " ".join(words)
         if tok.unk_token_id not in tok(text)["input_ids"]:
             texts.append(text)
-    pt = BertForTokenClassification.from_pretrained(str(tiny_dir)).eval()  # the folder's model.safetensors
+    pt = BertForTokenClassification.from_pretrained(str(tiny_ner_dir)).eval()  # the folder's model.safetensors
     pipe = pipeline("token-classification", model=pt, tokenizer=tok, aggregation_strategy=aggregation, device="cpu")
     ref = pipe(texts, batch_size=8)
-    got = Tagger.from_pretrained(tiny_dir, _tag_config(aggregation=aggregation, words="tokenizer")).tag(texts)
+    got = Tagger.from_pretrained(tiny_ner_dir, _tag_config(aggregation=aggregation, words="tokenizer")).tag(texts)
     assert sum(map(len, got)) > 20
     assert _key(got) == [[(e["entity_group"], e["start"], e["end"]) for e in ents] for ents in ref]
     for g, r in zip(got, ref):
@@ -459,12 +405,12 @@ def test_matches_hf_pytorch_pipeline(tiny_dir, aggregation):
 
 
 @pytest.mark.slow
-def test_cli_writes_to_stdout(tiny_dir, tmp_path):
+def test_cli_writes_to_stdout(tiny_ner_dir, tmp_path):
     import subprocess
     import sys
 
     src = _write_jsonl(tmp_path / "c.jsonl", SENTENCES)
-    out = subprocess.run([sys.executable, "-m", "flaxner.cli", "tag", str(src), "--model", str(tiny_dir), "-o", "-",
+    out = subprocess.run([sys.executable, "-m", "flaxner.cli", "tag", str(src), "--model", str(tiny_ner_dir), "-o", "-",
                           "--no-progress"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [json.loads(x) for x in out.stdout.splitlines()]

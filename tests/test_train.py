@@ -1,7 +1,6 @@
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -16,19 +15,10 @@ from flaxner.data import Encoded
 from flaxner.labels import IGNORE
 from flaxner.runtime import setup_runtime
 from flaxner.step import TrainStep, init_state, loss_fn, make_optimizer, make_schedule
-from flaxner.train import Interrupted, StepEvent, loss_denominator, train
+from flaxner.train import Interrupted, loss_denominator, train
+from helpers import assert_same_run, fixed_batch, interrupt_at
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def fixed_batch(vocab: int, batch: int = 8, seq: int = 16, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    mask = np.ones((batch, seq), np.int32)
-    mask[:, seq // 2 + 2:] = 0
-    labels = np.where(mask == 1, rng.integers(0, 9, (batch, seq)), IGNORE).astype(np.int32)
-    labels[:, 0] = IGNORE
-    return {"input_ids": (rng.integers(5, vocab, (batch, seq)) * mask).astype(np.int32), "attention_mask": mask,
-            "labels": labels}
 
 
 @pytest.mark.slow
@@ -134,37 +124,6 @@ def test_run_outputs_and_compile_bound(tiny_run, tiny_cfg):
     assert "learning_rate: 0.001" in card and "seed: 42" in card
 
 
-def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
-    """Make the training loop receive `signum` just before it reports `step` (a real signal, handled by train)."""
-    import flaxner.train as T
-
-    real = T.training_steps
-
-    def steps(run, *a):
-        for ev in real(run, *a):
-            if isinstance(ev, StepEvent) and ev.step == step:
-                signal.raise_signal(signum)
-            yield ev
-
-    monkeypatch.setattr(T, "training_steps", steps)
-
-
-def assert_same_run(summary, ref, out: Path) -> None:
-    """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, exported weights."""
-    assert summary.steps == ref.steps
-    for x, y in zip(summary.history, ref.history, strict=True):
-        assert x["step"] == y["step"]
-        assert x["f1"] == pytest.approx(y["f1"], abs=1e-9)
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
-        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
-    from flaxner.model import load_trained
-
-    pa = load_trained(out / "model")[1]
-    pb = load_trained(Path(ref.run_dir) / "model")[1]
-    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-
-
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_cfg, tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
     with monkeypatch.context() as m:
@@ -184,7 +143,6 @@ TWO_DEVICE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, jax
     sys.path.insert(0, {tests!r})
-    from test_train import fixed_batch
     from flaxner.config import load_config
     from flaxner.model import make_model
     from flaxner.runtime import setup_runtime

@@ -20,7 +20,7 @@ from flaxner.rundir import RunDirError
 from flaxner.distributed import StopSignals
 from flaxner.train import EpochEvent, Interrupted, StepEvent, build_run, train, training_steps
 
-from test_train import assert_same_run, interrupt_at
+from helpers import assert_same_run, interrupt_at
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

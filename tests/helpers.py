@@ -1,0 +1,115 @@
+"""Helpers the test modules share (fixtures live in conftest.py): the tiny NER model, corpora, JSONL files, the
+training-loop interrupter and the same-run check."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny-bert"  # a tiny BERT config + WordPiece vocab
+SENTENCES = [
+    "EU rejects German call to boycott British lamb .",
+    "Peter Blackburn", "BRUSSELS 1996-08-22",
+    "The European Commission said on Thursday it disagreed with German advice to consumers .",
+    "Germany 's representative to the European Union 's veterinary committee Werner Zwingmann said on Wednesday .",
+    "Only France and Britain backed Fischler 's proposal .",
+]
+
+
+def save_tiny_ner(d: Path) -> Path:
+    """A random 2-layer BERT (hidden 32) with the fixture vocab and CoNLL labels, saved in HF format into `d`; the
+    classifier is scaled up so that predictions are confident and varied (entities to find)."""
+    from transformers import AutoTokenizer
+
+    from flaxner.config import ModelConfig
+    from flaxner.labels import CONLL_LABELS
+    from flaxner.model import make_model
+
+    model, params = make_model(ModelConfig(name=str(FIXTURE), random_init=True), CONLL_LABELS, seed=0,
+                               vocab_size=1000)
+    params["classifier"]["kernel"] = params["classifier"]["kernel"] * 8
+    model.save_pretrained(d, params=params)
+    AutoTokenizer.from_pretrained(str(FIXTURE)).save_pretrained(d)
+    return d
+
+
+def tag_config(**kw):
+    """The tagging tests' TagConfig: small buckets and windows, float32, no compile cache, and the tokenizer's words
+    (the single-pass reference in test_tagger and HF's pipeline read those; test_words covers the CoNLL-style
+    words)."""
+    from flaxner.config import TagConfig
+
+    base = dict(buckets=(16, 32, 64, 128), max_length=128, stride=32, batch_tokens=512, lookahead=16,
+                compilation_cache="", dtype="float32", words="tokenizer")
+    base.update(kw)
+    return TagConfig(**base)
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    """`n` texts of 0-90 words drawn from SENTENCES (empty ones included)."""
+    rng = random.Random(seed)
+    words = " ".join(SENTENCES).split()
+    return [" ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 3, 8, 20, 45, 90]))) for _ in range(n)]
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) + "\n"
+                            for i, t in enumerate(texts)), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def fixed_batch(vocab: int, batch: int = 8, seq: int = 16, seed: int = 0) -> dict:
+    """A random labelled batch with padding after position seq // 2 + 2 and an ignored first token."""
+    from flaxner.labels import IGNORE
+
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, seq), np.int32)
+    mask[:, seq // 2 + 2:] = 0
+    labels = np.where(mask == 1, rng.integers(0, 9, (batch, seq)), IGNORE).astype(np.int32)
+    labels[:, 0] = IGNORE
+    return {"input_ids": (rng.integers(5, vocab, (batch, seq)) * mask).astype(np.int32), "attention_mask": mask,
+            "labels": labels}
+
+
+def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """Make the training loop receive `signum` just before it reports `step` (a real signal, handled by train)."""
+    import flaxner.train as T
+    from flaxner.train import StepEvent
+
+    real = T.training_steps
+
+    def steps(run, *a):
+        for ev in real(run, *a):
+            if isinstance(ev, StepEvent) and ev.step == step:
+                signal.raise_signal(signum)
+            yield ev
+
+    monkeypatch.setattr(T, "training_steps", steps)
+
+
+def assert_same_run(summary, ref, out: Path) -> None:
+    """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, exported weights."""
+    import jax
+
+    from flaxner.model import load_trained
+
+    assert summary.steps == ref.steps
+    for x, y in zip(summary.history, ref.history, strict=True):
+        assert x["step"] == y["step"]
+        assert x["f1"] == pytest.approx(y["f1"], abs=1e-9)
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+    pa = load_trained(out / "model")[1]
+    pb = load_trained(Path(ref.run_dir) / "model")[1]
+    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
