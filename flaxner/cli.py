@@ -203,7 +203,8 @@ def _tag(args: argparse.Namespace) -> int:
         raise ValueError(f"{len(args.input)} inputs: one at a time, or several (and globs) with --engine ray")
     args.input = args.input[0]
 
-    from flaxner.tagio import MAX_LINE_BYTES, RESUME_STDIN, check_output, default_output, parse_shard
+    from flaxner.tagging.reading import MAX_LINE_BYTES, RESUME_STDIN, parse_shard
+    from flaxner.tagging.writing import check_output, default_output
 
     if args.input != "-" and not Path(args.input).is_file():
         raise FileNotFoundError(f"{args.input}: no such input file")

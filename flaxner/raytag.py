@@ -4,8 +4,8 @@ Design (Ray Data, the way the issue asks, but not `read_json`):
 
 - The driver expands the inputs (paths, globs, or any URI pyarrow.fs reads: s3://, gs://, hdfs://) and cuts each
   plain file into (file, byte range) slices of `slice_bytes`, cut at line starts exactly as
-  `tagio.LineReader._iter_plain` does (a slice owns the lines that *start* in its range). A `.gz` file cannot be
-  cut, so it is one slice: split a compressed corpus into many files.
+  `tagging.reading.LineReader._iter_plain` does (a slice owns the lines that *start* in its range). A `.gz` file
+  cannot be cut, so it is one slice: split a compressed corpus into many files.
 - Line numbers: a slice's first line number is 1 + the newlines before it. A counting pass (one Ray Data map task
   per slice of the multi-slice files, in parallel; on the driver when under DRIVER_COUNT_BYTES) counts the newlines
   of each slice's range; prefix sums give every slice's first line. Counting is memchr-speed (GB/s) while tagging
@@ -13,14 +13,14 @@ Design (Ray Data, the way the issue asks, but not `read_json`):
   corpus). Tagging with numbers relative to the slice and fixing them up afterwards would avoid that read, but the
   output lines hold the numbers (errors, and ids of lines without one), so every slice file would be rewritten.
   The plan (slices and first lines) is saved in OUT_DIR/plan.json, so `--resume` does not count again.
-- Tagging: `ray.data.from_items(slices, one block each).map_batches(_SliceTagger, batch_size=1, concurrency=N)`.
-  Each actor holds one warm compiled `Tagger`; for a slice it reads the bytes itself (pyarrow.fs), turns every line
-  into a `Record` with `tagio.parse_line` (blank, bad, undecodable lines become error rows, never exceptions), runs
+- Tagging: `ray.data.from_items(slices, one block each).map_batches(_SliceTagger, batch_size=1, concurrency=N)`. Each
+  actor holds one warm compiled `Tagger`; for a slice it reads the bytes itself (pyarrow.fs), turns every line into a
+  `Record` with `tagging.reading.parse_line` (blank, bad, undecodable lines become error rows, never exceptions), runs
   `Tagger.stream` over the whole slice (so packing is the CLI's), writes the output lines to a uniquely named
   `slice-NNNNN.jsonl.<id>.tmp` and renames it to `slice-NNNNN.jsonl`, then returns one stats row. A whole slice per
-  task is what makes commits per slice possible: rows of a Ray Data read would be re-blocked between read and map,
-  so no task would own a slice. Ray Data gives the actor pool, its placement (SPREAD), the GPU/CPU requests and the
-  fault tolerance (actors restarted, tasks retried: `max_restarts=-1`, `max_task_retries=-1`).
+  task is what makes commits per slice possible: rows of a Ray Data read would be re-blocked between read and map, so
+  no task would own a slice. Ray Data gives the actor pool, its placement (SPREAD), the GPU/CPU requests and the fault
+  tolerance (actors restarted, tasks retried: `max_restarts=-1`, `max_task_retries=-1`).
 - Faults: a killed actor loses only its uncommitted .tmp; Ray retries the slice from scratch on a live actor. A
   killed driver leaves the committed slices; `--resume` tags only the slices without a final file. `--join` then
   concatenates all slices in input order.
@@ -48,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from flaxner.tagio import Line, input_format, newlines_between, output_line, parse_line
+from flaxner.tagging.reading import Line, input_format, newlines_between, parse_line
+from flaxner.tagging.writing import output_line
 
 PLAN = "plan.json"
 _CHUNK = 1 << 24
@@ -152,7 +153,7 @@ def number_slices(slices: list[dict]) -> None:
 
 
 def iter_slice(uri: str, lo: int, hi: int, first_line: int) -> Any:
-    """The `tagio.Line`s of one slice: a plain file's lines starting in [lo, hi), numbered from `first_line`;
+    """The `tagging.reading.Line`s of one slice: a plain file's lines starting in [lo, hi), numbered from `first_line`;
     a `.gz` file's every line."""
     import gzip
 

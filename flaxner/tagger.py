@@ -17,7 +17,7 @@ from flaxner.tagging.checks import check_iob2, check_tag_config, check_tokenizer
 from flaxner.tagging.filejob import tag_file
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.pipeline import Pipeline, TagStats, Tokens
-from flaxner.tagio import Record, clean_text
+from flaxner.tagging.reading import Record, clean_text
 
 __all__ = ["Tagger", "TagStats", "check_iob2", "check_tag_config", "run_tag_config"]
 

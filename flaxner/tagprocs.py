@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from flaxner.tagio import OutputLock, TagInputError, check_output, default_output, parse_shard
+from flaxner.tagging.reading import TagInputError, parse_shard
+from flaxner.tagging.writing import OutputLock, check_output, default_output
 
 def shard_output(output: str, k: int, n: int) -> Path:
     """Shard k of n's output (gzip, as a child writes it, when the output is .gz: gzip files concatenate)."""

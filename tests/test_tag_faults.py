@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flaxner.tagio import Line, LineReader, OutputWriter, TagInputError, TagInterrupted, check_output, \
-    output_line, parse_line
+from flaxner.tagging.reading import Line, LineReader, TagInputError, parse_line
+from flaxner.tagging.writing import OutputWriter, TagInterrupted, check_output, output_line
 from helpers import SENTENCES, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,7 +286,7 @@ def test_gzip_shards_decompress_what_precedes_their_slice_once(tmp_path, monkeyp
     import functools
     import random
 
-    from flaxner import tagio
+    from flaxner.tagging import reading
 
     rng = random.Random(1)
     lines = [(" ".join(f"{rng.getrandbits(40):x}" for _ in range(rng.randint(0, 30))) + "\n").encode()
@@ -296,16 +296,16 @@ def test_gzip_shards_decompress_what_precedes_their_slice_once(tmp_path, monkeyp
     src = tmp_path / "c.txt.gz"
     src.write_bytes(gzip.compress(body[:half]) + gzip.compress(body[half:]))  # two members
     decompressed = {"n": 0}
-    real_fill = tagio._Gunzip.fill
+    real_fill = reading._Gunzip.fill
 
     def fill(self):
         out = real_fill(self)
         decompressed["n"] += len(out)
         return out
 
-    monkeypatch.setattr(tagio._Gunzip, "fill", fill)
-    monkeypatch.setattr(tagio, "_count_gz_lines", functools.partial(tagio._count_gz_lines, spacing=1 << 16,
-                                                                    most=64))
+    monkeypatch.setattr(reading._Gunzip, "fill", fill)
+    monkeypatch.setattr(reading, "_count_gz_lines", functools.partial(reading._count_gz_lines, spacing=1 << 16,
+                                                                      most=64))
     got = []
     for i in range(4):
         decompressed["n"] = 0

@@ -13,8 +13,9 @@ import pytest
 
 from flaxner.config import ModelConfig
 from flaxner.labels import CONLL_LABELS
-from flaxner.tagio import OutputWriter, Record, default_output
 from flaxner.tagger import Tagger
+from flaxner.tagging.reading import Record
+from flaxner.tagging.writing import OutputWriter, default_output
 from helpers import FIXTURE, SENTENCES, tag_config as _tag_config, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
 from flaxner.windows import DocState, encode, entities, entities_many, plan_windows
 

@@ -58,7 +58,7 @@ def test_conll_words_offsets_point_into_the_text(tokenizer_dir):
     from tokenizers import Tokenizer
 
     from flaxner.model import packaged_minilm
-    from flaxner.tagio import Record
+    from flaxner.tagging.reading import Record
     from flaxner.windows import encode
 
     folder = Path(__file__).resolve().parent / "fixtures" / "tiny-bert" if tokenizer_dir == "fixture" \

@@ -7,8 +7,10 @@ import signal
 import time
 from pathlib import Path
 
-from flaxner.tagio import MAX_LINE_BYTES, RESUME_STDIN, LineReader, OutputWriter, Progress, TagInputError, \
-    TagInterrupted, check_output, default_output, input_format, output_line, parse_line, parse_shard
+from flaxner.tagging.reading import MAX_LINE_BYTES, RESUME_STDIN, LineReader, TagInputError, input_format, \
+    parse_line, parse_shard
+from flaxner.tagging.writing import OutputWriter, Progress, TagInterrupted, check_output, default_output, \
+    output_line
 
 
 def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "id", keep_fields: bool = False,

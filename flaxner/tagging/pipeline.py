@@ -16,7 +16,7 @@ import numpy as np
 
 from flaxner.config import TagConfig
 from flaxner.tagging.forward import CompiledForward
-from flaxner.tagio import Record
+from flaxner.tagging.reading import Record
 from flaxner.windows import DocState, Row, collate, encode, entities_many, pack, rows_for
 
 

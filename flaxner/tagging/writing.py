@@ -1,0 +1,284 @@
+"""Writing the entities of a tagging run: the output line of each `Record`, the checks of an output path before any
+work, the lock that keeps one writer per output, the writer (a temporary part file, a resume sidecar, a final
+rename; gzip as one member per commit) and the progress bar.
+
+Why `writing` (beside `reading`): the output half of tagging I/O owns everything that makes output durable and
+resumable, so a change to commits, locks or the sidecar format is one module's. `TagInterrupted` is here:
+it reports what the writer committed and how to continue. It imports no JAX (only `reading`, which imports none):
+`flaxner.tagprocs`, the `flaxner tag --processes` parent, takes its locks and checks from here."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from flaxner.tagging.reading import LineReader, Record, TagInputError
+
+
+class TagInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during `tag_file`: what was written is committed (the message says how to continue)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def default_output(path: str) -> str:
+    """corpus.jsonl(.gz) / corpus.txt -> corpus.entities.jsonl; stdin -> stdout."""
+    if path == "-":
+        return "-"
+    p = Path(path)
+    name = p.name[:-3] if p.name.endswith(".gz") else p.name
+    for suf in (".jsonl", ".json", ".ndjson", ".txt"):
+        if name.endswith(suf):
+            name = name[: -len(suf)]
+            break
+    return str(p.with_name(name + ".entities.jsonl"))
+
+
+RESERVED = ("id", "entities", "error", "warning")
+
+
+def output_line(rec: Record, ents: list[dict] | None, keep_fields: bool = False, id_field: str = "id") -> bytes:
+    """The JSON line of one input line: id, entities (or error), warning, and the input fields if asked.
+
+    flaxner's own keys win: a kept input field named id (unless it is the --id-field), entities, error or warning
+    is written as input_<name> (input_input_<name> if that is taken too)."""
+    out: dict[str, Any] = {}
+    if keep_fields and rec.fields:
+        for k, v in rec.fields.items():
+            if k in RESERVED:
+                if k == id_field:
+                    continue  # it is the `id` written below
+                k = "input_" + k
+                while k in rec.fields or k in out:
+                    k = "input_" + k
+            out[k] = v
+    out["id"] = rec.id
+    if rec.error is not None:
+        out["error"] = rec.error
+    else:
+        out["entities"] = ents
+    if rec.warning:
+        out["warning"] = rec.warning
+    try:
+        try:
+            return (json.dumps(out, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates in a kept field: ASCII escapes keep them representable
+            return (json.dumps(out, allow_nan=False) + "\n").encode("ascii")
+    except (RecursionError, ValueError) as e:  # kept fields nested too deep to write: the line says so
+        bad = Record(rec.line, rec.id if isinstance(rec.id, (str, int)) else rec.line, None,
+                     error=f"line {rec.line}: its fields cannot be written ({type(e).__name__}: {e})")
+        return output_line(bad, None)
+
+
+def check_output(path: str, input_path: str, fresh: bool = False) -> None:
+    """Refuse, before any work, an output that is a folder, that is (or whose part, sidecar or lock file is) the
+    input file, or (`fresh`: neither --resume nor --overwrite) that exists."""
+    if path == "-":
+        return
+    if Path(path).is_dir():
+        raise TagInputError(f"-o {path}: is a folder; give the path of the file to write")
+    if input_path != "-":
+        src = Path(input_path).resolve()
+        for p in (path, *(path + s for s in _AUX)):
+            if Path(p).resolve() == src or (Path(p).exists() and os.path.samefile(p, src)):
+                raise TagInputError(f"-o {path}: {p} is the input file {input_path}; choose another output")
+    if fresh and Path(path).exists():
+        raise TagInputError(f"{path} exists; pass --overwrite to replace it")
+
+
+_AUX = (".part", ".part.json", ".part.tmp", ".part.lock")
+
+
+class OutputLock:
+    """An exclusive flock on PATH.part.lock for as long as one writer owns PATH (a second one is refused)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path + ".part.lock")
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise TagInputError(f"{path}: another flaxner tag is writing it (it holds {self.path}); wait for "
+                                    f"it to end or stop it first") from None
+            try:  # the holder before us may have removed the file after we opened it: lock the current one
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self.fd: int | None = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+class OutputWriter:
+    """Lines go to OUTPUT.part; `commit` makes them durable and records where the input resumes in
+    OUTPUT.part.json; `finish` renames the part file to OUTPUT. Stdout ('-') is written straight through.
+
+    An existing OUTPUT (or an interrupted run's part file) is refused unless `overwrite` or `resume`. OUTPUT.gz is
+    written as gzip, one member per commit, so that a resume cuts it at a member's end and appends."""
+
+    def __init__(self, path: str, key: dict, resume: bool = False, overwrite: bool = False):
+        self.path, self.key = path, key
+        self.stdout = path == "-"
+        self.resume_point: tuple[int, int] | None = None
+        self.state: dict = {}
+        self.lines_done = 0
+        self.bytes = 0
+        self.lock = None
+        self.z = None
+        if self.stdout:
+            if resume:
+                raise ValueError("--resume needs an output file, not stdout")
+            self.f = sys.stdout.buffer
+            return
+        if Path(path).is_dir():
+            raise TagInputError(f"-o {path}: is a folder; give the path of the file to write")
+        self.part, self.sidecar = Path(path + ".part"), Path(path + ".part.json")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.lock = OutputLock(path)
+        try:
+            self._open(resume, overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+        if path.endswith(".gz"):
+            self.z = _gzip_member()
+
+    def _open(self, resume: bool, overwrite: bool) -> None:
+        path = self.path
+        if resume and self.sidecar.is_file() and self.part.is_file():
+            state = json.loads(self.sidecar.read_text())
+            if state["key"] != self.key:
+                raise ValueError(f"--resume: {self.sidecar} was written for {state['key']}, not {self.key}; "
+                                 f"run with --overwrite to start over")
+            self.f = open(self.part, "r+b")
+            self.f.truncate(state["bytes"])
+            self.f.seek(state["bytes"])
+            self.resume_point = (state["next_line"], state["resume_at"])
+            self.state = state
+            self.lines_done = state["lines"]
+            self.bytes = state["bytes"]
+            return
+        if resume and Path(path).is_file() and not self.part.exists():
+            raise ValueError(f"--resume: {path} is already complete")
+        if not resume and not overwrite:
+            if Path(path).exists():
+                raise TagInputError(f"{path} exists; pass --overwrite to replace it")
+            if self.part.exists():
+                raise TagInputError(f"{self.part}: an interrupted run's output is there; pass --resume to "
+                                    f"continue it or --overwrite to start over")
+        self.f = open(self.part, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.f.write(self.z.compress(data) if self.z is not None else data)
+        self.lines_done += 1
+        if self.z is None:
+            self.bytes += len(data)  # counted only once a whole line is written
+
+    def _end_member(self) -> None:
+        if self.z is not None:
+            self.f.write(self.z.flush())
+            self.z = _gzip_member()
+            self.bytes = self.f.tell()
+
+    def commit(self, next_line: int, resume_at: int, extra: dict | None = None) -> None:
+        """Make everything written so far durable and record the input position just after it (and `extra`:
+        the input's identity, the counts so far)."""
+        if self.stdout:
+            self.f.flush()
+            return
+        self._end_member()
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        state = {"key": self.key, "bytes": self.bytes, "lines": self.lines_done,
+                 "next_line": next_line, "resume_at": resume_at, **(extra or {})}
+        tmp = Path(self.path + ".part.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.sidecar)
+        self.state = state
+
+    def finish(self) -> None:
+        if self.stdout:
+            self.f.flush()
+            return
+        self._end_member()
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.part, self.path)
+        self.sidecar.unlink(missing_ok=True)
+        self.lock.release()
+
+    def close(self) -> None:
+        """Leave the part file and sidecar for --resume (after an error or an interrupt)."""
+        if not self.stdout and not self.f.closed:
+            self.f.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _gzip_member():
+    return zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+
+
+class Progress:
+    """A progress bar on stderr by input bytes with this run's documents/s, sub-word tokens/s and errors (tqdm's
+    ETA); its last refresh shows the figures of the summary."""
+
+    def __init__(self, reader: LineReader, stats, counts: dict, enabled: bool = True, t0: float | None = None):
+        self.reader, self.stats, self.counts, self.enabled = reader, stats, counts, enabled
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.bar = None
+        self.finished = False
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.reader.total_bytes or None, unit="B", unit_scale=True, dynamic_ncols=True,
+                            mininterval=1.0, file=sys.stderr, desc="tag")
+        self.last = 0.0
+        self.tokens0 = self.stats.tokens
+        return self
+
+    def tick(self, seconds: float | None = None) -> None:
+        """Refresh at most once a second; with `seconds`, now, as of that much time since the start."""
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if now - self.last < 1.0 and seconds is None:
+            return
+        self.last = now
+        dt = max(now - self.t0 if seconds is None else seconds, 1e-9)
+        self.bar.n = self.reader.bytes_read
+        self.bar.set_postfix_str(f"{self.counts['lines'] / dt:.1f} docs/s, "
+                                 f"{(self.stats.tokens - self.tokens0) / dt:.0f} tok/s, "
+                                 f"{self.counts['errors']} errors", refresh=True)
+
+    def done(self, seconds: float) -> None:
+        """The last refresh: the rates the summary reports (this run's lines over `seconds`)."""
+        self.tick(seconds)
+        self.finished = True
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            if not self.finished:
+                self.tick(time.perf_counter() - self.t0)
+            self.bar.close()
