@@ -1,7 +1,7 @@
 """Cold compile time and step time of the loss gradient for flaxner's BERT, scanned vs unrolled, and
 transformers 4's Flax class where importable: one MiniLM-shaped batch, random weights, no compilation cache.
 
-    python bench/bert_variants.py [--batch 16] [--length 64] [--repeats 5] [--layers 0] [--json OUT]
+    python -m bench.bert_variants [--batch 16] [--length 64] [--repeats 5] [--layers 0] [--json OUT]
 
 Prints one JSON line per variant: compile_s (median of `--compiles` fresh compiles) and step_s (median of
 `--repeats` timed steps after a warm-up)."""
@@ -36,7 +36,7 @@ def variants(conf):
 def main() -> None:
     from flaxner.bert import FlaxBertForTokenClassification
 
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m bench.bert_variants")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)

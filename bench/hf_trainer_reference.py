@@ -5,8 +5,8 @@ label inventory as `flaxner train` reads from the config's `data` (flaxner.data.
 Trainer's AdamW and dynamic padding, evaluation every epoch scored by seqeval on first sub-tokens, as the
 seed model's card. Prints the per-epoch table and the wall time split (load, train, evaluate, save, test).
 
-    python bench/hf_trainer_reference.py --config configs/quickstart.yaml
-    python bench/hf_trainer_reference.py --config configs/minilm-conll2003.yaml --json out.json
+    python -m bench.hf_trainer_reference --config configs/quickstart.yaml
+    python -m bench.hf_trainer_reference --config configs/minilm-conll2003.yaml --json out.json
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 # the Trainer as users run it: glibc's own allocator settings, not the ones `import flaxner` would apply
 os.environ.setdefault("FLAXNER_MALLOC", "system")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, peak_rss_mib, write_json  # noqa: E402
-from train_speed import torch_model  # noqa: E402
+from bench.common import header, peak_rss_mib, write_json  # noqa: E402
+from bench.train_speed import torch_model  # noqa: E402
 
 
 def seqeval_metrics(labels: list[str]):
@@ -49,7 +47,8 @@ def seqeval_metrics(labels: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.hf_trainer_reference", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/minilm-conll2003.yaml", help="flaxner config (path or name)")
     p.add_argument("--output-dir", default="", help="Trainer output (default a temp dir, removed)")
     p.add_argument("--group-by-length", action="store_true", help="the Trainer's length-grouped sampler "

@@ -8,8 +8,8 @@ once to warm the persistent compile cache, then timed:
 Throughput: the corpus' sub-word tokens (the summaries' `tokens`) over wall seconds, and over the tagging
 seconds each summary reports. The joined output is checked equal to the local one (ids, spans, labels).
 
-    python bench/ray_tag.py --model minilm --lines 2000
-    python bench/ray_tag.py --model tiny --lines 2000 --shards 4      # a quick check
+    python -m bench.ray_tag --model minilm --lines 2000
+    python -m bench.ray_tag --model tiny --lines 2000 --shards 4      # a quick check
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, write_json  # noqa: E402
-from tag_speed import export_model, make_corpus  # noqa: E402
+from bench.common import header, write_json
+from bench.tag_speed import export_model, make_corpus
 
 
 def run(cmd: list[str]) -> tuple[float, dict]:
@@ -41,7 +40,8 @@ def run(cmd: list[str]) -> tuple[float, dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.ray_tag", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("minilm", "mbert", "tiny"), default="minilm")
     p.add_argument("--lines", type=int, default=2000)
     p.add_argument("--shards", type=int, default=4, help="files the corpus is split into for the ray engine")

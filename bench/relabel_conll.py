@@ -2,8 +2,8 @@
 become O), rename types, and make a new type from a rule (tokens tagged O that are numbers). Writes
 train/valid/test.txt in the same column layout (only the tag column changes) into a new folder.
 
-    python bench/relabel_conll.py /tmp/nomisc --drop MISC
-    python bench/relabel_conll.py /tmp/place-num --rename LOC=PLACE --numbers NUM
+    python -m bench.relabel_conll /tmp/nomisc --drop MISC
+    python -m bench.relabel_conll /tmp/place-num --rename LOC=PLACE --numbers NUM
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def convert(src: Path, dst: Path, drop: set[str], rename: dict[str, str], number
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.relabel_conll", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="folder to write train.txt, valid.txt, test.txt into (created; must be empty)")
     p.add_argument("--drop", action="append", default=[], metavar="TYPE", help="entity type whose tags become O")
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="rename an entity type")

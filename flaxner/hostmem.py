@@ -5,7 +5,7 @@ from one of XLA's worker threads. glibc serves a request that size from a thread
 returns it with `munmap` on free, so every step page-faults the whole buffer in again and the kernel zeroes it:
 measured on 2 cores, 45,000 minor faults and a quarter of the step's time. Three `mallopt` settings make glibc
 keep and reuse that memory instead: one arena for all threads (big blocks then come from the main heap), no
-`mmap` for big blocks, and never trimming the heap's free top. Measured (bench/train_speed.py, contender a):
+`mmap` for big blocks, and never trimming the heap's free top. Measured (bench.train_speed, contender a):
 MiniLM 0.26 -> 0.22 s/step, mBERT size 1.64 -> 1.46 s/step. The cost: the process keeps its high-water mark of
 heap instead of returning it (peak RSS at mBERT size 5.1 -> 6.9 GiB).
 

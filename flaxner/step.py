@@ -68,6 +68,13 @@ def update_step(state: dict, grads, tx: optax.GradientTransformation):
         optax.global_norm(grads)
 
 
+# The names JAX gives TrainStep's two programs in its compile logs and monitoring events (`fun_name`, e.g.
+# "grad_step" when tracing, "jit(grad_step)" when compiling): public, so that compile counters match them by name.
+GRAD_STEP_NAME = grad_step.__name__
+UPDATE_STEP_NAME = update_step.__name__
+TRAIN_STEP_NAMES = (GRAD_STEP_NAME, UPDATE_STEP_NAME)
+
+
 class TrainStep:
     """One optimizer step (`grad_step` then `update_step`) as two executables: the gradients, compiled once per batch shape, and the optimizer update,
     compiled once for the run since it does not depend on the shape (it is 40% of a fused step's compile time

@@ -24,7 +24,11 @@ __all__ = ["Tagger", "TagStats", "check_iob2", "check_tag_config", "run_tag_conf
 
 class Tagger:
     """A compiled token-classification model over texts: `tag(texts)`, `tag_file(path)`, or called on a dict
-    of column arrays (`ds.map_batches(Tagger, fn_constructor_args=(model_dir,))`)."""
+    of column arrays (`ds.map_batches(Tagger, fn_constructor_args=(model_dir,))`).
+
+    `forward` is the compiled model (`flaxner.tagging.forward.CompiledForward`); its `fn` attribute, the jitted
+    program every batch runs, may be replaced by a function of the same contract (see CompiledForward), and all
+    tagging after that runs it: the benchmarks put a stand-in model there to time the host-side work alone."""
 
     def __init__(self, model_dir: str | Path, config: TagConfig | None = None, text_field: str = "text", **overrides):
         from tokenizers import Tokenizer
@@ -60,15 +64,6 @@ class Tagger:
     def backend(self):
         """The Rust tokenizer (no truncation, no padding)."""
         return self.tokens.backend
-
-    @property
-    def _forward(self):
-        """The jitted forward (the benchmarks put a stand-in here)."""
-        return self.forward.fn
-
-    @_forward.setter
-    def _forward(self, fn) -> None:
-        self.forward.fn = fn
 
     @property
     def shapes(self) -> set[tuple[int, int]]:

@@ -1,7 +1,7 @@
 """`flaxner tag --processes N`: one machine, N tagging processes, one output in input order.
 
 One process' Python work (parse, tokenize, window, aggregate, write) caps its throughput well below what a GPU can
-tag (bench/tag_host.py). This runs N `flaxner tag --shard` children on consecutive slices of the input (slices of
+tag (bench.tag_host). This runs N `flaxner tag --shard` children on consecutive slices of the input (slices of
 `--shard I/M` when given: sub-shards I*N+k of M*N, which tile it exactly), each writing its own output with its own
 resume point, then concatenates them in order. Interrupted or failed, the shard outputs stay: `--resume` with the
 same N finishes the shards that are not complete and skips those that are. JAX's share of accelerator memory is

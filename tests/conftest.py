@@ -73,3 +73,26 @@ def tagger(tiny_ner_dir):
     from helpers import tag_config
 
     return Tagger.from_pretrained(tiny_ner_dir, tag_config())
+
+
+@pytest.fixture
+def compile_event_names():
+    """A function: the `fun_name`s JAX's compile events report (tracing, lowering, backend compile) while
+    `fn.lower(*args).compile()` runs, as (event kind, name) pairs: what the benchmarks' compile counters match."""
+    import jax.monitoring
+
+    def names(fn, *args) -> set[tuple[str, str]]:
+        seen: set[tuple[str, str]] = set()
+
+        def listen(event: str, duration: float, **kw) -> None:
+            if event.startswith("/jax/core/compile/"):
+                seen.add((event.rsplit("/", 1)[-1], str(kw.get("fun_name"))))
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            fn.lower(*args).compile()
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+        return seen
+
+    return names

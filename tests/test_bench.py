@@ -1,5 +1,6 @@
-"""Smoke runs of the benchmark scripts at tiny sizes on CPU: they run end to end and write sane JSON.
-No timing assertions: benchmarks are scripts, these only keep them working."""
+"""Smoke runs of the benchmark scripts at tiny sizes on CPU, each as `python -m bench.<name>` from the repository
+root: they run end to end and write sane JSON. No timing assertions: benchmarks are scripts, these only keep them
+working."""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench"
 
 pytestmark = pytest.mark.bench
 
 
-def run(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def run(module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -27,7 +27,7 @@ def run(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProc
 def test_train_speed_tiny(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "train_speed.json"
-    proc = run("train_speed.py", "--model", "tiny", "--in-process", "--repeats", "2", "--warmup", "1",
+    proc = run("train_speed", "--model", "tiny", "--in-process", "--repeats", "2", "--warmup", "1",
                "--json", str(out))
     assert "a/b =" in proc.stdout and "# versions:" in proc.stdout
     res = json.loads(out.read_text())
@@ -55,7 +55,7 @@ def test_train_speed_tiny(tmp_path):
 def test_gpu_bench_tiny(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "gb"
-    proc = run("gpu_bench.py", str(out), "--size", "tiny", "--in-process", "--dtypes", "float32",
+    proc = run("gpu_bench", str(out), "--size", "tiny", "--in-process", "--dtypes", "float32",
                "--limit", "16", "--tag-lines", "100", "--hf-lines", "16", "--work", str(tmp_path / "work"),
                "--compile-workers", "2")  # as on a GPU host, where the auto setting compiles ahead
     assert "goals:" in proc.stdout
@@ -92,7 +92,7 @@ def test_gpu_bench_tiny(tmp_path):
 
 def test_tag_host_tiny(tmp_path):
     out = tmp_path / "tag_host.json"
-    proc = run("tag_host.py", "--lines", "300", "--processes", "1,2", "--repeats", "1", "--json", str(out))
+    proc = run("tag_host", "--lines", "300", "--processes", "1,2", "--repeats", "1", "--json", str(out))
     assert "2 process(es):" in proc.stdout
     res = json.loads(out.read_text())
     one, two = res["by_processes"]["1"], res["by_processes"]["2"]
@@ -100,12 +100,11 @@ def test_tag_host_tiny(tmp_path):
     assert one["entities"] == two["entities"] > 0 and one["tok_s"] > 0 and two["tok_s"] > 0
 
 
-def test_sharded_tagging_reports_a_failed_child_instead_of_raising(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        from tag_host import run_sharded
-    finally:
-        sys.path.remove(str(BENCH))
+def test_sharded_tagging_reports_a_failed_child_instead_of_raising(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.chdir(REPO)  # its children run `python -m bench.tag_host`
+    from bench.tag_host import run_sharded
+
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": 1, "text": "Paris"}\n')
     out = run_sharded(str(tmp_path / "no-model"), corpus, 2, tmp_path / "w", stand_in=True, batch_tokens=0,
@@ -114,14 +113,14 @@ def test_sharded_tagging_reports_a_failed_child_instead_of_raising(tmp_path):
 
 
 def test_hf_reference_takes_the_labels_of_relabelled_data(tmp_path):
-    """relabel_conll.py's LOC -> PLACE + NUM variant through the HF Trainer reference: the classifier and the
+    """bench.relabel_conll's LOC -> PLACE + NUM variant through the HF Trainer reference: the classifier and the
     scores use the data's 11 labels, as `flaxner train` would."""
     pytest.importorskip("torch")
     data = tmp_path / "place-num"
-    proc = run("relabel_conll.py", str(data), "--rename", "LOC=PLACE", "--numbers", "NUM")
+    proc = run("relabel_conll", str(data), "--rename", "LOC=PLACE", "--numbers", "NUM")
     assert "'NUM':" in proc.stdout and "'LOC'" not in proc.stdout
     out = tmp_path / "hf.json"
-    run("hf_trainer_reference.py", "--config", "configs/tiny.yaml", "--save", "no", "--json", str(out),
+    run("hf_trainer_reference", "--config", "configs/tiny.yaml", "--save", "no", "--json", str(out),
         f"data.source={data}", "train.epochs=1", "train.eval_test=true")
     res = json.loads(out.read_text())
     assert res["labels"] == ["O", *(f"{p}-{t}" for t in ("MISC", "NUM", "ORG", "PER", "PLACE") for p in "BI")]

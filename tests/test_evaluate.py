@@ -46,3 +46,18 @@ def test_evaluate_scores_every_word_with_a_partial_last_batch(tiny_model, tiny_t
     # the same predictions with another batch size (another partial batch)
     m2, pred2 = evaluate(step, params, enc, gold, CONLL_LABELS, 8, (16, 32), pad_id=0)
     assert pred2 == pred and np.isclose(m2["loss"], m["loss"], rtol=1e-5)
+
+
+def test_the_eval_step_is_compiled_under_its_exported_name(tiny_model, compile_event_names):
+    from flaxner.evaluate import EVAL_STEP_NAME
+    from flaxner.step import TRAIN_STEP_NAMES
+
+    model, params = tiny_model
+    step = jit_eval_step(model.__call__)
+    ids = np.zeros((2, 8), np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+    seen = compile_event_names(step, params, batch)
+    assert EVAL_STEP_NAME == step.__name__ == "eval_step"
+    assert ("jaxpr_trace_duration", EVAL_STEP_NAME) in seen, seen
+    assert any(kind == "backend_compile_duration" and EVAL_STEP_NAME in n for kind, n in seen), seen
+    assert not any(t in n for t in TRAIN_STEP_NAMES for _, n in seen)

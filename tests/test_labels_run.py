@@ -34,7 +34,7 @@ def _no_misc(words, tags):
 
 
 def _place_num(words, tags):
-    """LOC renamed PLACE; runs of O-tagged numbers become a new type NUM (the rule bench/relabel_conll.py uses)."""
+    """LOC renamed PLACE; runs of O-tagged numbers become a new type NUM (the rule bench.relabel_conll uses)."""
     out = []
     for w, t in zip(words, tags):
         if t.endswith("-LOC"):

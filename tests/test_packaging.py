@@ -1,5 +1,6 @@
 """The package boundary: what a wheel ships, and that it runs from any folder."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -31,3 +32,58 @@ def test_wheel_ships_configs_and_finds_them_from_any_folder(tmp_path):
                          check=True).stdout.split()
     assert Path(out[0]).is_relative_to(tmp_path / "site")
     assert out[1] == "quickstart"
+
+
+def _bench_modules() -> dict[str, ast.Module]:
+    return {p.stem: ast.parse(p.read_text(), str(p)) for p in sorted((ROOT / "bench").glob("*.py"))
+            if p.stem != "__init__"}
+
+
+def test_bench_is_a_package_of_modules_without_import_cycles():
+    """bench/ is run as `python -m bench.<name>`: modules import each other as `bench.x` (never through a sys.path
+    edit), and their imports, those inside functions too, form no cycle."""
+    assert (ROOT / "bench" / "__init__.py").is_file()
+    trees = _bench_modules()
+    graph: dict[str, set[str]] = {}
+    for name, tree in trees.items():
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module]
+                assert node.level == 0, f"bench/{name}.py: a relative import"
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                if isinstance(node, ast.Attribute) and node.attr == "path":
+                    assert not (isinstance(node.value, ast.Name) and node.value.id == "sys"), \
+                        f"bench/{name}.py:{node.lineno}: sys.path"
+                continue
+            for m in mods:
+                assert m.split(".")[0] not in trees, f"bench/{name}.py imports {m}: write bench.{m}"
+                if m.startswith("bench."):
+                    deps.add(m.split(".")[1])
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import cycle: " + " -> ".join((*path, name))
+        if name not in done:
+            for dep in graph.get(name, ()):
+                visit(dep, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+
+
+def test_bench_uses_no_private_names():
+    """bench/ consumes flaxner through public names: no `from flaxner... import _x`, and no `obj._x` on anything
+    but its own `self` (or a subclass' `super()`)."""
+    for name, tree in _bench_modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flaxner"):
+                assert not any(a.name.startswith("_") for a in node.names), f"bench/{name}.py:{node.lineno}"
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                own = (isinstance(owner, ast.Name) and owner.id == "self") or (
+                    isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super")
+                assert own, f"bench/{name}.py:{node.lineno}: .{node.attr}"

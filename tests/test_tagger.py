@@ -192,10 +192,35 @@ def test_compile_count_bounded_on_mixed_lengths(tiny_ner_dir):
     assert 1 < tagger.compiles <= tagger.max_compiles == 2 * len(cfg.buckets)
     assert {s for _, s in tagger.shapes} <= set(cfg.buckets)
     tagger.tag(list(reversed(texts)))
-    assert tagger.compiles == tagger._forward._cache_size() <= tagger.max_compiles
+    assert tagger.compiles == tagger.forward.fn._cache_size() <= tagger.max_compiles
     before = tagger.compiles
     tagger.tag(texts)
-    assert tagger._forward._cache_size() == before
+    assert tagger.forward.fn._cache_size() == before
+
+
+def test_a_replaced_forward_is_what_tags(tiny_ner_dir):
+    """`Tagger.forward.fn` is a public seam (the host-side benchmark puts a stand-in model there): after it is
+    replaced, every batch runs the replacement."""
+    import jax
+    import jax.numpy as jnp
+
+    tagger = Tagger.from_pretrained(tiny_ner_dir, _tag_config())
+    loc = tagger.labels.index("B-LOC")
+    calls = []
+
+    @jax.jit
+    def stand_in(params, input_ids, attention_mask):  # every sub-token B-LOC, score 0.25
+        calls.append(input_ids.shape)  # at trace time: once per shape
+        return jnp.full(input_ids.shape, loc, jnp.int32), jnp.full(input_ids.shape, 0.25, jnp.float32)
+
+    tagger.forward.fn = stand_in
+    long = " ".join(SENTENCES * 3)  # several windows
+    got = tagger.tag(["Peter Blackburn in BRUSSELS", long])
+    assert got[0] == [{"text": w, "label": "LOC", "start": a, "end": a + len(w), "score": pytest.approx(0.25)}
+                      for w, a in (("Peter", 0), ("Blackburn", 6), ("in", 16), ("BRUSSELS", 19))]
+    words = [w for w, _ in tagger.backend.pre_tokenizer.pre_tokenize_str(long)]  # the tokenizer's words
+    assert [e["text"] for e in got[1]] == words and {e["label"] for e in got[1]} == {"LOC"}
+    assert set(calls) == tagger.shapes and tagger.compiles == len(calls)  # nothing ran the real model
 
 
 @pytest.mark.slow
@@ -205,7 +230,7 @@ def test_compile_threads_change_nothing_but_when_shapes_compile(tiny_ner_dir):
     texts = _corpus(60, seed=4) + [" ".join(SENTENCES) * 3]
     got = ahead.tag(texts)
     assert ahead.compiled_ahead >= 1 and 1 < ahead.compiles <= ahead.max_compiles
-    assert ahead._forward._cache_size() <= ahead.max_compiles  # nothing compiled twice
+    assert ahead.forward.fn._cache_size() <= ahead.max_compiles  # nothing compiled twice
     inline = Tagger.from_pretrained(tiny_ner_dir, _tag_config(compile_workers=0, **shape))
     assert got == inline.tag(texts) and any(got) and inline.compiled_ahead == 0
 

@@ -11,7 +11,15 @@ from flaxner.windows import rows_per_batch, scatter, small_rows
 
 
 class CompiledForward:
-    """softmax(model(ids, mask)) jitted: label ids and scores ("first") or probabilities, one compile per shape."""
+    """softmax(model(ids, mask)) jitted: label ids and scores ("first") or probabilities, one compile per shape.
+
+    `fn` is the program every batch runs, `fn(params, input_ids, attention_mask)` with `params` this object's
+    (device-placed) `params` and int32 [rows, length] ids and mask; it returns int32 label ids and float32 scores,
+    each [rows, length], when `cfg.aggregation` is "first", else float32 probabilities [rows, length, labels].
+    A caller may replace `fn` with another function of that contract, e.g. a stand-in model that costs nothing,
+    to time the host-side work around it (bench.tag_host); `run`, `precompile` and `compile_ahead` call whatever
+    it holds. It should be `jax.jit`-compiled (`compile_ahead`, used when `tag.compile_workers` is not 0, calls
+    `fn.lower(...)`). `shapes` counts the batch shapes run, whichever `fn` ran them."""
 
     def __init__(self, model, params, cfg: TagConfig, pad_id: int):
         import jax
