@@ -46,6 +46,18 @@ def seqeval_metrics(labels: list[str]):
     return compute
 
 
+def sampling_args(group_by_length: bool) -> dict:
+    """Length-grouped or random batches in the installed transformers' words: `group_by_length` up to 4.x,
+    `train_sampling_strategy` from 5.0 (which removed the former)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hf_trainer_reference", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         adam_epsilon=tc.adam_eps, max_grad_norm=tc.max_grad_norm, eval_strategy="epoch", save_strategy=args.save,
         save_total_limit=tc.keep_checkpoints if args.save != "no" else None,
         load_best_model_at_end=args.save != "no" and tc.eval_test, metric_for_best_model="f1",
-        logging_steps=tc.log_every, report_to="none", group_by_length=args.group_by_length,
+        logging_steps=tc.log_every, report_to="none", **sampling_args(args.group_by_length),
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=False)
     losses = EpochLoss()
     trainer = TimedTrainer(model=model, args=targs, train_dataset=data["train"], eval_dataset=data["eval"],

@@ -199,12 +199,13 @@ def cache(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory, cache) -> dict[str, Path]:
-    """A 2 processes x 1 device run and a 1 process x 2 devices run of the same recipe, launched together."""
+    """A 2 processes x 2 devices run and a 1 process x 4 devices run of the same recipe, launched together: every
+    gradient is reduced across devices of one host and across hosts."""
     root = tmp_path_factory.mktemp("mh")
-    runs = {"2x1": root / "2x1", "1x2": root / "1x2"}
+    runs = {"2x2": root / "2x2", "1x4": root / "1x4"}
     results = {}
     threads = [threading.Thread(target=lambda k=k, n=n, d=d: results.__setitem__(k, _launch(runs[k], n, d, cache)))
-               for k, n, d in (("2x1", 2, 1), ("1x2", 1, 2))]
+               for k, n, d in (("2x2", 2, 2), ("1x4", 1, 4))]
     for t in threads:
         t.start()
     for t in threads:
@@ -215,50 +216,36 @@ def two_hosts(tmp_path_factory, cache) -> dict[str, Path]:
 
 
 @pytest.mark.multihost
-def test_two_processes_train_as_one_process_with_two_devices(two_hosts):
-    _assert_close(two_hosts["2x1"], two_hosts["1x2"], 1e-6)
-    multi, single = _metrics(two_hosts["2x1"]), _metrics(two_hosts["1x2"])
+def test_two_hosts_of_two_devices_train_as_one_process_with_four(two_hosts):
+    _assert_close(two_hosts["2x2"], two_hosts["1x4"], 1e-5)
+    multi, single = _metrics(two_hosts["2x2"]), _metrics(two_hosts["1x4"])
     # written once, by process 0: the same rows as the single process's, none twice
     assert [(r["type"], r["step"]) for r in multi] == [(r["type"], r["step"]) for r in single]
     assert len({json.dumps(r, sort_keys=True) for r in multi}) == len(multi)
     for a, b in zip(multi, single):
         for k in ("loss", "f1", "train_loss"):
             if k in a:
-                assert a[k] == pytest.approx(b[k], abs=1e-6), (a, b)
-    assert not (two_hosts["2x1"] / distributed.TOKEN_FILE).exists()
-    saved = load_config(two_hosts["2x1"] / "config.yaml").train
+                assert a[k] == pytest.approx(b[k], abs=1e-5), (a, b)
+    assert not (two_hosts["2x2"] / distributed.TOKEN_FILE).exists()
+    saved = load_config(two_hosts["2x2"] / "config.yaml").train
     assert saved.distributed and saved.process_id == -1 and saved.coordinator_address == ""
-
-
-@pytest.mark.multihost
-def test_two_by_two_devices_train_as_one_process_with_four(tmp_path, cache):
-    results = {}
-    threads = [threading.Thread(target=lambda k=k, n=n, d=d: results.__setitem__(
-        k, _launch(tmp_path / k, n, d, cache))) for k, n, d in (("2x2", 2, 2), ("1x4", 1, 4))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for k in results:
-        _ok(results[k])
-    _assert_close(tmp_path / "2x2", tmp_path / "1x4", 1e-5)
 
 
 @pytest.mark.multihost
 def test_sigterm_on_one_host_saves_and_stops_both_then_resume_matches(two_hosts, tmp_path, cache):
     out = tmp_path / "stopped"
     # process 1 alone is signalled, after its 3rd step: both must save step 4 and exit as interrupted
-    stopped = _launch(out, 2, 1, cache, env={"FLAXNER_TEST_SIGTERM_AT": "3", "FLAXNER_TEST_SIGTERM_PROC": "1"})
+    stopped = _launch(out, 2, 2, cache, env={"FLAXNER_TEST_SIGTERM_AT": "3", "FLAXNER_TEST_SIGTERM_PROC": "1"})
     for i, (rc, log) in enumerate(stopped):
         assert rc == 128 + signal.SIGTERM, f"process {i} exited {rc}:\n{log[-3000:]}"
         assert "stopped by signal 15 at step 4;" in log, log[-2000:]
     assert sorted(int(p.name) for p in (out / "checkpoints" / "last").iterdir() if p.name.isdigit()) == [4]
     assert [r["step"] for r in _metrics(out)] == [2, 4]
-    resumed = _launch(out, 2, 1, cache, "--resume")
+    resumed = _launch(out, 2, 2, cache, "--resume")
     _ok(resumed)
-    _assert_close(out, two_hosts["2x1"], 1e-6)
+    _assert_close(out, two_hosts["2x2"], 1e-6)
     assert [(r["type"], r["step"]) for r in _metrics(out)] == [(r["type"], r["step"])
-                                                               for r in _metrics(two_hosts["2x1"])]
+                                                               for r in _metrics(two_hosts["2x2"])]
 
 
 @pytest.mark.multihost

@@ -146,7 +146,6 @@ def test_a_two_cpu_machine_does_not_hang(tiny_ner_dir, corpus, tmp_path):
     script = textwrap.dedent(f"""
         import json, ray
         from flaxner import raytag
-from helpers import read_jsonl as _read
         ray.init(num_cpus=2, logging_level="WARNING")
         try:
             raytag.choose_pool(actors=2)

@@ -545,22 +545,33 @@ def _wait_gone(pids: list[int], timeout: float = 60) -> bool:
     return False
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", ["TERM", "KILL"])
-def test_processes_parent_killed_children_stop_and_resume_is_clean(tiny_ner_dir, tmp_path, sig):
-    """TERM to the parent: passed on, every child commits, exit 143 with one line. KILL to the parent: the children
-    get SIGTERM from the kernel (PDEATHSIG) and commit. Either way --resume then gives the clean run's output."""
-    import signal
-    import time
-
-    src = _write_jsonl(tmp_path / "c.jsonl", _corpus(6000, seed=11))
+@pytest.fixture(scope="module")
+def clean_run(tiny_ner_dir, tmp_path_factory) -> dict:
+    """A 3000-line corpus and its uninterrupted `flaxner tag` output's ids (one process)."""
+    d = tmp_path_factory.mktemp("clean")
+    src = _write_jsonl(d / "c.jsonl", _corpus(3000, seed=11))
     common = ["--model", str(tiny_ner_dir), "--no-progress", "--max-length", "64", "--stride", "16"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "flaxner.cli", "tag", str(src), *common]
-    clean = subprocess.run(cmd + ["-o", str(tmp_path / "clean.jsonl")], env=env, capture_output=True, timeout=600)
+    clean = subprocess.run(cmd + ["-o", str(d / "clean.jsonl")], env=env, capture_output=True, timeout=600)
     assert clean.returncode == 0, clean.stderr[-2000:]
+    return {"src": src, "common": common, "ids": [r["id"] for r in _read(d / "clean.jsonl")]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["TERM", "KILL"])
+def test_processes_parent_killed_children_stop_and_resume_is_clean(clean_run, tmp_path, sig):
+    """TERM to the parent: passed on, every child commits, exit 143 with one line. KILL to the parent: the children
+    get SIGTERM from the kernel (PDEATHSIG) and commit. Either way --resume then gives the clean run's output."""
+    import shutil
+    import signal
+    import time
+
+    src = Path(shutil.copy(clean_run["src"], tmp_path / "c.jsonl"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "flaxner.cli", "tag", str(src), *clean_run["common"]]
     out = tmp_path / "o.jsonl"
-    # commits every 0.1 s: each child has committed long before its 3000 lines are done (a fast machine tagged 3000
+    # commits every 0.1 s: each child has committed long before its 1500 lines are done (a fast machine tagged 3000
     # lines in all before the default 5 s had passed twice)
     parent = subprocess.Popen(cmd + ["-o", str(out), "--processes", "2", "--commit-every", "0.1"], env=env,
                               stderr=subprocess.PIPE, text=True)
@@ -580,8 +591,8 @@ def test_processes_parent_killed_children_stop_and_resume_is_clean(tiny_ner_dir,
     rerun = subprocess.run(cmd + ["-o", str(out), "--processes", "2", "--resume"], env=env, capture_output=True,
                            text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert [r["id"] for r in _read(out)] == [r["id"] for r in _read(tmp_path / "clean.jsonl")]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "clean.jsonl", "o.jsonl"]
+    assert [r["id"] for r in _read(out)] == clean_run["ids"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "o.jsonl"]
 
 
 @pytest.mark.slow

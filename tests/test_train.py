@@ -143,6 +143,7 @@ TWO_DEVICE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, jax
     sys.path.insert(0, {tests!r})
+    from helpers import fixed_batch
     from flaxner.config import load_config
     from flaxner.model import make_model
     from flaxner.runtime import setup_runtime
