@@ -139,6 +139,8 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
               file=sys.stderr)
         return 1
     _concatenate(outs, target)
+    for out in outs:  # a shard that finished in an interrupted run (its parent killed first) left its log
+        Path(f"{out}.log").unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     total = {key: sum(s.get(key, 0) for s in summaries.values())
              for key in ("lines", "errors", "warnings", "entities", "tokens", "long_docs")}

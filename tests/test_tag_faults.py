@@ -571,17 +571,18 @@ def test_processes_parent_killed_children_stop_and_resume_is_clean(clean_run, tm
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "flaxner.cli", "tag", str(src), *clean_run["common"]]
     out = tmp_path / "o.jsonl"
-    # commits every 0.1 s: each child has committed long before its 1500 lines are done (a fast machine tagged 3000
-    # lines in all before the default 5 s had passed twice)
+    # Commits every 0.1 s, and the signal goes as soon as a child has committed part of its shard: its 1,500 lines
+    # take seconds, while the two children's start-up (JAX, the model, compiles) can differ by more than a shard's
+    # tagging time, so the other child may not have started tagging yet, or may have finished its shard already.
     parent = subprocess.Popen(cmd + ["-o", str(out), "--processes", "2", "--commit-every", "0.1"], env=env,
                               stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + 300
-    while not all(Path(f"{out}.shard{k}of2.part.json").exists() for k in range(2)):  # both children have committed
-        assert parent.poll() is None, f"the run ended (rc {parent.returncode}) before both children committed"
-        assert time.monotonic() < end, "no commit from both children in 300 s"
-        time.sleep(0.05)
+    while not any(Path(f"{out}.shard{k}of2.part.json").exists() for k in range(2)):  # a child is mid-shard
+        assert parent.poll() is None, f"the run ended (rc {parent.returncode}) before a child committed"
+        assert time.monotonic() < end, "no commit from a child in 300 s"
+        time.sleep(0.02)
     children = _children_of(parent.pid)
-    assert len(children) == 2
+    assert 1 <= len(children) <= 2
     parent.send_signal(getattr(signal, f"SIG{sig}"))
     err = parent.communicate(timeout=120)[1]
     assert _wait_gone(children), "children outlived their parent"
