@@ -131,7 +131,8 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--resume-stdin",), dict(action="store_true", help="with --resume and stdin input: vouch that stdin gives "
                                                          "the same lines again (their CRC is checked)"), False),
     (("--commit-every",), dict(type=float, default=5.0, metavar="SECONDS",
-                               help="make the written lines durable (and resumable) this often (default 5; 0: after every line)"), True),
+                               help="make the written lines durable (and resumable) this often (default 5; 0: "
+                                    "after every line)"), True),
     (("--on-error",), dict(default="record", choices=("record", "fail"),
                            help="record: bad lines get an `error` field; fail: stop at the first"), True),
     (("--no-progress",), dict(action="store_true", help="no progress bar on stderr (it is off anyway when the "

@@ -198,15 +198,20 @@ class OutputWriter:
             self.z = _gzip_member()
             self.bytes = self.f.tell()
 
+    def _sync(self) -> None:
+        """Flush what was written; a part file also closes its gzip member and is fsynced (stdout is flushed only)."""
+        if not self.stdout:
+            self._end_member()
+        self.f.flush()
+        if not self.stdout:
+            os.fsync(self.f.fileno())
+
     def commit(self, next_line: int, resume_at: int, extra: dict | None = None) -> None:
         """Make everything written so far durable and record the input position just after it (and `extra`:
         the input's identity, the counts so far)."""
+        self._sync()
         if self.stdout:
-            self.f.flush()
             return
-        self._end_member()
-        self.f.flush()
-        os.fsync(self.f.fileno())
         state = {"key": self.key, "bytes": self.bytes, "lines": self.lines_done,
                  "next_line": next_line, "resume_at": resume_at, **(extra or {})}
         tmp = Path(self.path + ".part.tmp")
@@ -215,12 +220,9 @@ class OutputWriter:
         self.state = state
 
     def finish(self) -> None:
+        self._sync()
         if self.stdout:
-            self.f.flush()
             return
-        self._end_member()
-        self.f.flush()
-        os.fsync(self.f.fileno())
         self.f.close()
         os.replace(self.part, self.path)
         self.sidecar.unlink(missing_ok=True)
