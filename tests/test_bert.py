@@ -45,7 +45,7 @@ def batch(vocab=1000, pad=0, seed=0):
 
 
 def torch_logits(cls, config: BertConfig, params, ids, mask):
-    import torch
+    torch = pytest.importorskip("torch")
 
     ref = cls(cls.config_class(**config.to_dict())).eval()
     state = {k: torch.from_numpy(v) for k, v in to_pytorch_names(params).items()}
@@ -171,7 +171,7 @@ def test_remat_gives_the_same_gradients(scan):
 
 @pytest.mark.slow
 def test_minilm_logits_equal_pytorch():
-    import torch
+    torch = pytest.importorskip("torch")
     from transformers import BertForTokenClassification
 
     from flaxner.config import ModelConfig
