@@ -102,7 +102,9 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
             if stopped:
                 break
             if args.resume and out.is_file() and not Path(f"{out}.part").exists():
-                continue  # finished before the interruption
+                # finished before the interruption; its log is left if the parent was killed before reading it
+                Path(f"{out}.log").unlink(missing_ok=True)
+                continue
             logs[k] = Path(f"{out}.log")
             with logs[k].open("w") as log:  # the child's stderr: its summary, or why it failed
                 # its own session: a terminal's Ctrl-C reaches the parent only, which passes it on once
@@ -139,8 +141,6 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
               file=sys.stderr)
         return 1
     _concatenate(outs, target)
-    for out in outs:  # a shard that finished in an interrupted run (its parent killed first) left its log
-        Path(f"{out}.log").unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     total = {key: sum(s.get(key, 0) for s in summaries.values())
              for key in ("lines", "errors", "warnings", "entities", "tokens", "long_docs")}

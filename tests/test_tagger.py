@@ -356,9 +356,12 @@ def test_processes_join_their_shards_in_order_and_resume(tiny_ner_dir, tmp_path,
     out = tmp_path / "three.jsonl"
     assert main(["tag", str(src), "-o", f"{out}.shard1of2", "--shard", "1/2", *common]) == 0
     capsys.readouterr()
+    stale_log = Path(f"{out}.shard1of2.log")  # what a parent killed before reading its finished child's log leaves
+    stale_log.write_text("tag: the finished child's summary\n")
     assert main(["tag", str(src), "-o", str(out), "--processes", "2", "--resume", *common]) == 0
     assert "1 of 2 shard processes started (1 already complete)" in capsys.readouterr().err
     assert [r["id"] for r in _read(out)] == [r["id"] for r in one]
+    assert not stale_log.exists()
     assert main(["tag", str(src), "-o", str(out), "--processes", "2", "--resume", *common]) == 2
     assert "already complete" in capsys.readouterr().err
 
