@@ -5,7 +5,11 @@ and as running text (no space before `, . ; : ) 's`, none after `(`), tagged wit
 `pipeline(aggregation_strategy="first")` on the same weights (model/model.safetensors). Entities found in the
 text are mapped back to the gold words they overlap and scored with seqeval like evaluation.
 
+`--documents` tags each CoNLL-2003 document (`-DOCSTART-`) as one text instead, its sentences joined by spaces, with
+each context policy (`--context`: `none` tags its sentences one at a time, `document` lets windows cross them).
+
     python -m bench.tag_vs_eval --model /work/runs-h-data/minilm1 --json /tmp/tag_vs_eval.json
+    python -m bench.tag_vs_eval --model runs/minilm --documents --no-hf --splits test
 """
 
 from __future__ import annotations
@@ -45,6 +49,69 @@ def tags_on_words(entities: list[dict], spans: list[tuple[int, int]], type_key: 
         for j, k in enumerate(hit):
             tags[k] = ("B-" if j == 0 else "I-") + e[type_key]
     return tags
+
+
+def documents_of(split: str, sentences: list[list[str]]) -> list[list[int]]:
+    """The sentence indices of each CoNLL-2003 document of the shipped `split`, checked against `sentences` (its
+    first sentences, for a run with `data.limit`)."""
+    from flaxner.data import BUILTIN_DIR, find_split_file
+    from flaxner.readers import read_conll
+
+    s = read_conll(find_split_file(BUILTIN_DIR, split))
+    if s.tokens[:len(sentences)] != sentences:
+        raise SystemExit(f"--documents: the run's {split} split is not the shipped CoNLL-2003 copy")
+    docs: dict[int, list[int]] = {}
+    for i, d in enumerate(s.documents[:len(sentences)]):
+        docs.setdefault(d, []).append(i)
+    return list(docs.values())
+
+
+def join_document(sentences: list[list[str]], layout: str) -> tuple[str, list[list[tuple[int, int]]]]:
+    """A document's text (sentences joined by one space) and each sentence's word spans in it."""
+    parts, spans, pos = [], [], 0
+    for words in sentences:
+        text, sp = join_words(words, layout)
+        spans.append([(a + pos, b + pos) for a, b in sp])
+        parts.append(text)
+        pos += len(text) + 1
+    return " ".join(parts), spans
+
+
+def run_documents(args) -> dict:
+    """Each document as one text, tagged with each context policy; F1 on the gold words beside `flaxner eval`."""
+    from flaxner.evaluate import compute_metrics, predict_split
+    from flaxner.model import load_trained
+    from flaxner.tagger import Tagger
+
+    loaded = load_trained(args.model)
+    out, rows = {"model": args.model, "splits": {}}, []
+    taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c) for c in args.context}
+    for split in args.splits:
+        ev = predict_split(loaded, split=split, limit=args.limit)
+        docs = documents_of(split, ev.tokens)
+        res = {"eval": ev.metrics["f1"], "sentences": len(ev.gold), "documents": len(docs)}
+        for layout in LAYOUTS:
+            joined = [join_document([ev.tokens[i] for i in d], layout) for d in docs]
+            for c, tagger in taggers.items():
+                t0 = time.perf_counter()
+                ents = tagger.tag([t for t, _ in joined])
+                seconds = time.perf_counter() - t0
+                pred: list[list[str]] = [[] for _ in ev.gold]
+                for d, e, (_, spans) in zip(docs, ents, joined):
+                    tags = tags_on_words(e, [w for sp in spans for w in sp])
+                    for i, sp in zip(d, spans):
+                        pred[i], tags = tags[:len(sp)], tags[len(sp):]
+                res[f"tag_{c}_{layout}"] = compute_metrics(ev.gold, pred)["f1"]
+                res[f"seconds_{c}_{layout}"] = round(seconds, 2)
+                rows.append({"split": split, "layout": layout, "context": c, "eval": 100 * res["eval"],
+                             "tag": 100 * res[f"tag_{c}_{layout}"],
+                             "gap": 100 * (res[f"tag_{c}_{layout}"] - res["eval"])})
+        out["splits"][split] = res
+        print(json.dumps({split: res}), flush=True)
+    out["table"] = markdown_table(rows, [("split", "split", ""), ("layout", "text layout", ""),
+                                         ("context", "tag context", ""), ("eval", "flaxner eval F1", ".2f"),
+                                         ("tag", "tag documents F1", ".2f"), ("gap", "tag - eval", "+.2f")])
+    return out
 
 
 def run(args) -> dict:
@@ -102,9 +169,11 @@ def main() -> None:
     p.add_argument("--splits", nargs="+", default=["validation", "test"])
     p.add_argument("--limit", type=int, default=0, help="sentences per split (0: all)")
     p.add_argument("--no-hf", action="store_true", help="skip HF's PyTorch pipeline")
+    p.add_argument("--documents", action="store_true", help="tag whole CoNLL-2003 documents (see above)")
+    p.add_argument("--context", nargs="+", default=["none", "document"], help="with --documents: the policies")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    out = {"header": header(), **run(args)}
+    out = {"header": header(), **(run_documents(args) if args.documents else run(args))}
     print(out["table"])
     if args.json:
         write_json(args.json, out)

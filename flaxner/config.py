@@ -25,6 +25,10 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 
 
+# What a model row may see around the words it predicts (flaxner.rows explains each).
+CONTEXTS = ("none", "document")
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
@@ -151,6 +155,9 @@ class TagConfig:
     # Words the tagger reads labels from: "conll" splits text as CoNLL-2003 was tokenized (flaxner.words, the
     # words training saw); "tokenizer" uses the tokenizer's pre-tokenizer words (as HF's pipeline does).
     words: str = "conll"
+    # What a row may see (flaxner.rows): "none" tags each sentence of a text on its own, as a model trained on
+    # single sentences saw them; "document": windows run across sentences (up to max_length).
+    context: str = "none"
 
 
 @dataclass(frozen=True)
@@ -309,6 +316,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.labels: must list distinct tags including 'O', got {list(d.labels)}")
     if cfg.tag.words not in ("conll", "tokenizer"):
         raise ConfigError(f"tag.words: expected conll or tokenizer, got {cfg.tag.words!r}")
+    if cfg.tag.context not in CONTEXTS:
+        raise ConfigError(f"tag.context: expected one of {', '.join(CONTEXTS)}, got {cfg.tag.context!r}")
     if d.fit_buckets < 0:
         raise ConfigError(f"data.fit_buckets: must be 0 (off) or a count of lengths, got {d.fit_buckets}")
     if cfg.tag.compile_workers < -1:

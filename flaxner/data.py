@@ -15,6 +15,7 @@ from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, detect_sc
     label2id, to_iob2
 from flaxner.readers import DataError, Sentences, drop_empty, name_ids, read_file, read_hf
 from flaxner.readers import read_conll as read_conll_sentences
+from flaxner.rows import plan_rows
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,8 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
         word_ids = enc.word_ids(i)
         aligned = align_labels(word_ids, tags_col[i], cfg.label_all_tokens, bmap)
         starts = [w if w is not None and (k == 0 or word_ids[k - 1] != w) else -1 for k, w in enumerate(word_ids)]
-        pieces = _split_at_words(word_ids, budget)
+        # A sentence with no sub-tokens still gives its one (empty) row, so that every sentence is scored.
+        pieces = [(w.start, w.end) for w in plan_rows(len(ids), budget, "words", word_ids=word_ids)] or [(0, 0)]
         n_split += len(pieces) > 1
         for a, b in pieces:
             ids_out.append(np.array([cls, *ids[a:b], sep], dtype=np.int32))
@@ -272,20 +274,3 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
     n_words = np.array([len(t) for t in tokens_col], dtype=np.int64)
     return Encoded(ids_out, lab_out, words_out, np.array(src, dtype=np.int64), n_words, n_split)
 
-
-def _split_at_words(word_ids: Sequence[int | None], budget: int) -> list[tuple[int, int]]:
-    """Sub-token ranges of at most `budget` that start at word starts (a single over-long word is cut)."""
-    n = len(word_ids)
-    if n <= budget:
-        return [(0, n)]
-    pieces, start = [], 0
-    while start < n:
-        end = min(start + budget, n)
-        if end < n:
-            cut = end
-            while cut > start and word_ids[cut] == word_ids[cut - 1]:
-                cut -= 1
-            end = cut if cut > start else end
-        pieces.append((start, end))
-        start = end
-    return pieces

@@ -36,6 +36,8 @@ class Sentences:
     tags: list[list] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     per_word_lines: bool = False
+    # The document of each sentence (CoNLL: counted at each -DOCSTART-); empty: the reader knows none.
+    documents: list[int] = field(default_factory=list)
 
     def where(self, i: int, k: int = 0) -> str:
         """file:line of word k of sentence i."""
@@ -57,7 +59,7 @@ def text_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
 
 def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     """A CoNLL column file: one word per line (columns split by tabs if the line has one, else by spaces),
-    blank lines between sentences, -DOCSTART- lines skipped; the word is column `data.token_column`, the tag
+    blank lines between sentences, a -DOCSTART- line starts a document (`Sentences.documents`); the word is column `data.token_column`, the tag
     `data.tag_column`, and `data.token_prefix` is stripped from words that carry it."""
     path = Path(path)
     out = Sentences(str(path), per_word_lines=True)
@@ -66,12 +68,14 @@ def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     start = 0
     need = max(cfg.token_column, cfg.tag_column) + 1 if cfg.tag_column >= 0 else max(cfg.token_column + 1, 2)
     prefix = cfg.token_prefix
+    doc = 0
 
     def flush() -> None:
         if words:
             out.tokens.append(list(words))
             out.tags.append(list(tags))
             out.lines.append(start)
+            out.documents.append(doc)
             words.clear()
             tags.clear()
 
@@ -82,6 +86,7 @@ def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
         cols = line.split("\t") if "\t" in line else line.split()
         if cols[0].strip() == "-DOCSTART-":
             flush()
+            doc += bool(out.tokens)  # the first document's marker opens the file
             continue
         if len(cols) < need:
             raise DataError(f"{path}:{lineno}: expected at least {need} columns (word in column "
@@ -242,7 +247,7 @@ def drop_empty(s: Sentences) -> Sentences:
     if len(keep) == len(s.tokens):
         return s
     return Sentences(s.source, [s.tokens[i] for i in keep], [s.tags[i] for i in keep], [s.lines[i] for i in keep],
-                     s.per_word_lines)
+                     s.per_word_lines, [s.documents[i] for i in keep] if s.documents else [])
 
 
 def name_ids(s: Sentences, names: Sequence[str] | None, how: str) -> None:

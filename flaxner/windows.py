@@ -12,28 +12,7 @@ from tokenizers import Encoding
 
 from flaxner.batching import bucket_for
 from flaxner.labels import spans_from_ids
-
-
-def plan_windows(n: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Cover `n` sub-tokens with windows of at most `size` tokens overlapping by `stride`; each token is owned by
-    the window whose centre is nearest (the one where it has the most context on both sides).
-
-    Returns (start, end, own_start, own_end) per window; the owned ranges tile [0, n) exactly."""
-    if n <= size:
-        return [(0, n, 0, n)]
-    step = size - stride
-    starts = list(range(0, n - size, step)) + [n - size]
-    out = []
-    own_lo = 0
-    for k, a in enumerate(starts):
-        if k + 1 < len(starts):
-            # First token whose distance to the next window's centre is smaller (ties stay with this window).
-            own_hi = (2 * a + size - 1 + 2 * starts[k + 1] + size - 1) // 4 + 1
-        else:
-            own_hi = n
-        out.append((a, a + size, own_lo, own_hi))
-        own_lo = own_hi
-    return out
+from flaxner.rows import plan_rows, plan_windows, sentence_token_starts
 
 
 @dataclass(slots=True)
@@ -52,6 +31,8 @@ class DocState:
     # Start of each word in `text` when the text was split into words before tokenizing (the Encoding's offsets
     # are then within each word); None: the Encoding's offsets are into `text`.
     word_starts: np.ndarray | None = None
+    # First sub-token of each sentence, when rows must not cross sentences (context `none`); None: one segment.
+    segments: list[int] | None = None
 
     def token_chars(self, t: int) -> tuple[int, int]:
         """Character offsets of sub-token `t` in `text` (read from the Encoding only for the few tokens that start
@@ -80,11 +61,9 @@ class Row:
 
 
 def rows_for(doc: DocState, size: int, stride: int) -> list[Row]:
-    """The windows of one document as batch rows (none for a document without sub-tokens)."""
-    n = len(doc.ids)
-    if n == 0:
-        return []
-    return [Row(doc, *w) for w in plan_windows(n, size, stride)]
+    """The windows of one document as batch rows (none for a document without sub-tokens), within its sentences
+    when it has `segments`."""
+    return [Row(doc, *w) for w in plan_rows(len(doc.ids), size, "windows", stride=stride, segments=doc.segments)]
 
 
 def rows_per_batch(bucket: int, batch_size: int, batch_tokens: int, multiple: int) -> int:
@@ -213,14 +192,15 @@ def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: 
     return out
 
 
-def encode(backend, chunk: list, words: str = "tokenizer") -> list[tuple]:
+def encode(backend, chunk: list, words: str = "tokenizer", context: str = "document") -> list[tuple]:
     """Tokenize the texts of a chunk of records in one Rust call (again one by one if that fails, so that only the
     failing line fails): (record, DocState) pairs, None for records with an error. The encodings are merged into
     one before they are read, so Python converts one long list per field, not short ones per record; character
     offsets stay in each record's Encoding until an entity needs them.
 
     `words`: "tokenizer" reads labels from the tokenizer's pre-tokenizer words (as HF's pipeline does); "conll"
-    splits each text with `flaxner.words.split_words` first, the words CoNLL-style training data has."""
+    splits each text with `flaxner.words.split_words` first, the words CoNLL-style training data has.
+    `context`: "none" finds each text's sentences (`DocState.segments`), so that no row crosses one."""
     todo = [r for r in chunk if r.error is None]
     if words == "conll":
         from flaxner.words import split_words
@@ -243,16 +223,42 @@ def encode(backend, chunk: list, words: str = "tokenizer") -> list[tuple]:
                 r.error = f"line {r.line}: the tokenizer failed ({type(e).__name__}: {e})"
                 encs.append(None)
     starts = [None] * len(todo) if spans is None else [np.array([a for a, _ in sp], dtype=np.int64) for sp in spans]
-    good = [(r, e, st) for r, e, st in zip(todo, encs, starts) if e is not None]
+    word_spans = [None] * len(todo) if spans is None else spans
+    good = [(r, e, st, sp) for r, e, st, sp in zip(todo, encs, starts, word_spans) if e is not None]
     docs = {}
     if good:
-        merged = Encoding.merge([e for _, e, _ in good], growing_offsets=False)
-        ends = np.cumsum([len(e) for _, e, _ in good]).tolist()
+        merged = Encoding.merge([e for _, e, _, _ in good], growing_offsets=False)
+        ends = np.cumsum([len(e) for _, e, _, _ in good]).tolist()
         ids = np.array(merged.ids, dtype=np.int32)
         wids = merged.word_ids
         word_ids = np.array(wids if None not in wids else [-1 if w is None else w for w in wids], dtype=np.int32)
         a = 0
-        for (r, e, st), b in zip(good, ends):
-            docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
+        for (r, e, st, sp), b in zip(good, ends):
+            doc = docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
+            if context == "none":
+                doc.segments = _sentence_segments(doc, sp)
             a = b
     return [(r, docs.get(id(r))) for r in chunk]
+
+
+def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None) -> list[int]:
+    """The first sub-token of each sentence of `doc`. `spans`: its CoNLL-style words when the tokenizer was given
+    those (its word ids then count them); None: find the words, then map each sentence's first character to the
+    sub-token holding it."""
+    from flaxner.words import sentence_starts, split_words
+
+    if not len(doc.ids):
+        return []
+    if spans is not None:
+        return sentence_token_starts(doc.word_ids, sentence_starts(doc.text, spans))
+    spans = split_words(doc.text)
+    out = [0]
+    for k in sentence_starts(doc.text, spans)[1:]:
+        t = None
+        for c in range(spans[k][0], spans[k][1]):  # a character the normaliser dropped has no sub-token
+            t = doc.enc.char_to_token(c)
+            if t is not None:
+                break
+        if t is not None and t > out[-1]:
+            out.append(t)
+    return out

@@ -84,3 +84,38 @@ def _keeps_period(w: str, first: bool) -> bool:
     stem = w[:-1]
     return (stem.lower() in ABBREVIATIONS or _INITIALS.fullmatch(w) is not None
             or (first and stem.isdigit()))
+
+
+# A sentence ends after a word made only of these (".", "?!", "...") and the closing marks after it.
+_TERMINAL = frozenset(".!?\u2026")
+_CLOSERS = frozenset(")]}\u201d\u2019\u00bb")  # never open a sentence
+_QUOTES = frozenset("\"'")  # open or close: close one when glued to the mark or when the sentence opened one
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+
+
+def sentence_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
+    """Indices of the words (`spans`, as `split_words` gives them) that start a sentence, 0 first: a sentence ends
+    after a word of only `.`, `!`, `?` (abbreviations and initials keep their period inside the word, so they never
+    end one) and the closing brackets or quotes after it, or at a blank line."""
+    if not spans:
+        return []
+    out = [0]
+    ended = _is_terminal(text, spans[0])  # the words so far end a sentence
+    quotes = text[spans[0][0]:spans[0][1]] == '"'  # an open straight quote in this sentence
+    for k in range(1, len(spans)):
+        a, b = spans[k]
+        w = text[a:b]
+        if ended and w and (all(c in _CLOSERS for c in w) or
+                            (all(c in _QUOTES for c in w) and (quotes or a == spans[k - 1][1]))):
+            quotes = False
+            continue  # `. )`, `."` or `. "` closing an open quote: the mark belongs to the sentence that ended
+        if ended or _BLANK_LINE.search(text, spans[k - 1][1], a):
+            out.append(k)
+            quotes = False
+        ended = _is_terminal(text, spans[k])
+        quotes ^= w == '"'
+    return out
+
+
+def _is_terminal(text: str, span: tuple[int, int]) -> bool:
+    return all(c in _TERMINAL for c in text[span[0]:span[1]])

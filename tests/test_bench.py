@@ -125,3 +125,13 @@ def test_hf_reference_takes_the_labels_of_relabelled_data(tmp_path):
     res = json.loads(out.read_text())
     assert res["labels"] == ["O", *(f"{p}-{t}" for t in ("MISC", "NUM", "ORG", "PER", "PLACE") for p in "BI")]
     assert len(res["history"]) == 1 and 0 <= res["test"]["f1"] <= 1
+
+
+def test_tag_vs_eval_documents_tiny(tiny_run, tmp_path):
+    out = tmp_path / "tag_vs_eval.json"
+    run("tag_vs_eval", "--model", str(tiny_run["run_dir"]), "--documents", "--no-hf", "--splits", "test",
+        "--limit", "40", "--json", str(out))
+    res = json.loads(out.read_text())["splits"]["test"]
+    assert res["sentences"] == 40 and res["documents"] >= 2
+    for key in ("tag_none_spaces", "tag_none_running", "tag_document_spaces", "tag_document_running"):
+        assert 0.0 <= res[key] <= 1.0, key

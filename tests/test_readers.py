@@ -219,3 +219,12 @@ def test_a_label_set_without_misc_builds_the_model_it_names(tmp_path, gold, tiny
     model, params = make_model(tiny_cfg.model, labels, seed=0, vocab_size=len(tiny_tokenizer))
     logits = model(jnp.asarray(enc.input_ids[0][None]), params=params, train=False).logits
     assert logits.shape[-1] == len(labels) and model.config.id2label == dict(enumerate(labels))
+
+
+def test_conll_docstart_starts_a_document(tmp_path):
+    from flaxner.readers import read_conll
+
+    p = tmp_path / "d.conll"
+    p.write_text("-DOCSTART- -X- O O\n\nA x B-PER\n\nB x O\n\n-DOCSTART- -X- O O\n\nC x O\n", encoding="utf-8")
+    s = read_conll(p)
+    assert s.tokens == [["A"], ["B"], ["C"]] and s.documents == [0, 0, 1]

@@ -17,7 +17,8 @@ from flaxner.tagger import Tagger
 from flaxner.tagging.reading import Record
 from flaxner.tagging.writing import OutputWriter, default_output
 from helpers import FIXTURE, SENTENCES, tag_config as _tag_config, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
-from flaxner.windows import DocState, encode, entities, entities_many, plan_windows
+from flaxner.rows import plan_windows
+from flaxner.windows import DocState, encode, entities, entities_many
 
 TRICKY = [
     "Ça a été très bien à Zürich, São Paulo et Montréal.",
@@ -143,7 +144,8 @@ def _key(results):
     return [[(e["label"], e["start"], e["end"]) for e in ents] for ents in results]
 
 
-def test_batched_windowed_tagger_equals_single_pass_on_short_documents(tiny_ner_dir, tagger):
+def test_batched_windowed_tagger_equals_single_pass_on_short_documents(tiny_ner_dir):
+    tagger = Tagger.from_pretrained(tiny_ner_dir, _tag_config(context="document"))  # one row per text
     texts = [t for t in SENTENCES + TRICKY[:2] + _corpus(30, seed=3)
              if len(tagger.backend.encode(t, add_special_tokens=False).ids) <= 126]  # one window of 128
     ref = _reference(tiny_ner_dir, texts)
@@ -152,7 +154,7 @@ def test_batched_windowed_tagger_equals_single_pass_on_short_documents(tiny_ner_
     for g, r in zip(got, ref):
         np.testing.assert_allclose([e["score"] for e in g], [x[3] for x in r], atol=1e-4)
     # small windows on documents that fit in one: the same entities
-    small = Tagger.from_pretrained(tiny_ner_dir, _tag_config(max_length=64, stride=16))
+    small = Tagger.from_pretrained(tiny_ner_dir, _tag_config(max_length=64, stride=16, context="document"))
     short = [t for t in texts if len(tagger.backend.encode(t, add_special_tokens=False).ids) <= 62]
     assert _key(small.tag(short)) == _key(tagger.tag(short))
 
@@ -445,3 +447,24 @@ def test_cli_writes_to_stdout(tiny_ner_dir, tmp_path):
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert len(lines) == len(SENTENCES) and all("entities" in x for x in lines)
     assert not (tmp_path / "c.entities.jsonl").exists()
+
+
+@pytest.mark.parametrize("words", ["tokenizer", "conll"])
+def test_context_none_tags_each_sentence_of_a_document_as_if_alone(tiny_ner_dir, words):
+    """A model trained on single sentences sees a document's sentences one at a time (context `none`, the
+    default), so a document gets exactly the entities of its sentences tagged alone, offsets shifted."""
+    tagger = Tagger.from_pretrained(tiny_ner_dir, _tag_config(words=words))
+    sents = [s for s in SENTENCES if s.endswith(" .")] + ['Then ( he left Brussels . ) "Fine . "']
+    doc = " ".join(sents)
+    expected, pos = [], 0
+    for s, ents in zip(sents, tagger.tag(sents)):
+        expected += [(e["label"], e["start"] + pos, e["end"] + pos, e["score"]) for e in ents]
+        pos += len(s) + 1
+    windows = tagger.stats.windows
+    got = tagger.tag(doc)
+    assert tagger.stats.windows - windows == 6  # the closing bracket and quote stay with their sentences
+    assert [(e["label"], e["start"], e["end"]) for e in got] == [x[:3] for x in expected]
+    np.testing.assert_allclose([e["score"] for e in got], [x[3] for x in expected], atol=1e-5)
+    whole = Tagger.from_pretrained(tiny_ner_dir, _tag_config(words=words, context="document"))
+    whole.tag(doc)
+    assert whole.stats.windows == 1  # the document as one row, as before

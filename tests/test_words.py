@@ -77,3 +77,26 @@ def test_conll_words_offsets_point_into_the_text(tokenizer_dir):
             assert wa <= a < b <= wb
         first = np.flatnonzero(np.r_[True, doc.word_ids[1:] != doc.word_ids[:-1]]) if len(doc.ids) else []
         assert [doc.token_chars(t)[0] for t in first] == [a for a, _ in spans]
+
+
+def _sentences(text):
+    from flaxner.words import sentence_starts
+
+    spans = split_words(text)
+    starts = sentence_starts(text, spans)
+    return [" ".join(text[a:b] for a, b in spans[s:e]) for s, e in zip(starts, starts[1:] + [len(spans)])]
+
+
+def test_sentences_end_at_terminal_marks_not_at_abbreviations():
+    assert _sentences("Japan won 2-1 . China lost ! Why ?") == ["Japan won 2-1 .", "China lost !", "Why ?"]
+    assert _sentences('He met U.S. officials in St. Louis. "Fine." (He left.) Then') == [
+        "He met U.S. officials in St. Louis .", '" Fine . "', "( He left . )", "Then"]
+    assert _sentences("Wait... what") == ["Wait ...", "what"]
+    # CoNLL-style text: marks are words of their own; a straight quote closes the quote its sentence opened
+    assert _sentences('" Fine . " He left ( again . ) " Next') == ['" Fine . "', "He left ( again . )", '" Next']
+
+
+def test_sentences_end_at_blank_lines_only():
+    assert _sentences("SOCCER - LATE GOALS\n\nLONDON 1996-08-30\nWest Ham won .") == [
+        "SOCCER - LATE GOALS", "LONDON 1996-08-30 West Ham won ."]
+    assert _sentences("") == [] and _sentences("no end") == ["no end"]

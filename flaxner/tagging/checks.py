@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from flaxner.config import TagConfig
+from flaxner.config import CONTEXTS, TagConfig
 
 _IOB2 = re.compile(r"O|[BI]-.+")
 
@@ -27,6 +27,8 @@ def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
     if not 3 <= cfg.max_length <= min(max_positions, cfg.buckets[-1]):
         raise ValueError(f"max_length {cfg.max_length}: must be in [3, {min(max_positions, cfg.buckets[-1])}] "
                          f"(the model's positions and the largest bucket)")
+    if cfg.context not in CONTEXTS:
+        raise ValueError(f"context: expected one of {', '.join(CONTEXTS)}, got {cfg.context!r}")
     if not 0 <= cfg.stride < cfg.max_length - 2:
         raise ValueError(f"stride {cfg.stride}: must be in [0, max_length - 2)")
 

@@ -30,7 +30,8 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
     key = {"input": str(Path(path).resolve()) if path != "-" else "-", "shard": list(shard_t), "format": fmt,
            "text_field": tagger.text_field, "id_field": id_field, "keep_fields": keep_fields,
            "model": tagger.model_dir, "aggregation": tagger.cfg.aggregation, "max_length": tagger.cfg.max_length,
-           "stride": tagger.cfg.stride, "words": tagger.cfg.words, "max_line_bytes": max_line_bytes}
+           "stride": tagger.cfg.stride, "words": tagger.cfg.words, "context": tagger.cfg.context,
+           "max_line_bytes": max_line_bytes}
     writer = OutputWriter(output, key, resume, overwrite)
     try:
         reader = LineReader(path, shard_t, writer.resume_point, max_line_bytes,

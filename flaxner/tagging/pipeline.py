@@ -138,7 +138,7 @@ class Pipeline:
                 chunk = [r for _, r in zip(range(cfg.lookahead), records)]
                 if not chunk:
                     break
-                docs = encode(tok.backend, chunk, words=cfg.words)
+                docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context)
                 rows = []
                 for _, doc in docs:
                     if doc is not None:
