@@ -19,7 +19,7 @@ import numpy as np
 
 
 def variants(conf):
-    from flaxner.bert import FlaxBertForTokenClassification
+    from flaxner.models.bert import FlaxBertForTokenClassification
 
     out = {"scan": FlaxBertForTokenClassification(conf, scan_layers=True),
            "unrolled": FlaxBertForTokenClassification(conf, scan_layers=False)}
@@ -34,7 +34,7 @@ def variants(conf):
 
 
 def main() -> None:
-    from flaxner.bert import FlaxBertForTokenClassification
+    from flaxner.models.bert import FlaxBertForTokenClassification
 
     ap = argparse.ArgumentParser(prog="python -m bench.bert_variants")
     ap.add_argument("--batch", type=int, default=16)
@@ -45,9 +45,9 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variants")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import packaged_minilm, read_config
-    from flaxner.step import loss_fn
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import packaged_minilm, read_config
+    from flaxner.training.step import loss_fn
 
     conf = read_config(Path(packaged_minilm())).replace(labels=tuple(CONLL_LABELS))
     if args.layers:

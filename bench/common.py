@@ -171,7 +171,7 @@ BACKGROUND = "ahead:"  # CompileCounter's prefix for what flaxner's compile thre
 class CompileCounter:
     """Counts XLA compilations and their time (tracing + lowering + backend compile) per jitted function, from
     JAX's monitoring events; `snapshot()` then `since(snap)` isolates a phase. Match flaxner's programs by the
-    names it exports (`flaxner.step.TRAIN_STEP_NAMES`, `flaxner.evaluate.EVAL_STEP_NAME`)."""
+    names it exports (`flaxner.training.step.TRAIN_STEP_NAMES`, `flaxner.training.evaluate.EVAL_STEP_NAME`)."""
 
     EVENTS = {"/jax/core/compile/backend_compile_duration": "backend",
               "/jax/core/compile/jaxpr_trace_duration": "trace",
@@ -240,7 +240,7 @@ def gpu_corpus(n_lines: int, long_every: int, long_sents: int) -> list[str]:
     (all splits) cycled to `n_lines` lines; every `long_every`-th line is instead a long document of `long_sents`
     consecutive sentences (longer than one 512-token window at full size)."""
     from flaxner.config import DataConfig
-    from flaxner.data import load_split
+    from flaxner.data.splits import load_split
 
     sents = [" ".join(t) for split in ("train", "validation", "test")
              for t in load_split(DataConfig(), split)[:]["tokens"]]

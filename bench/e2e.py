@@ -32,8 +32,8 @@ def flaxner_worker(args) -> None:
     """`flaxner train` in this process, with XLA compilations counted."""
     counter = CompileCounter()
     from flaxner.cli import main as cli_main
-    from flaxner.evaluate import EVAL_STEP_NAME  # compiles of other functions count as load
-    from flaxner.step import TRAIN_STEP_NAMES
+    from flaxner.training.evaluate import EVAL_STEP_NAME  # compiles of other functions count as load
+    from flaxner.training.step import TRAIN_STEP_NAMES
 
     rc = cli_main(["train", "--config", args.config, "--output-dir", args.output_dir, *args.overrides])
     s = json.loads((Path(args.output_dir) / "summary.json").read_text())

@@ -14,7 +14,7 @@
 #      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl"
 #   $W datasets==5.0.1 dill==0.4.1 multiprocess==0.70.19
 #   python3 -m pip wheel --no-deps seqeval==1.2.2 -w .whl        # seqeval is published as an sdist only
-#   python3 -c "from transformers import AutoTokenizer; from flaxner.model import packaged_minilm; \
+#   python3 -c "from transformers import AutoTokenizer; from flaxner.models.loading import packaged_minilm; \
 #      AutoTokenizer.from_pretrained(packaged_minilm()).save_pretrained('.whl/minilm-tokenizer')"
 #
 # The MiniLM tokenizer stands in for mBERT's (not available offline); the model keeps mBERT's shape. The

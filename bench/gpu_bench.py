@@ -87,8 +87,8 @@ def part_train(args) -> None:
     import jax
 
     from flaxner.precompile import Precompiler, workers_for
-    from flaxner.step import TRAIN_STEP_NAMES
-    from flaxner.train import StepEvent, build_run, training_steps
+    from flaxner.training.step import TRAIN_STEP_NAMES
+    from flaxner.training.train import StepEvent, build_run, training_steps
 
     counter = CompileCounter()
     cfg, keep_vocab = load_cfg(args, args.dtype)
@@ -153,7 +153,7 @@ def part_train(args) -> None:
     out["bf16_matmul_flop_s"] = matmul_rate("bfloat16", args.matmul_n)
     out["mfu"] = out["model_flop_s"] / out["bf16_matmul_flop_s"]
     if args.save_model:  # the tag and hf parts tag with this model
-        from flaxner.export import save_model
+        from flaxner.training.export import save_model
 
         save_model(run.model, run.export_params(run.state["params"]), run.tokenizer, Path(args.save_model))
     out["peak_rss_mib"] = peak_rss_mib()
@@ -170,9 +170,9 @@ def ensure_model(args, model_dir: Path) -> str:
     """The model the tag/hf parts run: the one a train part saved, or a random one of the same shape."""
     if (model_dir / "config.json").is_file():
         return "trained"
-    from flaxner.export import save_model
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import make_model, make_tokenizer
+    from flaxner.training.export import save_model
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import make_model, make_tokenizer
 
     cfg, keep_vocab = load_cfg(args, "float32")
     tok = make_tokenizer(cfg.model)
@@ -185,9 +185,9 @@ def part_tag(args) -> None:
     out = {"part": "tag", "lines": args.tag_lines}
     try:
         from flaxner.config import TagConfig
-        from flaxner.tagger import Tagger
+        from flaxner.tagging.tagger import Tagger
     except ImportError as e:  # the tagger is optional for the rest of the benchmark
-        write_json(args.json, {**out, "error": f"flaxner.tagger unavailable: {e}"})
+        write_json(args.json, {**out, "error": f"flaxner.tagging.tagger unavailable: {e}"})
         return
     counter = CompileCounter()
     model_dir = Path(args.work) / "model"

@@ -1,7 +1,7 @@
 """A flaxner config's recipe through PyTorch + the HF Trainer: the reference the benchmarks compare against.
 
 BertForTokenClassification from the same model folder (or the same random shape), the same tokenized data and
-label inventory as `flaxner train` reads from the config's `data` (flaxner.data.load_dataset_splits + encode), lr / batch / epochs / seed / schedule / clipping from the config, the
+label inventory as `flaxner train` reads from the config's `data` (flaxner.data.splits.load_dataset_splits + encode), lr / batch / epochs / seed / schedule / clipping from the config, the
 Trainer's AdamW and dynamic padding, evaluation every epoch scored by seqeval on first sub-tokens, as the
 seed model's card. Prints the per-epoch table and the wall time split (load, train, evaluate, save, test).
 
@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
     from flaxner.config import load_config
-    from flaxner.data import encode, load_dataset_splits
-    from flaxner.model import make_tokenizer
+    from flaxner.data.splits import encode, load_dataset_splits
+    from flaxner.models.loading import make_tokenizer
 
     cfg = load_config(args.config, args.overrides)
     tc, d = cfg.train, cfg.data
     tok = make_tokenizer(cfg.model)
     splits = {"train": d.train_split, "eval": d.eval_split}
-    # the splits and labels flaxner.train.load_splits reads: test as train.eval_test says (auto: when there is one)
+    # the splits and labels flaxner.training.train.load_splits reads: test as train.eval_test says (auto: when there is one)
     required = [d.train_split, d.eval_split] + ([d.test_split] if tc.eval_test is True else [])
     ds, labels = load_dataset_splits(d, required, [d.test_split] if tc.eval_test == "auto" else [])
     labels = list(labels)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     out["total_s"] = time.perf_counter() - T0
     out["peak_rss_mib"] = peak_rss_mib()
 
-    from flaxner.export import epoch_table
+    from flaxner.training.export import epoch_table
 
     print("\n" + epoch_table(history))
     if "test" in out:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import bench_command, default_tokenizer, gpu_corpus, header, median, write_json
-from flaxner.tagprocs import child_env
+from flaxner.tagging.processes import child_env
 
 ENV = {"FLAXNER_MALLOC": "system"}
 
@@ -34,10 +34,10 @@ def stand_in_model(out: Path, tokenizer: str) -> None:
     """A 1-layer, hidden-32 BERT with the tokenizer's vocabulary and the CoNLL labels (its weights never run)."""
     from transformers import AutoTokenizer
 
-    from flaxner.bert import BertConfig, FlaxBertForTokenClassification
-    from flaxner.export import save_model
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import packaged_minilm
+    from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification
+    from flaxner.training.export import save_model
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import packaged_minilm
 
     tok = AutoTokenizer.from_pretrained(packaged_minilm() if tokenizer == "minilm" else tokenizer)
     conf = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -51,7 +51,7 @@ def child(args) -> None:
     import jax
     import jax.numpy as jnp
 
-    from flaxner.tagger import Tagger
+    from flaxner.tagging.tagger import Tagger
 
     extra = {"batch_tokens": args.batch_tokens} if args.batch_tokens > 0 else {}  # 0: the model's tag config
     tagger = Tagger.from_pretrained(args.model_dir, compilation_cache="", **extra)

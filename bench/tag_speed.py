@@ -37,9 +37,9 @@ DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "tiny": 200}
 def export_model(kind: str, out: Path) -> None:
     """A token-classification model with CoNLL labels in HF format (flaxner's export)."""
     from flaxner.config import ModelConfig
-    from flaxner.export import save_model
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import make_model, make_tokenizer
+    from flaxner.training.export import save_model
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import make_model, make_tokenizer
 
     if kind == "minilm":
         cfg = ModelConfig(name="minilm", from_pt=True)
@@ -52,7 +52,7 @@ def export_model(kind: str, out: Path) -> None:
 
 
 def make_corpus(path: Path, lines: int, long_frac: float, seed: int = 0) -> None:
-    from flaxner.data import BUILTIN_DIR, find_split_file, read_conll
+    from flaxner.data.splits import BUILTIN_DIR, find_split_file, read_conll
 
     sents = [" ".join(t) for t in read_conll(find_split_file(BUILTIN_DIR, "train"))["tokens"]]
     rng = random.Random(seed)
@@ -91,7 +91,7 @@ def worker(args) -> None:
     times = []
     extra = {}
     if args.worker == "flaxner":
-        from flaxner.tagger import Tagger
+        from flaxner.tagging.tagger import Tagger
 
         tagger = Tagger.from_pretrained(model_dir)
         run = lambda: tagger.tag_file(str(corpus), str(out_dir / "flaxner.out.jsonl"), progress=False,  # noqa: E731

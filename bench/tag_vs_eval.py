@@ -54,8 +54,8 @@ def tags_on_words(entities: list[dict], spans: list[tuple[int, int]], type_key: 
 def documents_of(split: str, sentences: list[list[str]]) -> list[list[int]]:
     """The sentence indices of each CoNLL-2003 document of the shipped `split`, checked against `sentences` (its
     first sentences, for a run with `data.limit`)."""
-    from flaxner.data import BUILTIN_DIR, find_split_file
-    from flaxner.readers import read_conll
+    from flaxner.data.splits import BUILTIN_DIR, find_split_file
+    from flaxner.data.readers import read_conll
 
     s = read_conll(find_split_file(BUILTIN_DIR, split))
     if s.tokens[:len(sentences)] != sentences:
@@ -79,9 +79,9 @@ def join_document(sentences: list[list[str]], layout: str) -> tuple[str, list[li
 
 def run_documents(args) -> dict:
     """Each document as one text, tagged with each context policy; F1 on the gold words beside `flaxner eval`."""
-    from flaxner.evaluate import compute_metrics, predict_split
-    from flaxner.model import load_trained
-    from flaxner.tagger import Tagger
+    from flaxner.training.evaluate import compute_metrics, predict_split
+    from flaxner.models.loading import load_trained
+    from flaxner.tagging.tagger import Tagger
 
     loaded = load_trained(args.model)
     out, rows = {"model": args.model, "splits": {}}, []
@@ -115,10 +115,10 @@ def run_documents(args) -> dict:
 
 
 def run(args) -> dict:
-    from flaxner.evaluate import predict_split
-    from flaxner.evaluate import compute_metrics
-    from flaxner.model import load_trained
-    from flaxner.tagger import Tagger
+    from flaxner.training.evaluate import predict_split
+    from flaxner.training.evaluate import compute_metrics
+    from flaxner.models.loading import load_trained
+    from flaxner.tagging.tagger import Tagger
 
     loaded = load_trained(args.model)
     rows, out = [], {"model": args.model, "splits": {}}

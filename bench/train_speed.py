@@ -1,7 +1,7 @@
 """Training throughput: flaxner's train step against the PyTorch step of the HF Trainer, on the same sentences.
 
 Contenders, each in its own process (they would fight over the cores and the allocator otherwise):
-  a  flaxner: the train step of `flaxner.train.build_run` on fixed-shape bucketed batches, grouped by length, as
+  a  flaxner: the train step of `flaxner.training.train.build_run` on fixed-shape bucketed batches, grouped by length, as
      `flaxner train` runs it
   b  PyTorch BertForTokenClassification + the Trainer's AdamW, linear schedule and clipping, random batches with
      dynamic padding (DataCollatorForTokenClassification): the HF Trainer's defaults, as the seed model was made
@@ -43,8 +43,8 @@ CONTENDERS = {"a": "flaxner (bucketed, grouped)", "b": "PyTorch + HF Trainer ste
 def load(args):
     """Config, tokenizer, encoded train split, the chosen sentences and the vocabulary size to build."""
     from flaxner.config import load_config
-    from flaxner.data import encode, load_split
-    from flaxner.model import make_tokenizer
+    from flaxner.data.splits import encode, load_split
+    from flaxner.models.loading import make_tokenizer
 
     name, overrides, keep_vocab = MODELS[args.model]
     cfg = load_config(args.config or name, [*overrides, f"train.batch_size={args.batch_size}",
@@ -58,15 +58,15 @@ def load(args):
 
 
 def order(enc, subset, batch_size: int, seed: int, mode: str) -> list[np.ndarray]:
-    """Batches (row indices of `enc`) over the chosen sentences, as `flaxner.batching.batch_order` draws them."""
-    from flaxner.batching import batch_order
+    """Batches (row indices of `enc`) over the chosen sentences, as `flaxner.data.batching.batch_order` draws them."""
+    from flaxner.data.batching import batch_order
 
     return [subset[b] for b in batch_order(enc.lengths[subset], batch_size, seed, 0, mode)]
 
 
 def epoch_padding(enc, batch_size: int, seed: int, mode: str, buckets=None) -> float:
     """Share of padding over one whole epoch of the full split (context for the sample's figure)."""
-    from flaxner.batching import batch_order, bucket_for
+    from flaxner.data.batching import batch_order, bucket_for
 
     lengths = enc.lengths
     real = padded = 0
@@ -84,9 +84,9 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 
     import jax
 
-    from flaxner.batching import collate
-    from flaxner.step import TRAIN_STEP_NAMES
-    from flaxner.train import build_run
+    from flaxner.data.batching import collate
+    from flaxner.training.step import TRAIN_STEP_NAMES
+    from flaxner.training.train import build_run
 
     counter = CompileCounter()
     # the schedule of a --total-steps run, as before; no test split, no checkpoints (nothing saves them)
@@ -143,8 +143,8 @@ def torch_model(cfg, vocab, names=None):
     for `names` (default CoNLL-2003's labels)."""
     from transformers import BertConfig, BertForTokenClassification
 
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import base_config, resolve_name
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import base_config, resolve_name
 
     names = list(names or CONLL_LABELS)
     labels = {"id2label": dict(enumerate(names)), "label2id": {t: i for i, t in enumerate(names)}}

@@ -65,14 +65,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = RunDir(args.output_dir).config
         path = saved if saved.is_file() else path
     cfg = load_config(resolve_config_path(path), args.overrides + _launch_overrides(args))
-    from flaxner.train import Interrupted, train
+    from flaxner.training.train import Interrupted, train
 
     try:
         summary = train(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 128 + e.signum
-    from flaxner.export import epoch_table
+    from flaxner.training.export import epoch_table
 
     print("\n" + epoch_table(summary.history))
     if summary.test:
@@ -85,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flaxner.evaluate import predict_split
+    from flaxner.training.evaluate import predict_split
     from flaxner.config import DataConfig
 
     data = DataConfig(source=args.data) if args.data else None
@@ -143,12 +143,12 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--processes",), dict(type=int, default=1, metavar="N",
                             help="tag in N processes at once, one slice of the input each, then join their outputs "
                                  "in order (one process' Python work caps it well below a GPU's pace; see "
-                                 "flaxner/tagprocs.py)"), False),
+                                 "flaxner/tagging/processes.py)"), False),
 ]
 
 
 def _tag_args(p: argparse.ArgumentParser) -> None:
-    from flaxner import raytag
+    from flaxner.tagging import raytag
 
     p.add_argument("input", nargs="+", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or "
                                             "- for stdin (several files or globs: --engine ray)")
@@ -200,7 +200,7 @@ def _tag(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.engine == "ray":
-        from flaxner import raytag
+        from flaxner.tagging import raytag
 
         return raytag.run_cli(args)
     if len(args.input) > 1:
@@ -226,12 +226,12 @@ def _tag(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.input)
     check_output(output, args.input, fresh=not (args.resume or args.overwrite))
     if args.processes > 1:  # this parent imports no JAX: the children do the tagging
-        from flaxner.tagprocs import run_processes
+        from flaxner.tagging.processes import run_processes
 
         return run_processes(args, tag_child_args(args))
     if threading_main():
         signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
-    from flaxner.tagger import Tagger
+    from flaxner.tagging.tagger import Tagger
 
     overrides = {k: getattr(args, k) for k in ("aggregation", "max_length", "stride", "batch_size", "batch_tokens",
                                                "lookahead", "dtype", "words", "context") if getattr(args, k) is not None}

@@ -25,7 +25,7 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 
 
-# What a model row may see around the words it predicts (flaxner.rows explains each).
+# What a model row may see around the words it predicts (flaxner.data.rows explains each).
 CONTEXTS = ("none", "document")
 
 
@@ -48,7 +48,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     test_split: str = "test"
-    # The label inventory in id order (IOB2 names); empty: from the data (see flaxner.data.load_dataset_splits).
+    # The label inventory in id order (IOB2 names); empty: from the data (see flaxner.data.splits.load_dataset_splits).
     labels: tuple[str, ...] = ()
     # The tagging scheme of the files: auto (detected and logged), iob2, iob1, bioes (also BILOU) or io.
     scheme: str = "auto"
@@ -152,10 +152,10 @@ class TagConfig:
     compilation_cache: str = "~/.cache/flaxner/jax"
     # Threads compiling the batch shapes ahead of their first batch; 0: on first use; -1: auto (none on CPU).
     compile_workers: int = -1
-    # Words the tagger reads labels from: "conll" splits text as CoNLL-2003 was tokenized (flaxner.words, the
+    # Words the tagger reads labels from: "conll" splits text as CoNLL-2003 was tokenized (flaxner.data.words, the
     # words training saw); "tokenizer" uses the tokenizer's pre-tokenizer words (as HF's pipeline does).
     words: str = "conll"
-    # What a row may see (flaxner.rows): "none" tags each sentence of a text on its own, as a model trained on
+    # What a row may see (flaxner.data.rows): "none" tags each sentence of a text on its own, as a model trained on
     # single sentences saw them; "document": windows run across sentences (up to max_length).
     context: str = "none"
 

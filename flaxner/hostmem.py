@@ -11,7 +11,7 @@ heap instead of returning it (peak RSS at mBERT size 5.1 -> 6.9 GiB).
 
 `tune()` applies them once, before JAX starts its CPU client (so before XLA's threads pick their arenas); the entry
 points (`flaxner.cli.main`, scripts/train.py) call it, importing `flaxner` does not, so a PyTorch process that
-imports `flaxner.labels` keeps glibc's defaults. It does nothing off glibc, when an accelerator plugin for JAX is installed (its scratch lives
+imports `flaxner.data.labels` keeps glibc's defaults. It does nothing off glibc, when an accelerator plugin for JAX is installed (its scratch lives
 on the device), or when FLAXNER_MALLOC=system.
 """
 

@@ -102,7 +102,7 @@ def workers_for(configured: int, platform: str) -> int:
 
 
 def submit_run(pre: Precompiler, run) -> dict[str, list[tuple[str, int]]]:
-    """Queue the rest of a run's compiles (a `flaxner.train.Run`, from where its loop state stands) in order of
+    """Queue the rest of a run's compiles (a `flaxner.training.train.Run`, from where its loop state stands) in order of
     first use, as its epoch plan will call them: the optimizer update of `run.step_fn` (`step.TrainStep`), its
     gradients for each train shape at its first step, the "eval" split's shapes at the end of the current epoch,
     other splits' (test) at the end of the run. Returns each evaluation split's keys, for `claim` before it is

@@ -3,7 +3,7 @@
 
     config.yaml     the resolved config the run was started with
     metrics.jsonl   one JSON line per logged step, evaluation and test
-    summary.json    the finished run's summary (`flaxner.train.Summary`)
+    summary.json    the finished run's summary (`flaxner.training.train.Summary`)
     checkpoints/    orbax checkpoints: last/ (rolling) and best/
     model/          the best epoch's HF-format model
     README.md       the model card (also model/README.md)

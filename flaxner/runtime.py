@@ -11,7 +11,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flaxner import distributed
 from flaxner.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -82,9 +81,8 @@ def enable_compilation_cache(path: str) -> None:
 
 
 def setup_runtime(tc: TrainConfig) -> Runtime:
-    """Initialise multi-host JAX when asked, enable the compile cache, and build the mesh of every host's devices
-    (ordered by process, so each host's devices take consecutive rows of a batch)."""
-    distributed.initialize(tc)
+    """Enable the compile cache and build the mesh of every host's devices (ordered by process, so each host's
+    devices take consecutive rows of a batch). A multi-host run calls `training.distributed.initialize` first."""
     enable_compilation_cache(tc.compilation_cache)
     devices = np.array(jax.devices())
     for name, size in (("train.batch_size", tc.batch_size), ("train.eval_batch_size", tc.eval_batch_size)):

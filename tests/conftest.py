@@ -36,7 +36,7 @@ def snippet() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_cfg):
-    from flaxner.model import make_tokenizer
+    from flaxner.models.loading import make_tokenizer
 
     return make_tokenizer(tiny_cfg.model)
 
@@ -44,7 +44,7 @@ def tiny_tokenizer(tiny_cfg):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cfg, tiny_tokenizer):
     """(model, params) of a random 2-layer BERT, hidden 32, with the fixture vocab."""
-    from flaxner.model import make_model
+    from flaxner.models.loading import make_model
 
     return make_model(tiny_cfg.model, seed=0, vocab_size=len(tiny_tokenizer))
 
@@ -52,7 +52,7 @@ def tiny_model(tiny_cfg, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_cfg, tmp_path_factory) -> dict:
     """One finished tiny training run (2 epochs on 48 sentences): its summary, with run_dir."""
-    from flaxner.train import train
+    from flaxner.training.train import train
 
     return train(tiny_cfg, tmp_path_factory.mktemp("runs") / "tiny")
 
@@ -69,7 +69,7 @@ def tiny_ner_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tagger(tiny_ner_dir):
     """A Tagger over tiny_ner_dir with helpers.tag_config (one per test module)."""
-    from flaxner.tagger import Tagger
+    from flaxner.tagging.tagger import Tagger
     from helpers import tag_config
 
     return Tagger.from_pretrained(tiny_ner_dir, tag_config())

@@ -28,8 +28,8 @@ def save_tiny_ner(d: Path) -> Path:
     from transformers import AutoTokenizer
 
     from flaxner.config import ModelConfig
-    from flaxner.labels import CONLL_LABELS
-    from flaxner.model import make_model
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import make_model
 
     model, params = make_model(ModelConfig(name=str(FIXTURE), random_init=True), CONLL_LABELS, seed=0,
                                vocab_size=1000)
@@ -70,7 +70,7 @@ def read_jsonl(path) -> list[dict]:
 
 def fixed_batch(vocab: int, batch: int = 8, seq: int = 16, seed: int = 0) -> dict:
     """A random labelled batch with padding after position seq // 2 + 2 and an ignored first token."""
-    from flaxner.labels import IGNORE
+    from flaxner.data.labels import IGNORE
 
     rng = np.random.default_rng(seed)
     mask = np.ones((batch, seq), np.int32)
@@ -83,8 +83,8 @@ def fixed_batch(vocab: int, batch: int = 8, seq: int = 16, seed: int = 0) -> dic
 
 def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
     """Make the training loop receive `signum` just before it reports `step` (a real signal, handled by train)."""
-    import flaxner.train as T
-    from flaxner.train import StepEvent
+    import flaxner.training.train as T
+    from flaxner.training.train import StepEvent
 
     real = T.training_steps
 
@@ -101,7 +101,7 @@ def assert_same_run(summary, ref, out: Path) -> None:
     """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, exported weights."""
     import jax
 
-    from flaxner.model import load_trained
+    from flaxner.models.loading import load_trained
 
     assert summary.steps == ref.steps
     for x, y in zip(summary.history, ref.history, strict=True):

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxner import analysis, evaluate
-from flaxner.analysis import MISSED, SPURIOUS
+from flaxner.training import analysis, evaluate
+from flaxner.training.analysis import MISSED, SPURIOUS
 from flaxner.config import DataConfig, ModelConfig
-from flaxner.batching import padding_stats
-from flaxner.data import Encoded
-from flaxner.evaluate import compute_metrics
-from flaxner.labels import CONLL_LABELS
+from flaxner.data.batching import padding_stats
+from flaxner.data.splits import Encoded
+from flaxner.training.evaluate import compute_metrics
+from flaxner.data.labels import CONLL_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny-bert"
@@ -180,7 +180,7 @@ def test_explore_config_prefers_the_run(tmp_path):
 
 
 def test_make_long_text_exceeds_the_limit():
-    from flaxner.model import make_tokenizer
+    from flaxner.models.loading import make_tokenizer
 
     tok = make_tokenizer(ModelConfig(name=str(FIXTURE)))
     text = analysis.make_long_text(tok, "The European Commission said on Thursday .", "Peter went to Paris .", 512)
@@ -190,7 +190,7 @@ def test_make_long_text_exceeds_the_limit():
 def test_predict_split_matches_evaluate(tmp_path):
     from transformers import AutoTokenizer
 
-    from flaxner.model import make_model
+    from flaxner.models.loading import make_model
 
     model, params = make_model(ModelConfig(name=str(FIXTURE), random_init=True), CONLL_LABELS, seed=0,
                                vocab_size=1000)
@@ -216,7 +216,7 @@ def test_predict_split_matches_evaluate(tmp_path):
 def test_plots_return_figures():
     from matplotlib.figure import Figure
 
-    from flaxner import plots
+    from flaxner.training import plots
 
     stats = {"train": {"sentences": 2, "tokens": 9, "entities": 3, "per_type": {"PER": 1, "ORG": 2}},
              "test": {"sentences": 1, "tokens": 4, "entities": 1, "per_type": {"LOC": 1}}}

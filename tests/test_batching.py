@@ -5,11 +5,11 @@ import itertools
 import numpy as np
 import pytest
 
-from flaxner.batching import (batch_order, bucket_for, collate, fit_buckets, padding_stats, plan_epochs,
+from flaxner.data.batching import (batch_order, bucket_for, collate, fit_buckets, padding_stats, plan_epochs,
                               run_buckets)
 from flaxner.config import DataConfig, TrainConfig
-from flaxner.data import DataError, encode, load_split
-from flaxner.labels import IGNORE
+from flaxner.data.splits import DataError, encode, load_split
+from flaxner.data.labels import IGNORE
 
 
 def test_batch_order_covers_each_row_once_and_is_seeded():

@@ -73,8 +73,8 @@ def test_gpu_bench_tiny(tmp_path):
     hf = parts["hf"]
     assert "error" not in hf and hf["lines"] == 16 and hf["tokens"] > 0 and hf["tok_s"] > 0
     tag = parts["tag"]
-    if importlib.util.find_spec("flaxner.tagger") is None:
-        assert "flaxner.tagger unavailable" in tag["error"]
+    if importlib.util.find_spec("flaxner.tagging.tagger") is None:
+        assert "flaxner.tagging.tagger unavailable" in tag["error"]
     else:
         assert "error" not in tag, tag
         assert tag["lines"] == 100 and tag["tokens"] > 0 and tag["tok_s"] > 0 and tag["long_docs"] >= 1

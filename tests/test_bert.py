@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from flaxner.bert import BertConfig, FlaxBertForTokenClassification, stack_layers, unstack_layers
-from flaxner.bert import to_pytorch_names
-from flaxner.step import loss_fn
+from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification, stack_layers, unstack_layers
+from flaxner.models.bert import to_pytorch_names
+from flaxner.training.step import loss_fn
 
 TINY = "tests/fixtures/tiny-bert/config.json"
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
@@ -175,7 +175,7 @@ def test_minilm_logits_equal_pytorch():
     from transformers import BertForTokenClassification
 
     from flaxner.config import ModelConfig
-    from flaxner.model import make_model, packaged_minilm
+    from flaxner.models.loading import make_model, packaged_minilm
 
     model, params = make_model(ModelConfig(name="minilm"), LABELS, seed=0)
     ref = BertForTokenClassification.from_pretrained(packaged_minilm(), num_labels=len(LABELS)).eval()

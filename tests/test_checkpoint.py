@@ -2,9 +2,9 @@ import jax
 import numpy as np
 import pytest
 
-from flaxner.checkpoint import Checkpointer
+from flaxner.training.checkpoint import Checkpointer
 from flaxner.runtime import abstract, setup_runtime
-from flaxner.step import init_state, make_optimizer
+from flaxner.training.step import init_state, make_optimizer
 
 
 def test_save_restore_roundtrip(tiny_cfg, tiny_model, tmp_path):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from flaxner.config import DataConfig
-from flaxner.data import DataError, encode, find_split_file, load_split, read_conll
-from flaxner.labels import CONLL_LABELS, IGNORE
+from flaxner.data.splits import DataError, encode, find_split_file, load_split, read_conll
+from flaxner.data.labels import CONLL_LABELS, IGNORE
 
 
 def test_read_conll_snippet(snippet):

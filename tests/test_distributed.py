@@ -1,4 +1,4 @@
-"""Multi-host training: the single-process behaviour of flaxner.distributed (fast), and real runs of 2 localhost
+"""Multi-host training: the single-process behaviour of flaxner.training.distributed (fast), and real runs of 2 localhost
 processes through `flaxner train --coordinator-address ...` compared with 1 process holding as many devices
 (marker `multihost`, deselected by default: `pytest -m multihost tests/test_distributed.py`)."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxner import distributed
+from flaxner.training import distributed
 from flaxner.cli import build_parser, main
 from flaxner.config import ConfigError, load_config, save_config
 
@@ -131,7 +131,7 @@ def _free_port() -> int:
 # FLAXNER_TEST_SIGTERM_AT (as a scheduler would), so the test does not race a fast run.
 _CLI = """
 import os, signal, sys
-import flaxner.distributed as d
+import flaxner.training.distributed as d
 at, proc = int(os.environ.get("FLAXNER_TEST_SIGTERM_AT", 0)), os.environ.get("FLAXNER_TEST_SIGTERM_PROC")
 real, calls = d.agree, [0]
 def agree(flag):

@@ -3,9 +3,9 @@ import pytest
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from flaxner.config import DataConfig
-from flaxner.data import encode, load_split
-from flaxner.evaluate import compute_metrics, evaluate, jit_eval_step
-from flaxner.labels import CONLL_LABELS
+from flaxner.data.splits import encode, load_split
+from flaxner.training.evaluate import compute_metrics, evaluate, jit_eval_step
+from flaxner.data.labels import CONLL_LABELS
 
 CASES = [
     ([["B-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "B-LOC"]]),
@@ -49,8 +49,8 @@ def test_evaluate_scores_every_word_with_a_partial_last_batch(tiny_model, tiny_t
 
 
 def test_the_eval_step_is_compiled_under_its_exported_name(tiny_model, compile_event_names):
-    from flaxner.evaluate import EVAL_STEP_NAME
-    from flaxner.step import TRAIN_STEP_NAMES
+    from flaxner.training.evaluate import EVAL_STEP_NAME
+    from flaxner.training.step import TRAIN_STEP_NAMES
 
     model, params = tiny_model
     step = jit_eval_step(model.__call__)

@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxner.data import DataConfig, encode, load_split
-from flaxner.model import load_trained
+from flaxner.data.splits import DataConfig, encode, load_split
+from flaxner.models.loading import load_trained
 
 
 def _sample_batch(tokenizer, snippet):

@@ -61,7 +61,7 @@ def test_opt_out_and_idempotence(monkeypatch):
 
 
 def test_import_changes_no_malloc_setting():
-    code = "import flaxner, flaxner.labels, flaxner.config; from flaxner import hostmem; print(hostmem.status())"
+    code = "import flaxner, flaxner.data.labels, flaxner.config; from flaxner import hostmem; print(hostmem.status())"
     env = {**os.environ, "FLAXNER_MALLOC": "", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "not applied"

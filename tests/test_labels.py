@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id, spans_from_ids, spans_from_tags
+from flaxner.data.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, label2id, spans_from_ids, spans_from_tags
 
 L = label2id()
 
@@ -71,7 +71,7 @@ def test_labels_are_hub_order():
 def test_scheme_round_trip_keeps_seqeval_spans(scheme):
     """Random IOB2 sequences -> scheme -> IOB2: seqeval finds the same entities in all three (IO: adjacent
     same-type entities become one, which IO cannot tell apart)."""
-    from flaxner.labels import from_iob2, to_iob2
+    from flaxner.data.labels import from_iob2, to_iob2
 
     rng = np.random.default_rng(3)
     tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]

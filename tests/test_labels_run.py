@@ -1,4 +1,4 @@
-"""Label sets that are not CoNLL-2003's, end to end: the tiny model trains on them through `flaxner.train.train`,
+"""Label sets that are not CoNLL-2003's, end to end: the tiny model trains on them through `flaxner.training.train.train`,
 exports exactly the data's inventory, scores only its types, resumes with it, and its card names the data.
 The training tests are `slow` (three tiny runs with two classifier sizes: about a minute of compiling on 2 cores);
 `tests/test_readers.py` checks the same inventories without training."""
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from flaxner.checkpoint import Checkpointer
+from flaxner.training.checkpoint import Checkpointer
 from flaxner.config import DataConfig, ModelConfig, replace
-from flaxner.data import describe_model, load_split
-from flaxner.export import read_metrics
-from flaxner.labels import CONLL_LABELS
-from flaxner.train import Interrupted, train
+from flaxner.data.splits import describe_model, load_split
+from flaxner.training.export import read_metrics
+from flaxner.data.labels import CONLL_LABELS
+from flaxner.training.train import Interrupted, train
 
 from helpers import assert_same_run, interrupt_at
 

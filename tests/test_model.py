@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from flaxner.bert import BertConfig, FlaxBertForTokenClassification, to_pytorch_names
+from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification, to_pytorch_names
 from flaxner.config import ModelConfig
-from flaxner.export import save_model
-from flaxner.model import ModelFileError, ModelNotReachable, load_trained, make_model, make_tokenizer, model_folder
+from flaxner.training.export import save_model
+from flaxner.models.loading import ModelFileError, ModelNotReachable, load_trained, make_model, make_tokenizer, model_folder
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OLD_RUN = FIXTURES / "old-run-tiny"  # written by flaxner e7f336c (transformers' Flax class): see its README
@@ -93,12 +93,12 @@ class _Pickled:
 def test_classifier_kept_when_labels_equal_else_new(exported, caplog):
     out, _, params = exported
     cfg = ModelConfig(name=str(out))
-    with caplog.at_level(logging.INFO, logger="flaxner.model"):
+    with caplog.at_level(logging.INFO, logger="flaxner.models.loading"):
         _, same = make_model(cfg, LABELS, seed=9)
     assert np.array_equal(same["classifier"]["kernel"], params["classifier"]["kernel"])
     assert "new classifier" not in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="flaxner.model"):
+    with caplog.at_level(logging.INFO, logger="flaxner.models.loading"):
         model, other = make_model(cfg, ("O", "B-X", "I-X"), seed=9)
     assert other["classifier"]["kernel"].shape == (32, 3) and model.config.labels == ("O", "B-X", "I-X")
     assert_trees_equal(jax.device_get(other["bert"]), jax.device_get(params["bert"]))
@@ -108,7 +108,7 @@ def test_classifier_kept_when_labels_equal_else_new(exported, caplog):
 
 @pytest.mark.slow
 def test_minilm_reports_unused_and_new_in_one_line(caplog):
-    with caplog.at_level(logging.INFO, logger="flaxner.model"):
+    with caplog.at_level(logging.INFO, logger="flaxner.models.loading"):
         model, params = make_model(ModelConfig(name="minilm"), LABELS)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
@@ -120,7 +120,7 @@ def test_minilm_reports_unused_and_new_in_one_line(caplog):
 def test_old_export_logits_and_entities_unchanged():
     """The export of a tiny run made by the previous code (transformers' Flax class) gives the logits and the
     entities that code computed."""
-    from flaxner.tagger import Tagger
+    from flaxner.tagging.tagger import Tagger
 
     want = json.loads((OLD_RUN / "expected.json").read_text())
     model, params, _, _ = load_trained(OLD_RUN)
@@ -133,10 +133,10 @@ def test_old_export_logits_and_entities_unchanged():
 def test_old_checkpoint_restores_into_the_new_tree(tmp_path):
     """An orbax checkpoint of the previous code restores into flaxner's model's state; its params are those the
     run exported (the last step was also the best)."""
-    from flaxner.checkpoint import Checkpointer
+    from flaxner.training.checkpoint import Checkpointer
     from flaxner.config import TrainConfig
     from flaxner.runtime import abstract, setup_runtime
-    from flaxner.step import init_state, make_optimizer
+    from flaxner.training.step import init_state, make_optimizer
 
     shutil.copytree(OLD_RUN / "checkpoints", tmp_path / "checkpoints")
     _, exported_params, _, _ = load_trained(OLD_RUN)
@@ -187,7 +187,7 @@ def test_config_refuses_unsupported_architectures():
 
 
 def test_compact_vocab_twin_has_the_compact_table(exported):
-    from flaxner.vocab import CompactVocab
+    from flaxner.models.vocab import CompactVocab
 
     _, model, params = exported
     ids = np.array([0, 3, 7], np.int32)

@@ -39,7 +39,7 @@ def test_notebook_runs_headless(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in _tags(c))
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(INJECTED, metadata={"tags": ["injected-parameters"]}))
-    has_tagger = importlib.util.find_spec("flaxner.tagger") is not None
+    has_tagger = importlib.util.find_spec("flaxner.tagging.tagger") is not None
     if not has_tagger:
         nb.cells = [c for c in nb.cells if "tagging" not in _tags(c)]
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, allow_errors=False,
@@ -54,5 +54,5 @@ def test_notebook_runs_headless(tmp_path):
     assert len(images) == 5  # dataset bars, length histogram, training curves, per-type bars, confusion matrix
     assert "<mark" in html and "<th>predicted</th>" in html  # highlighted spans in the worst-sentence table
     if not has_tagger:
-        pytest.skip("flaxner.tagger is not there yet: every cell but the tagging ones ran")
+        pytest.skip("flaxner.tagging.tagger is not there yet: every cell but the tagging ones ran")
     assert "Reuters" in html  # the tagging output reaches the end of the long text

@@ -87,3 +87,73 @@ def test_bench_uses_no_private_names():
                 own = (isinstance(owner, ast.Name) and owner.id == "self") or (
                     isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super")
                 assert own, f"bench/{name}.py:{node.lineno}: .{node.attr}"
+
+
+# The rooms and the one direction imports point: a module imports its own room and the rooms below it only
+# (`cli -> training | tagging -> models -> data -> the bottom`); training and tagging never import each other.
+BOTTOM = {"__init__", "config", "rundir", "runtime", "hostmem", "precompile"}
+RANK = {"bottom": 0, "data": 1, "models": 2, "training": 3, "tagging": 3, "cli": 4}
+# Modules over the size a newcomer reads in one go; each may only shrink (the house issue's debt, named here).
+MAX_LINES = 350
+OVER = {"flaxner/config.py": 400, "flaxner/models/bert.py": 413, "flaxner/tagging/reading.py": 443,
+        "flaxner/training/train.py": 452, "flaxner/tagging/raytag.py": 520}
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "flaxner":
+        return ""
+    if len(parts) == 1 or parts[1] in BOTTOM:
+        return "bottom"
+    return parts[1] if parts[1] in RANK else "?"
+
+
+def _flaxner_modules() -> dict[str, Path]:
+    out = {}
+    for p in (ROOT / "flaxner").rglob("*.py"):
+        rel = p.relative_to(ROOT).with_suffix("")
+        out[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = p
+    return out
+
+
+def test_four_rooms_and_nothing_else_at_the_top():
+    top = {p.stem for p in (ROOT / "flaxner").glob("*.py")}
+    assert top == BOTTOM | {"cli"}, f"a module at the top that belongs in a room: {sorted(top - BOTTOM - {'cli'})}"
+    rooms = {p.name for p in (ROOT / "flaxner").iterdir() if (p / "__init__.py").is_file()}
+    assert rooms == {"data", "models", "training", "tagging"}
+
+
+def test_imports_point_one_way():
+    bad = []
+    for name, path in _flaxner_modules().items():
+        here = _room(name)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                targets = [t for t in targets if t in _flaxner_modules()] or [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for t in targets:
+                there = _room(t)
+                if not there or there == here:
+                    continue
+                if RANK[there] >= RANK[here]:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} ({here}) imports {t} ({there})")
+    assert not bad, "\n".join(bad)
+
+
+def test_tagging_processes_never_imports_jax():
+    """--processes' parent only splits, starts children and joins: it must start in a blink, without JAX."""
+    code = "import sys, flaxner.tagging.processes; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+           "('jax', 'jaxlib', 'flax', 'transformers', 'torch')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_modules_stay_short():
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "flaxner").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    grown = {f: n for f, n in long.items() if n > OVER.get(f, MAX_LINES)}
+    assert not grown, f"split these modules (at most {MAX_LINES} lines): {grown}"

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxner.config import replace
-from flaxner.batching import eval_lengths, iter_batches
+from flaxner.data.batching import eval_lengths, iter_batches
 from flaxner.precompile import Precompiler, auto_workers
 from flaxner.runtime import compile_stats
-from flaxner.train import train
-from flaxner.evaluate import EVAL_STEP_NAME
-from flaxner.step import GRAD_STEP_NAME, UPDATE_STEP_NAME
+from flaxner.training.train import train
+from flaxner.training.evaluate import EVAL_STEP_NAME
+from flaxner.training.step import GRAD_STEP_NAME, UPDATE_STEP_NAME
 
 
 def test_jit_call_reuses_the_background_compile():
@@ -82,7 +82,7 @@ def test_auto_workers():
 
 
 def test_eval_lengths_are_the_evaluation_batches(tiny_cfg, tiny_tokenizer):
-    from flaxner.data import encode, load_split
+    from flaxner.data.splits import encode, load_split
 
     enc = encode(load_split(tiny_cfg.data, "validation"), tiny_tokenizer, tiny_cfg.data)
     buckets, bs = (8, 12, 16, 24, 32, 64, 512), 4

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flaxner import raytag
+from flaxner.tagging import raytag
 from helpers import read_jsonl as _read
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def corpus(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def reference(tiny_ner_dir, corpus, tmp_path_factory) -> list[dict]:
     """`flaxner tag` (the local engine) on each file, concatenated."""
-    from flaxner.tagger import Tagger
+    from flaxner.tagging.tagger import Tagger
 
     tagger = Tagger.from_pretrained(tiny_ner_dir, **corpus["overrides"])
     out = tmp_path_factory.mktemp("reference")
@@ -145,7 +145,7 @@ def test_a_two_cpu_machine_does_not_hang(tiny_ner_dir, corpus, tmp_path):
     ends; a pool of 2 one-CPU actors is refused."""
     script = textwrap.dedent(f"""
         import json, ray
-        from flaxner import raytag
+        from flaxner.tagging import raytag
         ray.init(num_cpus=2, logging_level="WARNING")
         try:
             raytag.choose_pool(actors=2)

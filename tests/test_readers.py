@@ -11,9 +11,9 @@ import pytest
 from seqeval.metrics import f1_score
 
 from flaxner.config import DataConfig
-from flaxner.data import DataError, describe_source, encode, load_dataset_splits, load_split
-from flaxner.labels import CONLL_LABELS, detect_scheme, from_iob2, iob2_inventory, spans_from_tags, to_iob2
-from flaxner.words import words_of
+from flaxner.data.splits import DataError, describe_source, encode, load_dataset_splits, load_split
+from flaxner.data.labels import CONLL_LABELS, detect_scheme, from_iob2, iob2_inventory, spans_from_tags, to_iob2
+from flaxner.data.words import words_of
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_saved_hf_dataset_with_other_columns(tmp_path):
 def test_a_label_set_without_misc_builds_the_model_it_names(tmp_path, gold, tiny_cfg, tiny_tokenizer):
     import jax.numpy as jnp
 
-    from flaxner.model import make_model
+    from flaxner.models.loading import make_model
 
     tokens, tags = gold
     no_misc = [[t if not t.endswith("MISC") else "O" for t in ts] for ts in tags]
@@ -222,7 +222,7 @@ def test_a_label_set_without_misc_builds_the_model_it_names(tmp_path, gold, tiny
 
 
 def test_conll_docstart_starts_a_document(tmp_path):
-    from flaxner.readers import read_conll
+    from flaxner.data.readers import read_conll
 
     p = tmp_path / "d.conll"
     p.write_text("-DOCSTART- -X- O O\n\nA x B-PER\n\nB x O\n\n-DOCSTART- -X- O O\n\nC x O\n", encoding="utf-8")

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from flaxner.rows import plan_rows, sentence_token_starts, split_at_words
+from flaxner.data.rows import plan_rows, sentence_token_starts, split_at_words
 
 
 def _random_case(rng):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def minilm_run(tmp_path_factory, compile_cache):
-    from flaxner.train import train
+    from flaxner.training.train import train
 
     cfg = load_config("configs/quickstart.yaml", [f"train.compilation_cache={compile_cache}", "data.limit=1200",
                                                   "train.eval_test=true"])
@@ -29,7 +29,7 @@ def test_minilm_learns_entities(minilm_run):
 
 
 def test_minilm_export_tags_text(minilm_run):
-    from flaxner.tagger import Tagger
+    from flaxner.tagging.tagger import Tagger
 
     tagger = Tagger.from_pretrained(minilm_run["run_dir"])
     text = "The European Commission said on Thursday it disagreed with German advice in Brussels."

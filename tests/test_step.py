@@ -8,9 +8,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flaxner.labels import IGNORE
+from flaxner.data.labels import IGNORE
 from flaxner.runtime import Runtime
-from flaxner.step import GRAD_STEP_NAME, TRAIN_STEP_NAMES, UPDATE_STEP_NAME, TrainStep, init_state
+from flaxner.training.step import GRAD_STEP_NAME, TRAIN_STEP_NAMES, UPDATE_STEP_NAME, TrainStep, init_state
 
 
 class _Out(NamedTuple):

@@ -497,7 +497,7 @@ def test_callable_gives_an_error_column_for_missing_texts(tagger):
 
 STUB = """
 import sys, json
-import flaxner.tagprocs as tp
+import flaxner.tagging.processes as tp
 def child_command(args, child_args, out, shard):
     code = ("import sys, json; i, n = map(int, sys.argv[2].split('/')); "
             "open(sys.argv[1], 'w').write(json.dumps({'shard': i}) + '\\\\n'); "
@@ -506,7 +506,7 @@ def child_command(args, child_args, out, shard):
 tp.child_command = child_command
 from flaxner.cli import main
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "jax": "jax" in sys.modules, "flaxner.tagger": "flaxner.tagger" in sys.modules}))
+print(json.dumps({"rc": rc, "jax": "jax" in sys.modules, "flaxner.tagging.tagger": "flaxner.tagging.tagger" in sys.modules}))
 """
 
 
@@ -516,7 +516,7 @@ def test_processes_parent_imports_no_jax(tmp_path):
     run = subprocess.run([sys.executable, "-c", STUB, "tag", str(src), "--model", str(tmp_path), "-o",
                           str(tmp_path / "o.jsonl"), "--processes", "3"], capture_output=True, text=True, env=env,
                          timeout=120)
-    assert json.loads(run.stdout.splitlines()[-1]) == {"rc": 0, "jax": False, "flaxner.tagger": False}, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == {"rc": 0, "jax": False, "flaxner.tagging.tagger": False}, run.stderr
     assert _read(tmp_path / "o.jsonl") == [{"shard": 0}, {"shard": 1}, {"shard": 2}]
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from flaxner.config import ModelConfig
-from flaxner.labels import CONLL_LABELS
-from flaxner.tagger import Tagger
+from flaxner.data.labels import CONLL_LABELS
+from flaxner.tagging.tagger import Tagger
 from flaxner.tagging.reading import Record
 from flaxner.tagging.writing import OutputWriter, default_output
 from helpers import FIXTURE, SENTENCES, tag_config as _tag_config, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
-from flaxner.rows import plan_windows
-from flaxner.windows import DocState, encode, entities, entities_many
+from flaxner.data.rows import plan_windows
+from flaxner.tagging.windows import DocState, encode, entities, entities_many
 
 TRICKY = [
     "Ça a été très bien à Zürich, São Paulo et Montréal.",
@@ -51,7 +51,7 @@ def test_word_offsets_round_trip_on_tricky_unicode(tokenizer_dir):
     with MiniLM's lowercasing and accent stripping."""
     from tokenizers import Tokenizer
 
-    from flaxner.model import packaged_minilm
+    from flaxner.models.loading import packaged_minilm
 
     folder = FIXTURE if tokenizer_dir == "fixture" else Path(packaged_minilm())
     backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -114,8 +114,8 @@ def test_entities_slice_back_to_the_text(tagger):
 
 def _reference(tiny_ner_dir, texts):
     """One plain forward per text (no windows, no batching), first-sub-token labels, seqeval spans."""
-    from flaxner.labels import spans_from_tags
-    from flaxner.model import load_trained
+    from flaxner.data.labels import spans_from_tags
+    from flaxner.models.loading import load_trained
 
     import jax
 
@@ -397,7 +397,7 @@ def test_cli_end_to_end_and_clear_errors(tiny_ner_dir, tmp_path, capsys):
     assert "no such model folder" in capsys.readouterr().err
     from transformers import AutoTokenizer
 
-    from flaxner.model import make_model
+    from flaxner.models.loading import make_model
 
     bad = tmp_path / "bad-labels"
     model, params = make_model(ModelConfig(name=str(FIXTURE), random_init=True), ["LABEL_0", "LABEL_1"],

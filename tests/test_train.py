@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from flaxner.config import replace
-from flaxner.data import Encoded
-from flaxner.labels import IGNORE
+from flaxner.data.splits import Encoded
+from flaxner.data.labels import IGNORE
 from flaxner.runtime import setup_runtime
-from flaxner.step import TrainStep, init_state, loss_fn, make_optimizer, make_schedule
-from flaxner.train import Interrupted, loss_denominator, train
+from flaxner.training.step import TrainStep, init_state, loss_fn, make_optimizer, make_schedule
+from flaxner.training.train import Interrupted, loss_denominator, train
 from helpers import assert_same_run, fixed_batch, interrupt_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def test_schedule_is_hf_linear(tiny_cfg):
 def test_compact_vocab_equals_dense(tiny_cfg, tmp_path):
     a = train(replace(tiny_cfg, train={"epochs": 1, "eval_test": False}), tmp_path / "compact")
     b = train(replace(tiny_cfg, train={"epochs": 1, "eval_test": False, "compact_vocab": False}), tmp_path / "dense")
-    from flaxner.model import load_trained
+    from flaxner.models.loading import load_trained
 
     pa = load_trained(tmp_path / "compact" / "model")[1]
     pb = load_trained(tmp_path / "dense" / "model")[1]
@@ -145,9 +145,9 @@ TWO_DEVICE_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from helpers import fixed_batch
     from flaxner.config import load_config
-    from flaxner.model import make_model
+    from flaxner.models.loading import make_model
     from flaxner.runtime import setup_runtime
-    from flaxner.step import TrainStep, init_state, make_optimizer
+    from flaxner.training.step import TrainStep, init_state, make_optimizer
     cfg = load_config({cfg!r}, ["train.compilation_cache="])
     rt = setup_runtime(cfg.train)
     model, params = make_model(cfg.model, seed=0, vocab_size=1000)

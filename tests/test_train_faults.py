@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from flaxner.checkpoint import CheckpointError, Checkpointer, LoopState
+from flaxner.training.checkpoint import CheckpointError, Checkpointer, LoopState
 from flaxner.cli import main
 from flaxner.config import ConfigError, replace
-from flaxner.data import DataError
+from flaxner.data.splits import DataError
 from flaxner.rundir import RunDirError
-from flaxner.distributed import StopSignals
-from flaxner.train import EpochEvent, Interrupted, StepEvent, build_run, train, training_steps
+from flaxner.training.distributed import StopSignals
+from flaxner.training.train import EpochEvent, Interrupted, StepEvent, build_run, train, training_steps
 
 from helpers import assert_same_run, interrupt_at
 
@@ -50,7 +50,7 @@ def small_run(small_cfg, tmp_path_factory):
 def test_small_run_skips_the_missing_test_split(small_run, small_cfg, caplog, tmp_path):
     assert small_run.steps == 6 and small_run.test is None and len(small_run.history) == 2
     assert "test" not in json.loads((Path(small_run.run_dir) / "summary.json").read_text())
-    with caplog.at_level(logging.INFO, logger="flaxner.train"):
+    with caplog.at_level(logging.INFO, logger="flaxner.training.train"):
         build_run(small_cfg, tmp_path / "skip")
     assert "has no 'test' split: the test evaluation is skipped" in caplog.text
     with pytest.raises(DataError, match="no 'test' split"):  # asked for explicitly: refused up front
@@ -60,7 +60,7 @@ def test_small_run_skips_the_missing_test_split(small_run, small_cfg, caplog, tm
 
 def test_training_steps_yields_typed_events_and_stops_when_the_caller_does(small_cfg, small_run, tmp_path):
     """The loop without `train`'s handlers: the same steps and scores as the full run, stopped by not iterating."""
-    from flaxner.export import read_metrics
+    from flaxner.training.export import read_metrics
 
     run = build_run(small_cfg, tmp_path / "run")
     events = []
@@ -103,7 +103,7 @@ def test_save_points_at_epoch_ends_and_stops_there_resume(small_cfg, small_run, 
 def test_resume_of_a_finished_run_says_so_and_exits_0(small_cfg, small_run, tmp_path, capsys, caplog):
     out = tmp_path / "run"
     shutil.copytree(small_run.run_dir, out)
-    with caplog.at_level(logging.INFO, logger="flaxner.train"):
+    with caplog.at_level(logging.INFO, logger="flaxner.training.train"):
         code = main(["train", "--resume", "--output-dir", str(out), "train.compile_workers=0"])
     assert code == 0 and "the run is already finished (6 steps); nothing to do" in caplog.text
     assert "| Training Loss |" in capsys.readouterr().out
@@ -158,7 +158,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(small_cfg, small
     last = out / "checkpoints" / "last"
     assert sorted(int(p.name) for p in last.iterdir() if p.name.isdigit()) == [3, 4, 5]
     _damage(last / "5", how)
-    with caplog.at_level(logging.WARNING, logger="flaxner.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="flaxner.training.checkpoint"):
         summary = train(cfg, out, resume=True)
     assert f"checkpoint {last / '5'} is damaged" in caplog.text
     assert f"resuming from checkpoint {last / '4'}" in caplog.text
@@ -239,7 +239,7 @@ def test_resume_refuses_changed_training_keys_and_allows_harmless_ones(small_cfg
 
 
 def test_run_folder_misuse_is_refused_before_loading(small_cfg, small_run, tmp_path, monkeypatch, capsys):
-    import flaxner.train as T
+    import flaxner.training.train as T
 
     monkeypatch.setattr(T, "make_tokenizer", lambda *a: pytest.fail("loaded before refusing"))
     with pytest.raises(RunDirError, match="no run to resume here"):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from flaxner.config import DataConfig
-from flaxner.data import load_split
-from flaxner.words import split_words, words_of
+from flaxner.data.splits import load_split
+from flaxner.data.words import split_words, words_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from tag_vs_eval import join_words, tags_on_words  # noqa: E402
@@ -57,9 +57,9 @@ def test_conll_words_offsets_point_into_the_text(tokenizer_dir):
     words are split_words' words."""
     from tokenizers import Tokenizer
 
-    from flaxner.model import packaged_minilm
+    from flaxner.models.loading import packaged_minilm
     from flaxner.tagging.reading import Record
-    from flaxner.windows import encode
+    from flaxner.tagging.windows import encode
 
     folder = Path(__file__).resolve().parent / "fixtures" / "tiny-bert" if tokenizer_dir == "fixture" \
         else Path(packaged_minilm())
@@ -80,7 +80,7 @@ def test_conll_words_offsets_point_into_the_text(tokenizer_dir):
 
 
 def _sentences(text):
-    from flaxner.words import sentence_starts
+    from flaxner.data.words import sentence_starts
 
     spans = split_words(text)
     starts = sentence_starts(text, spans)

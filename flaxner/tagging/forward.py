@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from flaxner.config import TagConfig
-from flaxner.windows import rows_per_batch, scatter, small_rows
+from flaxner.tagging.windows import rows_per_batch, scatter, small_rows
 
 
 class CompiledForward:

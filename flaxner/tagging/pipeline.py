@@ -17,7 +17,7 @@ import numpy as np
 from flaxner.config import TagConfig
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.reading import Record
-from flaxner.windows import DocState, Row, collate, encode, entities_many, pack, rows_for
+from flaxner.tagging.windows import DocState, Row, collate, encode, entities_many, pack, rows_for
 
 
 @dataclass

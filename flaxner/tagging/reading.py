@@ -4,8 +4,8 @@ parsed into a `Record` (`parse_line` never raises: a bad line becomes an error r
 Why `reading` (and `writing` beside it): the input and output halves of tagging I/O, once one module, have different
 users and different failure modes, and the names say which half a caller needs. Everything that turns input bytes
 into `Line`s and `Record`s is here, with what identifies an input to `--resume` (size, mtime, CRCs), because a
-resume is checked while the input is read again. `flaxner.raytag` needs only this module (and
-`writing.output_line`). It imports no JAX: `flaxner tag --processes`' parent (`flaxner.tagprocs`) uses it before any
+resume is checked while the input is read again. `flaxner.tagging.raytag` needs only this module (and
+`writing.output_line`). It imports no JAX: `flaxner tag --processes`' parent (`flaxner.tagging.processes`) uses it before any
 child starts JAX. `TagInputError` lives here because most of what it reports is input; `writing` raises it too, for
 outputs."""
 

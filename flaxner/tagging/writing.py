@@ -5,7 +5,7 @@ rename; gzip as one member per commit) and the progress bar.
 Why `writing` (beside `reading`): the output half of tagging I/O owns everything that makes output durable and
 resumable, so a change to commits, locks or the sidecar format is one module's. `TagInterrupted` is here:
 it reports what the writer committed and how to continue. It imports no JAX (only `reading`, which imports none):
-`flaxner.tagprocs`, the `flaxner tag --processes` parent, takes its locks and checks from here."""
+`flaxner.tagging.processes`, the `flaxner tag --processes` parent, takes its locks and checks from here."""
 
 from __future__ import annotations
 

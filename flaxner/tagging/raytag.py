@@ -28,7 +28,7 @@ Design (Ray Data, the way the issue asks, but not `read_json`):
   `tagprocs.child_env` does); on CPU, actors × `cpus_per_actor` must leave one CPU per node (ray-project/ray#44687:
   a pool that takes every CPU starves any other task of the dataset). The pool is printed before work starts.
 
-The module is `flaxner.raytag`, not `flaxner.ray`, so that `import ray` inside the package, tools run from the
+The module is `flaxner.tagging.raytag`, not `flaxner.ray`, so that `import ray` inside the package, tools run from the
 package folder and readers of tracebacks never meet two modules called `ray`.
 """
 
@@ -205,7 +205,7 @@ class _SliceTagger:
             os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", mem_fraction)
         import ray
 
-        from flaxner.tagger import Tagger
+        from flaxner.tagging.tagger import Tagger
 
         self.tagger = Tagger.from_pretrained(model_dir, text_field=text_field, **overrides)
         self.out_dir, self.fmt, self.id_field, self.keep_fields = out_dir, fmt, id_field, keep_fields
@@ -281,7 +281,7 @@ def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
         what = f"{gpus_per_actor:g} GPU"
         per_gpu = max(1, round(1 / gpus_per_actor))
         if per_gpu > 1:
-            from flaxner.tagprocs import child_env
+            from flaxner.tagging.processes import child_env
 
             pool["mem_fraction"] = child_env(per_gpu)["XLA_PYTHON_CLIENT_MEM_FRACTION"]
         pool.update(num_gpus=gpus_per_actor, num_cpus=c)

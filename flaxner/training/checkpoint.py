@@ -11,7 +11,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from flaxner import distributed
+from flaxner.training import distributed
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxner.config import TrainConfig
-from flaxner.labels import IGNORE
+from flaxner.data.labels import IGNORE
 from flaxner.runtime import Runtime
 
 

@@ -19,19 +19,19 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxner import distributed, export
-from flaxner.batching import EpochPlan, collate, eval_lengths, plan_epochs
-from flaxner.checkpoint import Checkpointer, LoopState
+from flaxner.training import distributed, export
+from flaxner.data.batching import EpochPlan, collate, eval_lengths, plan_epochs
+from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, ConfigError, TrainConfig, load_config, save_config, to_dict
-from flaxner.data import Encoded, encode, load_dataset_splits
-from flaxner.evaluate import evaluate, jit_eval_step
-from flaxner.labels import IGNORE
-from flaxner.model import make_model, make_tokenizer
+from flaxner.data.splits import Encoded, encode, load_dataset_splits
+from flaxner.training.evaluate import evaluate, jit_eval_step
+from flaxner.data.labels import IGNORE
+from flaxner.models.loading import make_model, make_tokenizer
 from flaxner.precompile import Precompiler, submit_run, workers_for
 from flaxner.rundir import RunDir
 from flaxner.runtime import Runtime, abstract, compile_stats, setup_runtime
-from flaxner.step import TrainStep, init_state, make_optimizer, make_schedule
-from flaxner.vocab import compact_model
+from flaxner.training.step import TrainStep, init_state, make_optimizer, make_schedule
+from flaxner.models.vocab import compact_model
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Run:
     tokenizer: Any
     model: Any  # the full-vocabulary model that is exported
     full_params: Any
-    vocab: Any  # flaxner.vocab.CompactVocab, or None
+    vocab: Any  # flaxner.models.vocab.CompactVocab, or None
     train_model: Any  # the model that trains (its embedding compacted to the data's ids)
     splits: dict[str, Split]  # "train", "eval", and "test" when it is scored
     plan: EpochPlan
@@ -265,7 +265,7 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     distributed.check_same_dir(rd.path)
     if resume:
         check_resume_config(cfg, rd.config)
-    rt = setup_runtime(dataclasses.replace(tc, distributed=False))  # joined just above
+    rt = setup_runtime(tc)  # joined just above
     # A fresh run creates its checkpoint folder only once its data loaded: a refused start leaves no run behind.
     ckpt = Checkpointer(rd.checkpoints, tc.keep_checkpoints) if resume else None
     labels = ckpt.read_labels() if ckpt else None

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
-from flaxner.batching import bucket_for
-from flaxner.labels import spans_from_ids
-from flaxner.rows import plan_rows, plan_windows, sentence_token_starts
+from flaxner.data.batching import bucket_for
+from flaxner.data.labels import spans_from_ids
+from flaxner.data.rows import plan_rows, plan_windows, sentence_token_starts
 
 
 @dataclass(slots=True)
@@ -199,11 +199,11 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
     offsets stay in each record's Encoding until an entity needs them.
 
     `words`: "tokenizer" reads labels from the tokenizer's pre-tokenizer words (as HF's pipeline does); "conll"
-    splits each text with `flaxner.words.split_words` first, the words CoNLL-style training data has.
+    splits each text with `flaxner.data.words.split_words` first, the words CoNLL-style training data has.
     `context`: "none" finds each text's sentences (`DocState.segments`), so that no row crosses one."""
     todo = [r for r in chunk if r.error is None]
     if words == "conll":
-        from flaxner.words import split_words
+        from flaxner.data.words import split_words
 
         spans = [split_words(r.text) for r in todo]
         inputs = [[r.text[a:b] for a, b in sp] for r, sp in zip(todo, spans)]
@@ -245,7 +245,7 @@ def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None) -> li
     """The first sub-token of each sentence of `doc`. `spans`: its CoNLL-style words when the tokenizer was given
     those (its word ids then count them); None: find the words, then map each sentence's first character to the
     sub-token holding it."""
-    from flaxner.words import sentence_starts, split_words
+    from flaxner.data.words import sentence_starts, split_words
 
     if not len(doc.ids):
         return []

@@ -1,4 +1,4 @@
-"""Build flaxner's BERT (flaxner/bert.py) and its tokenizer: pretrained (hub name or local HF folder) or random.
+"""Build flaxner's BERT (flaxner/models/bert.py) and its tokenizer: pretrained (hub name or local HF folder) or random.
 
 Weights load from `model.safetensors` (PyTorch names, sharded or not), `flax_model.msgpack` (HF Flax tree) or
 `pytorch_model.bin` (`torch.load(weights_only=True)`), without transformers' model classes; `config.json` is read
@@ -16,18 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxner.bert import BertConfig, FlaxBertForTokenClassification, from_pytorch_names
+from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification, from_pytorch_names
 from flaxner.config import ModelConfig
-from flaxner.labels import CONLL_LABELS
+from flaxner.data.labels import CONLL_LABELS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 MINILM = "minilm"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # Architecture configs shipped so that random-weight models of hub shapes build offline (speed work).
-KNOWN_CONFIGS = Path(__file__).resolve().parent / "resources" / "configs"
+KNOWN_CONFIGS = Path(__file__).resolve().parent.parent / "resources" / "configs"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 FLAX, TORCH_BIN = "flax_model.msgpack", "pytorch_model.bin"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from flaxner.data import Encoded
+from flaxner.data.splits import Encoded
 
 log = logging.getLogger(__name__)
 EMBED_PATH = ("bert", "embeddings", "word_embeddings", "embedding")

@@ -1,5 +1,5 @@
 """Readers of every data format into one shape: sentences of words with their string tags, each with the
-file:line it came from (for errors), before scheme conversion and the label inventory (in `flaxner.data`)."""
+file:line it came from (for errors), before scheme conversion and the label inventory (in `flaxner.data.splits`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flaxner.config import DataConfig
-from flaxner.words import split_words
+from flaxner.data.words import split_words
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     """JSON Lines, one sentence per line, either words and tags (`data.tokens_column`, `data.tags_column`; tags
     as strings or as ids into `data.labels`) or raw text with character spans (`text` and one of `entities`,
     `spans`, `label`, `ents`: dicts with start/end/label or [start, end, label] lists). Span texts are split
-    into words with `flaxner.words.split_words`; a span that does not fall on word boundaries splits the word at
+    into words with `flaxner.data.words.split_words`; a span that does not fall on word boundaries splits the word at
     its edge, and is counted and reported (never shifted); overlapping spans are an error naming the line."""
     path = Path(path)
     out = Sentences(str(path))

@@ -58,7 +58,7 @@ def save_pytorch_safetensors(params: dict, path: Path) -> None:
     weight), without needing torch."""
     from safetensors.numpy import save_file
 
-    from flaxner.bert import to_pytorch_names
+    from flaxner.models.bert import to_pytorch_names
 
     save_file(to_pytorch_names(params), str(path), metadata={"format": "pt"})
 
@@ -92,7 +92,7 @@ def _versions() -> str:
 
 def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None:
     """README.md in the seed card's format, beside the exported model; `summary` is summary.json's content."""
-    from flaxner.data import describe_model, describe_source
+    from flaxner.data.splits import describe_model, describe_source
 
     rd = RunDir(run_dir)
     d, m = cfg.data, cfg.model

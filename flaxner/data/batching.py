@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flaxner.config import DataConfig, TrainConfig
-from flaxner.data import DataError, Encoded
-from flaxner.labels import IGNORE
+from flaxner.data.splits import DataError, Encoded
+from flaxner.data.labels import IGNORE
 
 
 def bucket_for(length: int, buckets: Sequence[int]) -> int:

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from flaxner.config import DataConfig, ModelConfig
-from flaxner.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, detect_scheme, iob2_inventory, iob2_names, \
+from flaxner.data.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, detect_scheme, iob2_inventory, iob2_names, \
     label2id, to_iob2
-from flaxner.readers import DataError, Sentences, drop_empty, name_ids, read_file, read_hf
-from flaxner.readers import read_conll as read_conll_sentences
-from flaxner.rows import plan_rows
+from flaxner.data.readers import DataError, Sentences, drop_empty, name_ids, read_file, read_hf
+from flaxner.data.readers import read_conll as read_conll_sentences
+from flaxner.data.rows import plan_rows
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "resources" / "conll2003"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "resources" / "conll2003"
 # Split names as the hub spells them, and the file stems folders use for them.
 SPLIT_FILES = {"train": ("train",), "validation": ("valid", "validation", "dev", "testa"), "test": ("test", "testb")}
 SUFFIXES = (".txt", ".txt.gz", ".conll", ".iob2", ".jsonl", ".jsonl.gz", ".json", "")

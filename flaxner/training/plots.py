@@ -1,4 +1,4 @@
-"""matplotlib figures of `flaxner.analysis` data for the explore notebook; each takes data and returns a Figure."""
+"""matplotlib figures of `flaxner.training.analysis` data for the explore notebook; each takes data and returns a Figure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from flaxner.analysis import Confusion
+from flaxner.training.analysis import Confusion
 
 
 def plot_split_stats(stats: dict[str, dict]) -> Figure:

@@ -33,7 +33,7 @@ class Tagger:
     def __init__(self, model_dir: str | Path, config: TagConfig | None = None, text_field: str = "text", **overrides):
         from tokenizers import Tokenizer
 
-        from flaxner.model import load_trained
+        from flaxner.models.loading import load_trained
         from flaxner.runtime import enable_compilation_cache
 
         cfg = dataclasses.replace(config or run_tag_config(model_dir), **overrides)

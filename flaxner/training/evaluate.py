@@ -13,11 +13,11 @@ import numpy as np
 import optax
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
-from flaxner.batching import iter_batches
+from flaxner.data.batching import iter_batches
 from flaxner.config import DataConfig, load_config
-from flaxner.data import Encoded
-from flaxner.distributed import fetch
-from flaxner.labels import IGNORE
+from flaxner.data.splits import Encoded
+from flaxner.training.distributed import fetch
+from flaxner.data.labels import IGNORE
 
 
 def eval_step(params, batch: dict, apply_fn: Callable) -> dict:
@@ -90,7 +90,7 @@ def jit_eval_step(apply_fn: Callable) -> Callable:
 
 @dataclass
 class SplitPredictions:
-    """Word-level gold and predicted tags of a split, with the scores `flaxner.evaluate` gives them."""
+    """Word-level gold and predicted tags of a split, with the scores `flaxner.training.evaluate` gives them."""
 
     split: str
     tokens: list[list[str]]
@@ -101,12 +101,12 @@ class SplitPredictions:
 
 def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation", limit: int | None = None,
                   data: DataConfig | None = None, batch_size: int | None = None) -> SplitPredictions:
-    """Load a trained model (a run folder, an HF folder, or the tuple `flaxner.model.load_trained` returns) and
+    """Load a trained model (a run folder, an HF folder, or the tuple `flaxner.models.loading.load_trained` returns) and
     predict a split of its data: the run's `config.yaml` data section unless `data` is given, `limit`
     sentences (None: the config's limit, 0: all)."""
-    from flaxner.data import encode, load_split
-    from flaxner.labels import check_labels
-    from flaxner.model import load_trained
+    from flaxner.data.splits import encode, load_split
+    from flaxner.data.labels import check_labels
+    from flaxner.models.loading import load_trained
     from flaxner.rundir import RunDir
 
     saved = None

@@ -1,5 +1,5 @@
 """What the explore notebook shows: dataset and padding statistics, training curves, span-level error analysis, and
-entities highlighted in HTML. Plain data in and out; the figures are in `flaxner.plots`."""
+entities highlighted in HTML. Plain data in and out; the figures are in `flaxner.training.plots`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from flaxner.config import Config, DataConfig, load_config
-from flaxner.batching import batch_order, bucket_for
-from flaxner.labels import spans_from_tags
+from flaxner.data.batching import batch_order, bucket_for
+from flaxner.data.labels import spans_from_tags
 from flaxner.rundir import RunDir
 
 MISSED = "missed"
@@ -46,7 +46,7 @@ def split_stats(ds, labels: Sequence[str] | None = None) -> dict:
 def dataset_stats(cfg: DataConfig, splits: Sequence[str] | None = None) -> dict[str, dict]:
     """`split_stats` of each split (default: the config's train, eval and test splits), `cfg.limit` applied; any
     label set (`data.labels`, else each split's own tags)."""
-    from flaxner.data import load_split
+    from flaxner.data.splits import load_split
 
     splits = splits or (cfg.train_split, cfg.eval_split, cfg.test_split)
     return {s: split_stats(load_split(cfg, s, labels=None)) for s in splits}
@@ -62,7 +62,7 @@ def stats_table(stats: dict[str, dict]) -> list[dict]:
 def bucket_costs(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int = 0,
                  mode: str = "grouped") -> list[dict]:
     """Per bucket length, the batches of one training epoch padded to it: rows, real and padded sub-tokens, and
-    the share of padding (the batches `flaxner.batching.iter_batches` builds for epoch 0)."""
+    the share of padding (the batches `flaxner.data.batching.iter_batches` builds for epoch 0)."""
     lengths = np.asarray(lengths)
     acc = {b: {"bucket": b, "batches": 0, "rows": 0, "real_tokens": 0, "padded_tokens": 0} for b in buckets}
     for idx in batch_order(lengths, batch_size, seed, 0, mode):
@@ -78,7 +78,7 @@ def bucket_costs(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], s
 
 
 def epoch_curves(rows: list[dict]) -> dict[str, list[dict]]:
-    """metrics.jsonl rows (`flaxner.export.read_metrics`) split into the logged training losses and the
+    """metrics.jsonl rows (`flaxner.training.export.read_metrics`) split into the logged training losses and the
     per-epoch evaluation scores (without the per-type breakdown), each in step order."""
     train = sorted(({k: r[k] for k in ("step", "epoch", "loss", "learning_rate") if k in r}
                     for r in rows if r.get("type") == "train"), key=lambda r: r["step"])

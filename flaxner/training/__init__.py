@@ -1,0 +1,1 @@
+"""The training loop everyone drives: set-up, step, evaluation, checkpoints, distributed, export."""
