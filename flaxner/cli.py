@@ -115,8 +115,11 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
                         help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
                              "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), True),
     (("--context",), dict(choices=CONTEXTS, default=None,
-                          help="none: tag each sentence of a text on its own, as a model trained on sentences saw "
-                               "them (default for such runs); document: windows run across sentences"), True),
+                          help="what a row sees (default: what the run trained on): none: each sentence of a text "
+                               "on its own; neighbours: with --context-size sub-tokens each side; document: windows "
+                               "across sentences"), True),
+    (("--context-size",), dict(type=int, default=None, help="sub-tokens of context each side for neighbours"),
+     True),
     (("--max-length",), dict(type=int, default=None, help="sub-tokens per window, specials included"), True),
     (("--stride",), dict(type=int, default=None, help="sub-tokens shared by neighbouring windows"), True),
     (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), True),
@@ -234,7 +237,8 @@ def _tag(args: argparse.Namespace) -> int:
     from flaxner.tagging.tagger import Tagger
 
     overrides = {k: getattr(args, k) for k in ("aggregation", "max_length", "stride", "batch_size", "batch_tokens",
-                                               "lookahead", "dtype", "words", "context") if getattr(args, k) is not None}
+                                               "lookahead", "dtype", "words", "context", "context_size")
+                 if getattr(args, k) is not None}
     tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
     summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,

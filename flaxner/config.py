@@ -25,8 +25,10 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 
 
-# What a model row may see around the words it predicts (flaxner.data.rows explains each).
-CONTEXTS = ("none", "document")
+# What a model row may see around the words it predicts (flaxner.data.rows explains each); training builds rows
+# of the first two, tagging of all three.
+CONTEXTS = ("none", "neighbours", "document")
+TRAIN_CONTEXTS = ("none", "neighbours")
 
 
 class ConfigError(ValueError):
@@ -70,6 +72,10 @@ class DataConfig:
     label_all_tokens: bool = False
     # Cap on sentences per split, for quick runs and tests; 0 means all.
     limit: int = 0
+    # What a row sees besides its sentence (flaxner.data.rows): none, or neighbours: up to `context_size`
+    # sub-tokens of the sentence's document on each side, unlabelled. Tagging and evaluation follow the run's.
+    context: str = "none"
+    context_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -155,9 +161,12 @@ class TagConfig:
     # Words the tagger reads labels from: "conll" splits text as CoNLL-2003 was tokenized (flaxner.data.words, the
     # words training saw); "tokenizer" uses the tokenizer's pre-tokenizer words (as HF's pipeline does).
     words: str = "conll"
-    # What a row may see (flaxner.data.rows): "none" tags each sentence of a text on its own, as a model trained on
-    # single sentences saw them; "document": windows run across sentences (up to max_length).
-    context: str = "none"
+    # What a row may see (flaxner.data.rows): "auto" follows the run's data.context; "none" tags each sentence of
+    # a text on its own, as a model trained on single sentences saw it; "neighbours" adds up to context_size
+    # sub-tokens of the text on each side; "document": windows run across sentences (up to max_length).
+    context: str = "auto"
+    # Sub-tokens of context on each side for "neighbours"; 0: the run's data.context_size.
+    context_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -316,8 +325,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.labels: must list distinct tags including 'O', got {list(d.labels)}")
     if cfg.tag.words not in ("conll", "tokenizer"):
         raise ConfigError(f"tag.words: expected conll or tokenizer, got {cfg.tag.words!r}")
-    if cfg.tag.context not in CONTEXTS:
-        raise ConfigError(f"tag.context: expected one of {', '.join(CONTEXTS)}, got {cfg.tag.context!r}")
+    if cfg.tag.context not in ("auto", *CONTEXTS):
+        raise ConfigError(f"tag.context: expected auto, {', '.join(CONTEXTS)}, got {cfg.tag.context!r}")
+    if d.context not in TRAIN_CONTEXTS:
+        raise ConfigError(f"data.context: expected {' or '.join(TRAIN_CONTEXTS)}, got {d.context!r}")
+    if d.context_size < 0 or cfg.tag.context_size < 0:
+        raise ConfigError("data.context_size, tag.context_size: must be 0 or more sub-tokens")
     if d.fit_buckets < 0:
         raise ConfigError(f"data.fit_buckets: must be 0 (off) or a count of lengths, got {d.fit_buckets}")
     if cfg.tag.compile_workers < -1:

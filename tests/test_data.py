@@ -51,3 +51,33 @@ def test_long_sentences_are_split_not_cut(snippet, tiny_tokenizer):
         assert words.tolist() == list(range(len(ds[s]["tokens"])))
         labels = np.concatenate([enc.labels[r][enc.labels[r] != IGNORE] for r in rows])
         assert labels.tolist() == ds[s]["ner_tags"]
+
+
+def test_neighbours_context_adds_unlabelled_tokens_of_the_same_document_only(tiny_tokenizer):
+    words = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"], ["BRUSSELS", "1996-08-22"],
+             ["The", "European", "Commission", "said", "on", "Thursday"], ["Only", "France"]]
+    cols = {"tokens": words, "ner_tags": [[1] * len(w) for w in words], "document": [0, 0, 0, 1, 1]}
+    none = encode(cols, tiny_tokenizer, DataConfig(max_length=64))
+    ctx = encode(cols, tiny_tokenizer, DataConfig(max_length=64, context="neighbours", context_size=3))
+    plain = tiny_tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    docs = {0: sum(plain[:3], []), 1: sum(plain[3:], [])}
+    assert list(ctx.source) == list(none.source) == list(range(5))
+    for i, (r_none, r_ctx) in enumerate(zip(none.input_ids, ctx.input_ids)):
+        own = ctx.labels[i] != IGNORE
+        # the sentence's own tokens, labels and word starts are those of context `none`
+        assert list(r_ctx[own]) == list(r_none[none.labels[i] != IGNORE])
+        assert list(ctx.word_index[i][ctx.word_index[i] >= 0]) == list(none.word_index[i][none.word_index[i] >= 0])
+        inner = list(r_ctx[1:-1])
+        doc = docs[cols["document"][i]]
+        k = next(k for k in range(len(doc)) if doc[k:k + len(inner)] == inner)  # a slice of its own document
+        sent = plain[i]
+        start = doc.index(sent[0], sum(len(plain[j]) for j in range(i) if cols["document"][j] == cols["document"][i]))
+        assert start - k == min(3, start) and len(inner) - len(sent) - (start - k) == min(3, len(doc) - start - len(sent))
+
+
+def test_neighbours_context_never_exceeds_max_length(tiny_tokenizer):
+    words = [["word"] * 9, ["other"] * 9, ["third"] * 9]
+    cols = {"tokens": words, "ner_tags": [[0] * 9] * 3, "document": [0, 0, 0]}
+    ctx = encode(cols, tiny_tokenizer, DataConfig(max_length=16, context="neighbours", context_size=64))
+    assert max(len(r) for r in ctx.input_ids) <= 16
+    assert all((lab != IGNORE).sum() >= 1 for lab in ctx.labels)

@@ -468,3 +468,24 @@ def test_context_none_tags_each_sentence_of_a_document_as_if_alone(tiny_ner_dir,
     whole = Tagger.from_pretrained(tiny_ner_dir, _tag_config(words=words, context="document"))
     whole.tag(doc)
     assert whole.stats.windows == 1  # the document as one row, as before
+
+
+def test_context_auto_follows_the_runs_data_context(tiny_ner_dir, tmp_path):
+    import shutil
+
+    from flaxner.config import load_config, replace, save_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ner_dir, run / "model")
+    cfg = load_config("tiny", ["data.context=neighbours", "data.context_size=8"])
+    save_config(cfg, run / "config.yaml")
+    tagger = Tagger.from_pretrained(run, _tag_config())
+    assert (tagger.cfg.context, tagger.cfg.context_size) == ("neighbours", 8)
+    doc = " ".join(s for s in SENTENCES if s.endswith(" ."))
+    ents = tagger.tag(doc)
+    assert tagger.stats.windows == 4  # one row per sentence, each seeing 8 sub-tokens around it
+    assert all(doc[e["start"]:e["end"]] == e["text"] for e in ents)
+    plain = Tagger.from_pretrained(tiny_ner_dir, _tag_config())  # no run config: trained on sentences
+    assert (plain.cfg.context, plain.cfg.context_size) == ("none", 64)
+    save_config(replace(cfg, data={"context": "none"}), run / "config.yaml")
+    assert Tagger.from_pretrained(run, _tag_config()).cfg.context == "none"

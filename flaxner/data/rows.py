@@ -5,8 +5,10 @@ A row is a window `[start, end)` of a text's sub-tokens (special tokens not coun
 own_end)` inside it whose predictions it owns; the owned ranges of a text's rows tile its sub-tokens exactly once.
 Two choices make a plan:
 
-- the **context** (`CONTEXTS`): `none` cuts the text at its sentences first, so no row sees past its sentence (what
-  a model trained on single sentences saw); `document` lets rows run across sentences.
+- the **context** (`config.CONTEXTS`): `none` cuts the text at its sentences first, so no row sees past its sentence
+  (what a model trained on single sentences saw); `neighbours` cuts at sentences too, then widens each row by up to
+  `context` sub-tokens of the text on each side, which it sees but does not predict (FLERT's document context);
+  `document` lets rows run across sentences.
 - the **split** of a segment longer than a row (`SPLITS`): `words` cuts it into consecutive pieces of whole words
   that own themselves (training and evaluation rows); `windows` covers it with windows overlapping by `stride`,
   each token owned by the window where it has the most context on both sides (tagging rows).
@@ -79,11 +81,12 @@ def sentence_token_starts(word_ids: np.ndarray, sentence_words: Sequence[int]) -
 
 
 def plan_rows(n: int, size: int, split: str, *, stride: int = 0, segments: Sequence[int] | None = None,
-              word_ids: Sequence[int | None] | None = None) -> list[Window]:
+              word_ids: Sequence[int | None] | None = None, context: int = 0) -> list[Window]:
     """The rows of one text of `n` sub-tokens, at most `size` sub-tokens each.
 
-    `segments`: the first sub-token of each segment no row may cross (sentences for context `none`); None: one
-    segment. `split`: how a segment longer than `size` is cut (`words` needs `word_ids`, `windows` uses `stride`)."""
+    `segments`: the first sub-token of each segment whose owned range no row may cross (sentences for contexts
+    `none` and `neighbours`); None: one segment. `split`: how a segment longer than `size` is cut (`words` needs
+    `word_ids`, `windows` uses `stride`). `context`: sub-tokens of the text each row also sees on each side."""
     if n == 0:
         return []
     bounds = [0, n] if not segments else [*segments, n]
@@ -99,4 +102,14 @@ def plan_rows(n: int, size: int, split: str, *, stride: int = 0, segments: Seque
             out.extend(Window(lo + a, lo + b, lo + a, lo + b) for a, b in split_at_words(word_ids[lo:hi], size))
         else:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-    return out
+    return [widen(w, n, size, context) for w in out] if context else out
+
+
+def widen(w: Window, n: int, size: int, context: int) -> Window:
+    """`w` seeing up to `context` more sub-tokens of its text on each side, within `size` in all: the room left is
+    shared evenly, and a side that runs out of text gives its share to the other."""
+    room = max(size - (w.end - w.start), 0)
+    left = min(context, room // 2, w.start)
+    right = min(context, room - left, n - w.end)
+    left = min(context, room - right, w.start)
+    return Window(w.start - left, w.end + right, w.own_start, w.own_end)

@@ -15,7 +15,7 @@ from flaxner.data.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, dete
     label2id, to_iob2
 from flaxner.data.readers import DataError, Sentences, drop_empty, name_ids, read_file, read_hf
 from flaxner.data.readers import read_conll as read_conll_sentences
-from flaxner.data.rows import plan_rows
+from flaxner.data.rows import Window, plan_rows, widen
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequen
         "id": datasets.Value("string"),
         "tokens": datasets.Sequence(datasets.Value("string")),
         "ner_tags": datasets.Sequence(datasets.ClassLabel(names=list(inventory))),
+        "document": datasets.Value("int64"),  # consecutive sentences of one document share it
     })
     out = {}
     for split, s in raw.items():
@@ -193,7 +194,8 @@ def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequen
         n = min(cfg.limit, len(s.tokens)) if cfg.limit else len(s.tokens)
         out[split] = datasets.Dataset.from_dict(
             {"id": [str(i) for i in range(n)], "tokens": s.tokens[:n],
-             "ner_tags": [[ids[t] for t in tags] for tags in s.tags[:n]]}, features=features)
+             "ner_tags": [[ids[t] for t in tags] for tags in s.tags[:n]],
+             "document": (s.documents or list(range(n)))[:n]}, features=features)
     return out, inventory
 
 
@@ -246,14 +248,19 @@ class Encoded:
 
 
 def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS) -> Encoded:
-    """Tokenize word lists (a Dataset or a dict of columns `tokens`, `ner_tags`), align labels to first sub-tokens, and split (never cut) sentences longer than
-    `max_length` sub-tokens into consecutive pieces of whole words."""
+    """Tokenize word lists (a Dataset or a dict of columns `tokens`, `ner_tags`, optionally `document`), align labels
+    to first sub-tokens, and split (never cut) sentences longer than `max_length` sub-tokens into consecutive
+    pieces of whole words. With `data.context: neighbours` each row also sees up to `data.context_size`
+    sub-tokens of its document on each side, unlabelled (flaxner.data.rows)."""
     cols = ds if isinstance(ds, dict) else ds[:]  # plain lists (datasets 5 gives lazy Columns for ds[name])
     tokens_col, tags_col = cols["tokens"], cols["ner_tags"]
     enc = tokenizer(tokens_col, is_split_into_words=True, add_special_tokens=False, truncation=False)
     bmap = b_to_i(labels)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     budget = cfg.max_length - 2
+    context = cfg.context_size if cfg.context == "neighbours" else 0
+    # Each sentence's place in its document's sub-token stream, for the context around its rows.
+    stream, offset = _document_streams(enc["input_ids"], cols.get("document"), context)
     ids_out, lab_out, words_out, src = [], [], [], []
     n_split = 0
     for i in range(len(tokens_col)):
@@ -265,12 +272,37 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
         pieces = [(w.start, w.end) for w in plan_rows(len(ids), budget, "words", word_ids=word_ids)] or [(0, 0)]
         n_split += len(pieces) > 1
         for a, b in pieces:
-            ids_out.append(np.array([cls, *ids[a:b], sep], dtype=np.int32))
-            lab_out.append(np.array([IGNORE, *aligned[a:b], IGNORE], dtype=np.int32))
-            words_out.append(np.array([-1, *starts[a:b], -1], dtype=np.int32))
+            if context:
+                doc, off = stream[i], offset[i]
+                w = widen(Window(off + a, off + b, off + a, off + b), len(doc), budget, context)
+                left, right = doc[w.start:off + a], doc[off + b:w.end]
+            else:
+                left = right = []
+            pad = [IGNORE] * len(left), [IGNORE] * len(right)
+            ids_out.append(np.array([cls, *left, *ids[a:b], *right, sep], dtype=np.int32))
+            lab_out.append(np.array([IGNORE, *pad[0], *aligned[a:b], *pad[1], IGNORE], dtype=np.int32))
+            words_out.append(np.array([-1, *[-1] * len(left), *starts[a:b], *[-1] * len(right), -1], dtype=np.int32))
             src.append(i)
     if n_split:
         log.info("split %d sentences longer than %d sub-tokens into pieces at word boundaries", n_split, cfg.max_length)
     n_words = np.array([len(t) for t in tokens_col], dtype=np.int64)
     return Encoded(ids_out, lab_out, words_out, np.array(src, dtype=np.int64), n_words, n_split)
+
+
+def _document_streams(ids: Sequence[Sequence[int]], documents: Sequence[int] | None,
+                      context: int) -> tuple[list[list[int]], list[int]]:
+    """For each sentence: its document's sub-tokens laid end to end (consecutive sentences with the same document
+    id; each sentence alone without ids) and where the sentence starts in them. Empty lists when no context."""
+    if not context:
+        return [], []
+    stream: list[list[int]] = []
+    offset: list[int] = []
+    doc: list[int] = []
+    for i, sent in enumerate(ids):
+        if i == 0 or documents is None or documents[i] != documents[i - 1]:
+            doc = []
+        offset.append(len(doc))
+        doc.extend(sent)
+        stream.append(doc)  # the same list for every sentence of the document
+    return stream, offset
 

@@ -29,6 +29,8 @@ def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
                          f"(the model's positions and the largest bucket)")
     if cfg.context not in CONTEXTS:
         raise ValueError(f"context: expected one of {', '.join(CONTEXTS)}, got {cfg.context!r}")
+    if cfg.context_size < 0 or cfg.context_size > cfg.max_length:
+        raise ValueError(f"context_size {cfg.context_size}: must be in [0, max_length]")
     if not 0 <= cfg.stride < cfg.max_length - 2:
         raise ValueError(f"stride {cfg.stride}: must be in [0, max_length - 2)")
 
@@ -53,3 +55,18 @@ def run_tag_config(model_dir: str | Path) -> TagConfig:
 
     saved = Path(model_dir) / "config.yaml"
     return load_config(saved).tag if saved.is_file() else TagConfig()
+
+
+def resolve_context(cfg: TagConfig, model_dir: str | Path) -> TagConfig:
+    """`context: auto` and `context_size: 0` made concrete from the run's data config: the rows its model was
+    trained on (a folder without a run config, and every run before contexts existed, trained on sentences)."""
+    import dataclasses
+
+    from flaxner.config import DataConfig, load_config
+
+    if cfg.context != "auto" and cfg.context_size:
+        return cfg
+    saved = Path(model_dir) / "config.yaml"
+    data = load_config(saved).data if saved.is_file() else DataConfig()
+    return dataclasses.replace(cfg, context=data.context if cfg.context == "auto" else cfg.context,
+                               context_size=cfg.context_size or data.context_size)

@@ -13,7 +13,8 @@ from typing import Any, overload
 import numpy as np
 
 from flaxner.config import TagConfig
-from flaxner.tagging.checks import check_iob2, check_tag_config, check_tokenizer, resolve_dtype, run_tag_config
+from flaxner.tagging.checks import check_iob2, check_tag_config, check_tokenizer, resolve_context, resolve_dtype, \
+    run_tag_config
 from flaxner.tagging.filejob import tag_file
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.pipeline import Pipeline, TagStats, Tokens
@@ -39,7 +40,7 @@ class Tagger:
         cfg = dataclasses.replace(config or run_tag_config(model_dir), **overrides)
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
-        cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype))
+        cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), model_dir)
         model, params, tokenizer, labels = load_trained(model_dir, cfg.dtype)
         check_iob2(labels)
         check_tag_config(cfg, model.config.max_position_embeddings)

@@ -60,10 +60,11 @@ class Row:
         return self.end - self.start + 2  # [CLS] ... [SEP]
 
 
-def rows_for(doc: DocState, size: int, stride: int) -> list[Row]:
+def rows_for(doc: DocState, size: int, stride: int, context: int = 0) -> list[Row]:
     """The windows of one document as batch rows (none for a document without sub-tokens), within its sentences
-    when it has `segments`."""
-    return [Row(doc, *w) for w in plan_rows(len(doc.ids), size, "windows", stride=stride, segments=doc.segments)]
+    when it has `segments`, each seeing `context` more sub-tokens on each side."""
+    return [Row(doc, *w) for w in plan_rows(len(doc.ids), size, "windows", stride=stride, segments=doc.segments,
+                                            context=context)]
 
 
 def rows_per_batch(bucket: int, batch_size: int, batch_tokens: int, multiple: int) -> int:
@@ -200,7 +201,8 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
 
     `words`: "tokenizer" reads labels from the tokenizer's pre-tokenizer words (as HF's pipeline does); "conll"
     splits each text with `flaxner.data.words.split_words` first, the words CoNLL-style training data has.
-    `context`: "none" finds each text's sentences (`DocState.segments`), so that no row crosses one."""
+    `context`: "none" or "neighbours" finds each text's sentences (`DocState.segments`), so that no row owns
+    tokens of two."""
     todo = [r for r in chunk if r.error is None]
     if words == "conll":
         from flaxner.data.words import split_words
@@ -235,7 +237,7 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         a = 0
         for (r, e, st, sp), b in zip(good, ends):
             doc = docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
-            if context == "none":
+            if context in ("none", "neighbours"):
                 doc.segments = _sentence_segments(doc, sp)
             a = b
     return [(r, docs.get(id(r))) for r in chunk]
