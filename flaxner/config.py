@@ -76,6 +76,11 @@ class DataConfig:
     # sub-tokens of the sentence's document on each side, unlabelled. Tagging and evaluation follow the run's.
     context: str = "none"
     context_size: int = 64
+    # The document id of a JSON Lines words record or a dataset row (consecutive sentences with one id are one
+    # document); CoNLL files mark documents with -DOCSTART-.
+    document_column: str = "document_id"
+    # > 0: data without documents groups this many consecutive sentences into one (spaCy's converter uses 10).
+    group_sentences: int = 0
 
 
 @dataclass(frozen=True)
@@ -329,6 +334,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"tag.context: expected auto, {', '.join(CONTEXTS)}, got {cfg.tag.context!r}")
     if d.context not in TRAIN_CONTEXTS:
         raise ConfigError(f"data.context: expected {' or '.join(TRAIN_CONTEXTS)}, got {d.context!r}")
+    if d.group_sentences < 0:
+        raise ConfigError(f"data.group_sentences: must be 0 (off) or a count, got {d.group_sentences}")
     if d.context_size < 0 or cfg.tag.context_size < 0:
         raise ConfigError("data.context_size, tag.context_size: must be 0 or more sub-tokens")
     if d.fit_buckets < 0:

@@ -228,3 +228,22 @@ def test_conll_docstart_starts_a_document(tmp_path):
     p.write_text("-DOCSTART- -X- O O\n\nA x B-PER\n\nB x O\n\n-DOCSTART- -X- O O\n\nC x O\n", encoding="utf-8")
     s = read_conll(p)
     assert s.tokens == [["A"], ["B"], ["C"]] and s.documents == [0, 0, 1]
+
+
+def test_jsonl_documents_from_the_document_column_and_spans_lines(tmp_path):
+    import json
+
+    from flaxner.data.readers import group_sentences, read_conll, read_jsonl
+
+    p = tmp_path / "d.jsonl"
+    rows = [{"tokens": ["A"], "ner_tags": ["O"], "document_id": "x"}, {"tokens": ["B"], "ner_tags": ["O"], "document_id": "x"},
+            {"tokens": ["C"], "ner_tags": ["O"], "document_id": 7}, {"text": "D E", "entities": []},
+            {"tokens": ["F"], "ner_tags": ["O"]}, {"tokens": ["G"], "ner_tags": ["O"], "document_id": 7}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert read_jsonl(p).documents == [0, 0, 1, 2, 3, 4]  # a new document wherever the id changes
+    c = tmp_path / "c.conll"
+    c.write_text("A x O\n\nB x O\n\nC x O\n", encoding="utf-8")
+    assert group_sentences(read_conll(c), 2).documents == [0, 0, 1]
+    marked = read_conll(c)
+    marked.documents = [5, 5, 5]
+    assert group_sentences(marked, 2).documents == [5, 5, 5]  # documents the data has are kept

@@ -68,7 +68,7 @@ def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     start = 0
     need = max(cfg.token_column, cfg.tag_column) + 1 if cfg.tag_column >= 0 else max(cfg.token_column + 1, 2)
     prefix = cfg.token_prefix
-    doc = 0
+    doc, marked = 0, False
 
     def flush() -> None:
         if words:
@@ -87,6 +87,7 @@ def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
         if cols[0].strip() == "-DOCSTART-":
             flush()
             doc += bool(out.tokens)  # the first document's marker opens the file
+            marked = True
             continue
         if len(cols) < need:
             raise DataError(f"{path}:{lineno}: expected at least {need} columns (word in column "
@@ -101,6 +102,8 @@ def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
         words.append(word)
         tags.append(tag)
     flush()
+    if not marked:
+        out.documents = []  # no -DOCSTART- line: the file says nothing of documents
     return out
 
 
@@ -121,6 +124,7 @@ def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     path = Path(path)
     out = Sentences(str(path))
     off = OffWords()
+    docs: list = []
     for lineno, line in text_lines(path, cfg.encoding):
         if not line.strip():
             continue
@@ -142,6 +146,10 @@ def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
             out.tokens.append(words)
             out.tags.append(tags)
             out.lines.append(lineno)
+            # a spans line is a document of its own; a words record names its document or is one
+            doc = rec.get(cfg.document_column) if cfg.tokens_column in rec else None
+            docs.append(("line", lineno) if doc is None else ("id", json.dumps(doc, sort_keys=True)))
+    out.documents = _number_documents(docs)
     if off.count:
         log.warning("%s: %d entity spans did not fall on word boundaries; their words were split at the span "
                     "edges, e.g. %s", path, off.count, "; ".join(off.examples))
@@ -238,7 +246,24 @@ def read_hf(ds, cfg: DataConfig, name: str, split: str) -> tuple[Sentences, list
     out.tokens = [[w[len(prefix):] if prefix and w.startswith(prefix) else w for w in ws]
                   for ws in cols[cfg.tokens_column]]
     out.tags = [list(t) for t in cols[cfg.tags_column]]
+    if cfg.document_column in ds.column_names:
+        out.documents = _number_documents(list(ds[cfg.document_column]))
     return out, names
+
+
+def _number_documents(ids: Sequence) -> list[int]:
+    """Document numbers 0, 1, ... for a column of document ids: a new number wherever the id changes."""
+    out: list[int] = []
+    for i, d in enumerate(ids):
+        out.append(0 if i == 0 else out[-1] + (d != ids[i - 1]))
+    return out
+
+
+def group_sentences(s: Sentences, n: int) -> Sentences:
+    """Data without documents: every `n` consecutive sentences become one document (none when `n` is 0)."""
+    if n and not s.documents:
+        s.documents = [i // n for i in range(len(s.tokens))]
+    return s
 
 
 def drop_empty(s: Sentences) -> Sentences:

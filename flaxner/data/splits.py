@@ -13,7 +13,7 @@ import numpy as np
 from flaxner.config import DataConfig, ModelConfig
 from flaxner.data.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, detect_scheme, iob2_inventory, iob2_names, \
     label2id, to_iob2
-from flaxner.data.readers import DataError, Sentences, drop_empty, name_ids, read_file, read_hf
+from flaxner.data.readers import DataError, Sentences, drop_empty, group_sentences, name_ids, read_file, read_hf
 from flaxner.data.readers import read_conll as read_conll_sentences
 from flaxner.data.rows import Window, plan_rows, widen
 
@@ -155,7 +155,7 @@ def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequen
             continue
         sents, names = got
         name_ids(sents, names or cfg.labels or labels, "the label names")
-        raw[split], class_names[split] = drop_empty(sents), names
+        raw[split], class_names[split] = group_sentences(drop_empty(sents), cfg.group_sentences), names
         if not raw[split].tokens:  # nothing to train on or score: say so before anything trains
             raise DataError(f"{sents.source}: the {split!r} split has no sentences")
     train = splits[0]
