@@ -63,6 +63,8 @@ class DataConfig:
     tokens_column: str = "tokens"
     tags_column: str = "ner_tags"
     encoding: str = "utf-8"
+    # A longer line of a training file is an error naming it, read no further (memory stays bounded); 0: no cap.
+    max_line_bytes: int = 10_000_000
     max_length: int = 512
     # Padded lengths a batch may take; a batch is padded to the smallest one that fits its longest sentence.
     buckets: tuple[int, ...] = (16, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
@@ -334,6 +336,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"tag.context: expected auto, {', '.join(CONTEXTS)}, got {cfg.tag.context!r}")
     if d.context not in TRAIN_CONTEXTS:
         raise ConfigError(f"data.context: expected {' or '.join(TRAIN_CONTEXTS)}, got {d.context!r}")
+    if d.max_line_bytes < 0:
+        raise ConfigError(f"data.max_line_bytes: must be 0 (no cap) or a byte count, got {d.max_line_bytes}")
     if d.group_sentences < 0:
         raise ConfigError(f"data.group_sentences: must be 0 (off) or a count, got {d.group_sentences}")
     if d.context_size < 0 or cfg.tag.context_size < 0:

@@ -247,3 +247,21 @@ def test_jsonl_documents_from_the_document_column_and_spans_lines(tmp_path):
     marked = read_conll(c)
     marked.documents = [5, 5, 5]
     assert group_sentences(marked, 2).documents == [5, 5, 5]  # documents the data has are kept
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "conll"])
+def test_a_training_line_over_the_cap_is_named_not_read(tmp_path, suffix):
+    import gzip
+
+    from flaxner.config import DataConfig
+    from flaxner.data.readers import DataError, read_conll, read_jsonl
+
+    body = ('{"tokens": ["A"], "ner_tags": ["O"]}\n' + '{"tokens": ["' + "x" * 5000 + '"], "ner_tags": ["O"]}\n'
+            if suffix == "jsonl" else "A x O\n\n" + "y" * 5000 + " x O\n")
+    p = tmp_path / f"d.{suffix}.gz"
+    with gzip.open(p, "wt", encoding="utf-8") as f:
+        f.write(body)
+    read = read_jsonl if suffix == "jsonl" else read_conll
+    with pytest.raises(DataError, match=rf"d\.{suffix}\.gz:\d: the line is over data.max_line_bytes=1000"):
+        read(p, DataConfig(max_line_bytes=1000))
+    assert len(read(p, DataConfig(max_line_bytes=0)).tokens) == 2

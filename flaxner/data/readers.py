@@ -44,12 +44,21 @@ class Sentences:
         return f"{self.source}:{self.lines[i] + (k if self.per_word_lines else 0)}"
 
 
-def text_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+def text_lines(path: Path, encoding: str, max_line_bytes: int = 0) -> Iterator[tuple[int, str]]:
     """(line number, line) of a text file, optionally gzipped; bytes that are not `encoding` raise DataError
-    naming the line and the `data.encoding` way out."""
+    naming the line and the `data.encoding` way out, and so does a line over `max_line_bytes` (0: no cap), read no
+    further than the cap so that its memory stays bounded."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        lineno = 0
+        while True:
+            raw = f.readline(max_line_bytes + 1) if max_line_bytes else f.readline()
+            if not raw:
+                return
+            lineno += 1
+            if max_line_bytes and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+                raise DataError(f"{path}:{lineno}: the line is over data.max_line_bytes={max_line_bytes} bytes; "
+                                f"split the record or raise the cap")
             try:
                 yield lineno, raw.decode(encoding).rstrip("\r\n")
             except UnicodeDecodeError as e:
@@ -79,7 +88,7 @@ def read_conll(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
             words.clear()
             tags.clear()
 
-    for lineno, line in text_lines(path, cfg.encoding):
+    for lineno, line in text_lines(path, cfg.encoding, cfg.max_line_bytes):
         if not line.strip():
             flush()
             continue
@@ -125,7 +134,7 @@ def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     out = Sentences(str(path))
     off = OffWords()
     docs: list = []
-    for lineno, line in text_lines(path, cfg.encoding):
+    for lineno, line in text_lines(path, cfg.encoding, cfg.max_line_bytes):
         if not line.strip():
             continue
         try:
