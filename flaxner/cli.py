@@ -95,6 +95,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """`flaxner data`: the run's data as training would read it (inventory, counts, lengths), without a model."""
+    from flaxner.config import resolve_config_path
+    from flaxner.data.report import data_report
+    from flaxner.data.splits import load_dataset_splits
+
+    d = load_config(resolve_config_path(args.config), args.overrides).data
+    ds, labels = load_dataset_splits(d, [d.train_split], [d.eval_split, d.test_split])
+    report = data_report(ds, labels, d.train_split, d.rare_type_count)
+    print(f"labels ({len(labels)}): {' '.join(labels)}\n{report.table()}")
+    for t, n in report.rare.items():
+        print(f"warning: {t} occurs only {n} time(s) in {d.train_split!r} (a typo in a tag, or too few to learn)")
+    for t in report.unseen:
+        print(f"warning: {t} is in the label set but never occurs in {d.train_split!r}")
+    return 0
+
+
 # The options of `flaxner tag`: (flags, argparse keywords, passed on to the children of --processes).
 TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--model",), dict(required=True, help="run folder of `flaxner train`, or an HF BERT token-classification "
@@ -278,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="score only the first N sentences (0: all)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("data", help="what the data of a config holds (labels, counts per type and split, lengths), "
+                                    "without loading a model")
+    p.add_argument("--config", default="configs/mbert-conll2003.yaml", help="config YAML (path or packaged name)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.source=my_data/")
+    p.set_defaults(func=cmd_data)
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
     _tag_args(p)
     p.set_defaults(func=cmd_tag)

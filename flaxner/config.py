@@ -83,6 +83,8 @@ class DataConfig:
     document_column: str = "document_id"
     # > 0: data without documents groups this many consecutive sentences into one (spaCy's converter uses 10).
     group_sentences: int = 0
+    # An entity type seen fewer times than this in the train split is warned about by name (a typo'd tag?).
+    rare_type_count: int = 10
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.context: expected {' or '.join(TRAIN_CONTEXTS)}, got {d.context!r}")
     if d.max_line_bytes < 0:
         raise ConfigError(f"data.max_line_bytes: must be 0 (no cap) or a byte count, got {d.max_line_bytes}")
+    if d.rare_type_count < 0:
+        raise ConfigError(f"data.rare_type_count: must be 0 (off) or a count, got {d.rare_type_count}")
     if d.group_sentences < 0:
         raise ConfigError(f"data.group_sentences: must be 0 (off) or a count, got {d.group_sentences}")
     if d.context_size < 0 or cfg.tag.context_size < 0:

@@ -23,6 +23,7 @@ from flaxner.training import distributed, export
 from flaxner.data.batching import EpochPlan, collate, eval_lengths, plan_epochs
 from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, ConfigError, TrainConfig, load_config, save_config, to_dict
+from flaxner.data.report import data_report, log_report
 from flaxner.data.splits import Encoded, encode, load_dataset_splits
 from flaxner.training.evaluate import evaluate, jit_eval_step
 from flaxner.data.labels import IGNORE
@@ -236,6 +237,7 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
     required = [d.train_split, d.eval_split] + ([d.test_split] if et is True else [])
     optional = [d.test_split] if et == "auto" else []
     ds, labels = load_dataset_splits(d, required, optional, labels)
+    log_report(data_report(ds, labels, d.train_split, d.rare_type_count), d.train_split)
     if et is not False:
         if d.test_split in ds:
             roles["test"] = d.test_split
