@@ -40,3 +40,15 @@ def test_script_entry_point_help():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "--output-dir" in out.stdout and "--resume" in out.stdout
+
+
+def test_overrides_go_anywhere_on_the_line():
+    from flaxner.cli import parse_args
+
+    args = parse_args(["train", "--config", "quickstart", "data.limit=10", "--output-dir", "runs/x",
+                       "train.epochs=1"])
+    assert args.overrides == ["data.limit=10", "train.epochs=1"] and args.output_dir == "runs/x"
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--config", "quickstart", "--output-dir", "runs/x", "--no-such-flag"])
+    with pytest.raises(SystemExit):
+        parse_args(["eval", "--model", "m", "data.limit=3"])  # eval takes no overrides
