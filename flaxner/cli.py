@@ -90,7 +90,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from flaxner.config import DataConfig
 
     data = DataConfig(source=args.data) if args.data else None
-    out = predict_split(args.model, split=args.split, limit=args.limit, data=data, batch_size=args.batch_size)
+    # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
+    out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
     print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
                      indent=2))
     return 0
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="data.source: builtin, a CoNLL folder or a hub name (default: the run's, else builtin)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="score only the first N sentences (0: all)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N sentences (default: all)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("data", help="what the data of a config holds (labels, counts per type and split, lengths), "
                                     "without loading a model")

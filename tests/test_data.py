@@ -81,3 +81,8 @@ def test_neighbours_context_never_exceeds_max_length(tiny_tokenizer):
     ctx = encode(cols, tiny_tokenizer, DataConfig(max_length=16, context="neighbours", context_size=64))
     assert max(len(r) for r in ctx.input_ids) <= 16
     assert all((lab != IGNORE).sum() >= 1 for lab in ctx.labels)
+
+
+def test_an_unknown_split_lists_the_splits_the_data_has():
+    with pytest.raises(DataError, match="no 'tset' split; the data has: train, validation, test"):
+        load_split(DataConfig(), "tset")

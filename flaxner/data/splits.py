@@ -148,6 +148,9 @@ def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequen
     for split in [*splits, *(s for s in optional if s not in splits)]:
         got = src.read(split)
         if got is None:
+            if split in splits and canonical_split(split) not in SPLIT_FILES:
+                have = [s for s in SPLIT_FILES if src.read(s) is not None]
+                raise DataError(f"{src.where(split)}: no {split!r} split; the data has: {', '.join(have) or 'none'}")
             if split in splits:
                 raise DataError(f"{src.where(split)}: no {split!r} split (a required one); name its file with "
                                 f"data.{canonical_split(split)}_file or put it in the folder")

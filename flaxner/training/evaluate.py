@@ -127,8 +127,8 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
     gold = [[names[t] for t in tags] for tags in cols["ner_tags"]]
     # Label ids as the model numbers them (its order may differ from the data's), so that the loss is right.
     to_model = {lab: i for i, lab in enumerate(labels)}
-    enc = encode({"tokens": cols["tokens"], "ner_tags": [[to_model[t] for t in tags] for tags in gold]}, tokenizer,
-                 data, labels)
+    enc = encode({"tokens": cols["tokens"], "ner_tags": [[to_model[t] for t in tags] for tags in gold],
+                  "document": cols.get("document")}, tokenizer, data, labels)
     metrics, pred = evaluate(jit_eval_step(model.__call__), params, enc, gold, labels, batch_size, data.buckets,
                              pad_id=tokenizer.pad_token_id or 0)
     return SplitPredictions(split, [list(t) for t in cols["tokens"]], gold, pred, metrics)
