@@ -398,6 +398,20 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
 
+def absolute_paths(cfg: Config) -> Config:
+    """`cfg` with its local data and model paths made absolute, so that a run's saved config works from any folder
+    (`flaxner eval`, the notebook); hub names and paths that do not exist stay as written."""
+    def fix(value: str) -> str:
+        p = Path(value).expanduser()
+        return str(p.resolve()) if value and value != "builtin" and p.exists() else value
+
+    d, m = cfg.data, cfg.model
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(d, source=fix(d.source), train_file=fix(d.train_file),
+                                      validation_file=fix(d.validation_file), test_file=fix(d.test_file)),
+        model=dataclasses.replace(m, name=fix(m.name), tokenizer=fix(m.tokenizer)))
+
+
 def replace(cfg: Config, **sections: Any) -> Config:
     """Copy of `cfg` with some fields of some sections replaced: replace(cfg, train={"epochs": 1})."""
     changes = {}

@@ -48,3 +48,15 @@ def test_bad_file(tmp_path):
 def test_packaged_names_resolve():
     assert resolve_config_path("tiny").name == "tiny.yaml"
     assert load_config("quickstart").name == "quickstart"
+
+
+def test_local_paths_are_saved_absolute(tmp_path, monkeypatch):
+    from flaxner.config import absolute_paths
+
+    (tmp_path / "my_data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("tiny", ["data.source=my_data", "data.test_file=missing.txt", "model.name=bert-base-cased"])
+    fixed = absolute_paths(cfg)
+    assert fixed.data.source == str(tmp_path / "my_data")
+    assert fixed.data.test_file == "missing.txt" and fixed.model.name == "bert-base-cased"  # as written
+    assert absolute_paths(load_config("tiny")).data.source == "builtin"

@@ -22,7 +22,7 @@ import numpy as np
 from flaxner.training import distributed, export
 from flaxner.data.batching import EpochPlan, collate, eval_lengths, plan_epochs
 from flaxner.training.checkpoint import Checkpointer, LoopState
-from flaxner.config import Config, ConfigError, TrainConfig, load_config, save_config, to_dict
+from flaxner.config import Config, ConfigError, TrainConfig, absolute_paths, load_config, save_config, to_dict
 from flaxner.data.report import data_report, log_report
 from flaxner.data.splits import Encoded, encode, load_dataset_splits
 from flaxner.training.evaluate import evaluate, jit_eval_step
@@ -219,7 +219,7 @@ def check_resume_config(cfg: Config, saved_path: Path) -> None:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    old, new = flat(to_dict(load_config(saved_path))), flat(to_dict(cfg))
+    old, new = flat(to_dict(absolute_paths(load_config(saved_path)))), flat(to_dict(absolute_paths(cfg)))
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                     and not any(k == h or (h.endswith(".") and k.startswith(h)) for h in RESUME_HARMLESS)
                     and not (k == "data.labels" and not new.get(k)))  # saved as inferred; empty means infer
@@ -259,6 +259,7 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     vocabulary size rather than the tokenizer's (benchmarks of a model's shape with another tokenizer)."""
     t0 = time.perf_counter()
     compiles0 = compile_stats()
+    cfg = absolute_paths(cfg)  # the saved config.yaml then works from any folder
     tc = cfg.train
     distributed.initialize(tc)
     # Every host checks the folder; only process 0 deletes an overwritten run; then all see the same folder.
