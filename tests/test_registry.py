@@ -1,5 +1,5 @@
-"""The family registry: every row imports, an unknown model_type is one line naming the families, and make_model and
-load_trained go through the rows (the same class and tree as `build`)."""
+"""The family registry: every row imports, an unknown model_type is one line naming the families, and make_model,
+load_trained and the compact vocabulary all go through the rows (the same class and tree as `build`)."""
 
 import json
 import shutil
@@ -13,6 +13,7 @@ from flaxner.config import ModelConfig
 from flaxner.models import loading
 from flaxner.models.loading import build, load_trained, make_model, read_config
 from flaxner.models.registry import FAMILIES, family_of
+from flaxner.models.vocab import embed_path
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-bert"
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
@@ -99,3 +100,15 @@ def test_load_trained_and_make_model_build_through_build(tiny, tmp_path, monkeyp
         assert jax.tree.structure(p) == jax.tree.structure(ref.params_shape())
         assert_trees_equal(jax.device_get(p), jax.device_get(params))  # the same labels: classifier kept
 
+
+def test_embed_path_is_the_rows_for_both_trees(tiny):
+    model_type, folder = tiny
+    model, params = make_model(ModelConfig(name=str(folder), random_init=True), LABELS, vocab_size=77)
+    path = embed_path(params)
+    assert path == family_of(model_type).embed_path and path[0] == model_type
+    table = params
+    for k in path:
+        table = table[k]
+    assert table.shape == (77, model.config.hidden_size)
+    with pytest.raises(ValueError, match=r"no word-embedding table .* top keys \['classifier'\]"):
+        embed_path({"classifier": params["classifier"]})
