@@ -78,13 +78,19 @@ def test_make_model_random_builds_what_build_builds(tiny):
     assert_trees_equal(jax.device_get(params), jax.device_get(ref.init_params(3)))
 
 
-def test_load_trained_and_make_model_build_through_build(tiny, tmp_path, monkeypatch):
-    model_type, folder = tiny
+def export(folder: Path, out: Path):
+    """A random model of `folder`'s config saved into `out` with the fixture tokenizer: (model, params)."""
     model, params = make_model(ModelConfig(name=str(folder), random_init=True), LABELS, seed=5)
-    out = tmp_path / "export"
     model.save_pretrained(out, params=params)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy(folder / f, out / f)
+    return model, params
+
+
+def test_load_trained_and_make_model_build_through_build(tiny, tmp_path, monkeypatch):
+    model_type, folder = tiny
+    model, params = export(folder, tmp_path / "export")
+    out = tmp_path / "export"
     assert json.loads((out / "config.json").read_text())["architectures"] == [
         family_of(model_type).pytorch_architecture]
     built = []
@@ -112,3 +118,13 @@ def test_embed_path_is_the_rows_for_both_trees(tiny):
     assert table.shape == (77, model.config.hidden_size)
     with pytest.raises(ValueError, match=r"no word-embedding table .* top keys \['classifier'\]"):
         embed_path({"classifier": params["classifier"]})
+
+
+def test_tagger_caps_max_length_at_the_rows_max_positions(tmp_path):
+    from flaxner.tagging.tagger import Tagger
+    from helpers import tag_config
+
+    out = tmp_path / "export"
+    export(tiny_folder(tmp_path / "base", "roberta"), out)  # max_position_embeddings 20
+    with pytest.raises(ValueError, match=r"max_length 32: must be in \[3, 20\]"):
+        Tagger.from_pretrained(out, tag_config(buckets=(16, 32), max_length=32, stride=8))
