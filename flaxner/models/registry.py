@@ -12,9 +12,9 @@ from dataclasses import dataclass
 class Family:
     """What the rest of flaxner needs to know of one family; its module is imported only when a class is asked for.
 
-    The config class: `from_dict(d, source)`, `to_dict()`, `replace(**kw)`, `model_type`, `labels`, `vocab_size`,
-    `hidden_size`. The model class: `(config, dtype, scan_layers, remat)`, called with `params=`, `init_params`,
-    `params_shape`, `save_pretrained`, `resized`."""
+    The config class: `from_dict(d, source)`, `to_dict()`, `replace(**kw)`, `model_type`, `labels`, `vocab_size`
+    and HF's shape fields (`hidden_size`, `num_hidden_layers`, ...). The model class: `(config, dtype, scan_layers,
+    remat)`, called with `params=`, `init_params`, `params_shape`, `save_pretrained`, `resized`."""
 
     name: str
     model_types: tuple[str, ...]  # config.json `model_type` values this row serves
@@ -37,17 +37,17 @@ class Family:
         return getattr(config, self.max_positions_field)
 
 
-_BERT_TREE = ("embeddings", "word_embeddings", "embedding")
+_BERT = dict(module="flaxner.models.bert", config="BertConfig", model="FlaxBertForTokenClassification")
+_WORDS = ("embeddings", "word_embeddings", "embedding")  # below the prefix, in the HF Flax BERT tree
 FAMILIES = (
-    Family("bert", ("bert",), "flaxner.models.bert", "BertConfig", "FlaxBertForTokenClassification",
-           "bert", ("bert", *_BERT_TREE), "BertForTokenClassification"),
-    Family("roberta", ("roberta",), "flaxner.models.bert", "BertConfig", "FlaxBertForTokenClassification",
-           "roberta", ("roberta", *_BERT_TREE), "RobertaForTokenClassification"),
-    Family("xlm-roberta", ("xlm-roberta",), "flaxner.models.bert", "BertConfig", "FlaxBertForTokenClassification",
-           "roberta", ("roberta", *_BERT_TREE), "XLMRobertaForTokenClassification"),
+    Family(name="bert", model_types=("bert",), **_BERT, prefix="bert", embed_path=("bert", *_WORDS),
+           pytorch_architecture="BertForTokenClassification"),
+    Family(name="roberta", model_types=("roberta",), **_BERT, prefix="roberta", embed_path=("roberta", *_WORDS),
+           pytorch_architecture="RobertaForTokenClassification"),
+    Family(name="xlm-roberta", model_types=("xlm-roberta",), **_BERT, prefix="roberta",
+           embed_path=("roberta", *_WORDS), pytorch_architecture="XLMRobertaForTokenClassification"),
 )
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
-assert len(_BY_MODEL_TYPE) == sum(len(f.model_types) for f in FAMILIES), "a model_type served by two rows"
 
 
 def supported_model_types() -> list[str]:
