@@ -27,17 +27,13 @@ from flax import struct
 from flax.linen.attention import dot_product_attention_weights
 from flax.traverse_util import flatten_dict
 
+from flaxner.models.registry import family_of
+
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # BERT's reference GELU (erf)
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
-}
-# config.json model_type -> (parameter prefix, PyTorch architecture written on export)
-ARCHITECTURES = {
-    "bert": ("bert", "BertForTokenClassification"),
-    "roberta": ("roberta", "RobertaForTokenClassification"),
-    "xlm-roberta": ("roberta", "XLMRobertaForTokenClassification"),
 }
 
 
@@ -67,8 +63,9 @@ class BertConfig:
     def from_dict(cls, d: dict, source: str = "config.json") -> BertConfig:
         """From a parsed config.json; unknown keys are ignored, unsupported architectures refused."""
         model_type = d.get("model_type", "bert")
-        if model_type not in ARCHITECTURES:
-            raise ValueError(f"{source}: model_type {model_type!r} is not supported (one of {sorted(ARCHITECTURES)})")
+        family = family_of(model_type, source)
+        if family.module != __name__:
+            raise ValueError(f"{source}: model_type {model_type!r} is built by {family.module}, not BERT's module")
         if d.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{source}: position_embedding_type {d['position_embedding_type']!r} is not supported "
                              f"(absolute only)")
@@ -87,7 +84,7 @@ class BertConfig:
 
     @property
     def prefix(self) -> str:
-        return ARCHITECTURES[self.model_type][0]
+        return family_of(self.model_type).prefix
 
     @property
     def num_labels(self) -> int:
@@ -107,7 +104,7 @@ class BertConfig:
     def to_dict(self) -> dict:
         """config.json that transformers' PyTorch `...ForTokenClassification.from_pretrained` reads."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "labels"}
-        d.update(architectures=[ARCHITECTURES[self.model_type][1]], position_embedding_type="absolute",
+        d.update(architectures=[family_of(self.model_type).pytorch_architecture], position_embedding_type="absolute",
                  id2label={str(i): lab for i, lab in enumerate(self.labels)},
                  label2id={lab: i for i, lab in enumerate(self.labels)})
         if self.model_type != "bert":

@@ -1,8 +1,9 @@
-"""Build flaxner's BERT (flaxner/models/bert.py) and its tokenizer: pretrained (hub name or local HF folder) or random.
+"""Build a model of one of flaxner's families (flaxner/models/registry.py) and its tokenizer: pretrained (hub name or
+local HF folder) or random.
 
 Weights load from `model.safetensors` (PyTorch names, sharded or not), `flax_model.msgpack` (HF Flax tree) or
 `pytorch_model.bin` (`torch.load(weights_only=True)`), without transformers' model classes; `config.json` is read
-as the BERT config it is. Nothing a folder names in `auto_map` is ever imported."""
+by the config class of its `model_type`'s family. Nothing a folder names in `auto_map` is ever imported."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification, from_pytorch_names
 from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
+from flaxner.models.bert import from_pytorch_names
+from flaxner.models.registry import family_of
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
@@ -100,30 +102,43 @@ def load_tokenizer(folder: Path):
     return tok
 
 
-def read_config(folder: Path) -> BertConfig:
+def read_config(folder: Path):
+    """The config of `folder`'s config.json, read by the config class of its model_type's family."""
     path = folder / "config.json"
     if not path.is_file():
         raise ModelFileError(f"{folder}: no config.json (not an HF model folder)")
+    return config_from_file(path)
+
+
+def config_from_file(path: Path):
     try:
-        return BertConfig.from_json_file(path)
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ModelFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ModelFileError(f"{path}: not a JSON object")
+    # A config.json without model_type is an old BERT one (transformers reads it so too).
+    family = family_of(d.get("model_type", "bert"), str(path))
+    return family.config_class().from_dict(d, str(path))
 
 
-def base_config(name: str) -> BertConfig:
-    """The BertConfig of `name`: a local folder, a config shipped in the package (mBERT), or the hub."""
+def base_config(name: str):
+    """The config of `name`: a local folder, a config shipped in the package (mBERT), or the hub."""
     shipped = KNOWN_CONFIGS / f"{Path(name).name}.json"
     if not Path(resolve_name(name)).is_dir() and shipped.is_file():
-        return BertConfig.from_json_file(shipped)
+        return config_from_file(shipped)
     return read_config(model_folder(name))
 
 
-def build(config: BertConfig, cfg: ModelConfig) -> FlaxBertForTokenClassification:
-    return FlaxBertForTokenClassification(config, DTYPES[cfg.dtype], scan_layers=cfg.scan_layers, remat=cfg.remat)
+def build(config, cfg: ModelConfig):
+    """The model of `config`'s family (its registry row's model class), in `cfg`'s dtype and layer layout."""
+    model_class = family_of(config.model_type).model_class()
+    return model_class(config, DTYPES[cfg.dtype], scan_layers=cfg.scan_layers, remat=cfg.remat)
 
 
 def make_model(cfg: ModelConfig, labels: Sequence[str] = CONLL_LABELS, seed: int = 0, vocab_size: int | None = None):
-    """flaxner's `FlaxBertForTokenClassification` for `labels`; returns (model, params in the HF Flax tree)."""
+    """The model of `cfg` for `labels` (its family's class, through `build`); returns (model, params in the HF Flax
+    tree)."""
     labels = tuple(labels)
     if cfg.random_init:
         conf = _random_config(cfg, base_config(cfg.name), vocab_size).replace(labels=labels)
@@ -136,7 +151,7 @@ def make_model(cfg: ModelConfig, labels: Sequence[str] = CONLL_LABELS, seed: int
     return model, params
 
 
-def _random_config(cfg: ModelConfig, conf: BertConfig, vocab_size: int | None) -> BertConfig:
+def _random_config(cfg: ModelConfig, conf, vocab_size: int | None):
     for field, attr in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
                         ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
         value = getattr(cfg, field)
@@ -157,7 +172,7 @@ def load_trained(path: str | Path, dtype: str = "float32", scan_layers: bool = F
     conf = read_config(folder)
     if not conf.labels:
         raise ModelFileError(f"{folder}/config.json: no id2label (not a token-classification model)")
-    model = FlaxBertForTokenClassification(conf, DTYPES[dtype], scan_layers=scan_layers)
+    model = build(conf, ModelConfig(name=str(folder), dtype=dtype, scan_layers=scan_layers))
     params = load_params(folder, model, checkpoint_labels=conf.labels)
     return model, params, load_tokenizer(folder), list(conf.labels)
 
@@ -242,7 +257,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
 
 
-def load_params(folder: Path, model: FlaxBertForTokenClassification, prefer_pt: bool = False, seed: int = 0,
+def load_params(folder: Path, model, prefer_pt: bool = False, seed: int = 0,
                 checkpoint_labels: Sequence[str] = ()) -> dict:
     """The weights of `folder` fitted to `model`'s tree; a classifier is kept only when the checkpoint's label
     map equals the model's, else drawn fresh. One log line says what was left out and what is new."""
@@ -250,7 +265,7 @@ def load_params(folder: Path, model: FlaxBertForTokenClassification, prefer_pt: 
 
     path = weights_file(folder, prefer_pt)
     found = read_weights(path)
-    prefix = model.config.prefix
+    prefix = family_of(model.config.model_type).prefix
     # A bare encoder checkpoint (BertModel) names its weights without the `bert.` prefix.
     found = {((prefix, *k) if k[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in found.items()}
     want = flatten_dict(model.params_shape())

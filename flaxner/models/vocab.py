@@ -8,20 +8,28 @@ parameters) and the dense scatter of the embedding gradient, every step."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from flaxner.data.splits import Encoded
+from flaxner.models.registry import FAMILIES, supported_model_types
 
 log = logging.getLogger(__name__)
-EMBED_PATH = ("bert", "embeddings", "word_embeddings", "embedding")
 
 
-def embed_path(params: dict) -> tuple[str, ...]:
-    """EMBED_PATH, or its RoBERTa twin (`roberta/...`) for a RoBERTa/XLM-R tree."""
-    return ("roberta", *EMBED_PATH[1:]) if "roberta" in params else EMBED_PATH
+def embed_path(params: Mapping) -> tuple[str, ...]:
+    """The word-embedding table's path in `params`: the first family row whose `embed_path` the tree holds (a tree
+    carries no model_type; families that share a path, RoBERTa and XLM-R, share the table)."""
+    for family in FAMILIES:
+        node = params
+        for k in family.embed_path:
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if node is not None:
+            return family.embed_path
+    raise ValueError(f"no word-embedding table of any of flaxner's families ({', '.join(supported_model_types())}) "
+                     f"in a parameter tree with top keys {sorted(params)}")
 
 
 def _get(tree: dict, path: tuple[str, ...]):

@@ -35,6 +35,7 @@ class Tagger:
         from tokenizers import Tokenizer
 
         from flaxner.models.loading import load_trained
+        from flaxner.models.registry import family_of
         from flaxner.runtime import enable_compilation_cache
 
         cfg = dataclasses.replace(config or run_tag_config(model_dir), **overrides)
@@ -43,7 +44,7 @@ class Tagger:
         cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), model_dir)
         model, params, tokenizer, labels = load_trained(model_dir, cfg.dtype)
         check_iob2(labels)
-        check_tag_config(cfg, model.config.max_position_embeddings)
+        check_tag_config(cfg, family_of(model.config.model_type).max_positions(model.config))
         check_tokenizer(tokenizer)
         enable_compilation_cache(cfg.compilation_cache)
         self.cfg, self.labels, self.text_field, self.model_dir = cfg, list(labels), text_field, str(model_dir)

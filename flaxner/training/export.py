@@ -47,8 +47,8 @@ def progress(total: int, initial: int = 0):
 
 def save_model(model, params, tokenizer, out: Path) -> None:
     """HF-format export that flaxner, transformers' PyTorch classes (`BertForTokenClassification.from_pretrained`)
-    and transformers 4's Flax class all load: config.json (architectures, id2label/label2id), model.safetensors
-    (PyTorch names and layout), flax_model.msgpack (HF Flax tree) and the tokenizer."""
+    and transformers 4's Flax class all load: config.json (architectures: the family's registry row, id2label/
+    label2id), model.safetensors (PyTorch names and layout), flax_model.msgpack (HF Flax tree) and the tokenizer."""
     model.save_pretrained(out, params=params)
     tokenizer.save_pretrained(out)
 

@@ -1,0 +1,64 @@
+"""The model families flaxner builds: a `Family` row each, keyed by config.json's `model_type`.
+To add a family: a module under flaxner/models/ exposing its config class and model class (bert.py's interface),
+a row in FAMILIES, and tests of its logits against transformers' PyTorch class on the same weights (test_bert.py)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the rest of flaxner needs to know of one family; its module is imported only when a class is asked for.
+
+    The config class: `from_dict(d, source)`, `to_dict()`, `replace(**kw)`, `model_type`, `labels`, `vocab_size`
+    and HF's shape fields (`hidden_size`, `num_hidden_layers`, ...). The model class: `(config, dtype, scan_layers,
+    remat)`, called with `params=`, `init_params`, `params_shape`, `save_pretrained`, `resized`."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.json `model_type` values this row serves
+    module: str  # the module implementing it, e.g. flaxner.models.bert
+    config: str  # names of its config class and model class in that module
+    model: str
+    prefix: str  # the backbone's key at the top of the parameter tree (beside `classifier`)
+    embed_path: tuple[str, ...]  # the word-embedding table in the parameter tree (the compact vocabulary's)
+    pytorch_architecture: str  # config.json `architectures` on export: the class transformers loads it into
+    max_positions_field: str = "max_position_embeddings"
+
+    def config_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.config)
+
+    def model_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.model)
+
+    def max_positions(self, config) -> int:
+        """The longest row (in tokens, specials included) that `config`'s position table allows."""
+        return getattr(config, self.max_positions_field)
+
+
+_BERT = dict(module="flaxner.models.bert", config="BertConfig", model="FlaxBertForTokenClassification")
+_WORDS = ("embeddings", "word_embeddings", "embedding")  # below the prefix, in the HF Flax BERT tree
+FAMILIES = (
+    Family(name="bert", model_types=("bert",), **_BERT, prefix="bert", embed_path=("bert", *_WORDS),
+           pytorch_architecture="BertForTokenClassification"),
+    Family(name="roberta", model_types=("roberta",), **_BERT, prefix="roberta", embed_path=("roberta", *_WORDS),
+           pytorch_architecture="RobertaForTokenClassification"),
+    Family(name="xlm-roberta", model_types=("xlm-roberta",), **_BERT, prefix="roberta",
+           embed_path=("roberta", *_WORDS), pytorch_architecture="XLMRobertaForTokenClassification"),
+)
+_BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def supported_model_types() -> list[str]:
+    return list(_BY_MODEL_TYPE)
+
+
+def family_of(model_type: str, source: str = "config.json") -> Family:
+    """The row serving `model_type`; else a one-line ValueError naming `source` and the model types flaxner has."""
+    try:
+        return _BY_MODEL_TYPE[model_type]
+    except (KeyError, TypeError):
+        raise ValueError(f"{source}: model_type {model_type!r} is not supported; flaxner has: "
+                         f"{', '.join(supported_model_types())}") from None
+
