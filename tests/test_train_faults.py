@@ -50,7 +50,7 @@ def small_run(small_cfg, tmp_path_factory):
 def test_small_run_skips_the_missing_test_split(small_run, small_cfg, caplog, tmp_path):
     assert small_run.steps == 6 and small_run.test is None and len(small_run.history) == 2
     assert "test" not in json.loads((Path(small_run.run_dir) / "summary.json").read_text())
-    with caplog.at_level(logging.INFO, logger="flaxner.training.train"):
+    with caplog.at_level(logging.INFO, logger="flaxner.training"):
         build_run(small_cfg, tmp_path / "skip")
     assert "has no 'test' split: the test evaluation is skipped" in caplog.text
     with pytest.raises(DataError, match="no 'test' split"):  # asked for explicitly: refused up front
@@ -103,7 +103,7 @@ def test_save_points_at_epoch_ends_and_stops_there_resume(small_cfg, small_run, 
 def test_resume_of_a_finished_run_says_so_and_exits_0(small_cfg, small_run, tmp_path, capsys, caplog):
     out = tmp_path / "run"
     shutil.copytree(small_run.run_dir, out)
-    with caplog.at_level(logging.INFO, logger="flaxner.training.train"):
+    with caplog.at_level(logging.INFO, logger="flaxner.training"):
         code = main(["train", "--resume", "--output-dir", str(out), "train.compile_workers=0"])
     assert code == 0 and "the run is already finished (6 steps); nothing to do" in caplog.text
     assert "| Training Loss |" in capsys.readouterr().out

@@ -12,7 +12,7 @@ from tokenizers import Encoding
 
 from flaxner.data.batching import bucket_for
 from flaxner.data.labels import spans_from_ids
-from flaxner.data.rows import plan_rows, plan_windows, sentence_token_starts
+from flaxner.data.rows import plan_rows, sentence_token_starts
 
 
 @dataclass(slots=True)

@@ -22,26 +22,18 @@ import numpy as np
 from flaxner.training import distributed, export
 from flaxner.data.batching import EpochPlan, collate, eval_lengths, plan_epochs
 from flaxner.training.checkpoint import Checkpointer, LoopState
-from flaxner.config import Config, ConfigError, TrainConfig, absolute_paths, load_config, save_config, to_dict
-from flaxner.data.report import data_report, log_report
-from flaxner.data.splits import Encoded, encode, load_dataset_splits
+from flaxner.config import Config, absolute_paths, save_config
 from flaxner.training.evaluate import evaluate, jit_eval_step
-from flaxner.data.labels import IGNORE
 from flaxner.models.loading import make_model, make_tokenizer
 from flaxner.precompile import Precompiler, submit_run, workers_for
 from flaxner.rundir import RunDir
 from flaxner.runtime import Runtime, abstract, compile_stats, setup_runtime
 from flaxner.training.step import TrainStep, init_state, make_optimizer, make_schedule
 from flaxner.models.vocab import compact_model
+from flaxner.training.events import EpochEvent, StepEvent, Summary
+from flaxner.training.setup import Split, check_resume_config, load_splits, loss_denominator, resolved_loss_norm
 
 log = logging.getLogger(__name__)
-
-# Keys a resumed run may change: they do not alter the steps it takes or the weights it reaches.
-RESUME_HARMLESS = ("name", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile_workers",
-                   "train.compilation_cache", "train.eval_test", "tag.",
-                   # where the run is launched (per launch, never saved), not what it computes
-                   "train.distributed", "train.coordinator_address", "train.num_processes", "train.process_id")
-
 
 class Interrupted(Exception):
     """Training stopped by a signal after saving a checkpoint."""
@@ -50,15 +42,6 @@ class Interrupted(Exception):
         super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved in {run_dir}; "
                          f"continue with --resume --output-dir {run_dir}")
         self.signum = signum
-
-
-@dataclass
-class Split:
-    """One encoded split and its word-level gold tags."""
-
-    name: str  # the data's split name (e.g. validation)
-    enc: Encoded
-    gold: list[list[str]]
 
 
 @dataclass
@@ -121,134 +104,6 @@ class Run:
         """`params` on the host, in the full model's shape (the vocabulary expanded back)."""
         host = jax.tree.map(distributed.fetch, params)
         return self.vocab.expand(host, self.full_params) if self.vocab else host
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    """After one optimizer step. `losses` (and `learning_rate`) are set at log points: the losses of the steps
-    since the previous one. `state` is valid until the next step (the step donates it)."""
-
-    step: int
-    epoch: int  # 0-based, the epoch this step belongs to
-    batch: int  # batches of that epoch done
-    epoch_progress: float  # epochs done, fractional
-    seq: int  # padded length of the batch
-    tokens: int  # real (unpadded) tokens of the batch
-    state: dict
-    losses: list[float] | None = None
-    learning_rate: float | None = None
-
-
-@dataclass(frozen=True)
-class EpochEvent:
-    """After an epoch's evaluation; the loop state already points at the next epoch."""
-
-    epoch: int  # epochs done
-    step: int
-    scores: dict  # the metrics.jsonl eval row: epoch, step, train_loss, seqeval scores with per_type
-    improved: bool  # best validation F1 so far
-    state: dict
-
-
-@dataclass
-class Summary:
-    """What a finished run reports; `to_json` is summary.json."""
-
-    run_dir: str
-    steps: int
-    history: list[dict]
-    best_f1: float
-    loss_norm: str
-    buckets: list[int]
-    compiled_train_shapes: list[int]
-    xla_compiles: int
-    compile_s: float
-    compile_workers: int
-    compiled_ahead: int
-    devices: int
-    load_s: float = 0.0
-    train_s: float = 0.0
-    eval_s: float = 0.0
-    compile_wait_train_s: float = 0.0
-    compile_wait_eval_s: float = 0.0
-    test: dict | None = None
-    total_s: float = 0.0
-
-    def to_json(self) -> dict:
-        out = dataclasses.asdict(self)
-        if out["test"] is None:
-            del out["test"]
-        return out
-
-    @classmethod
-    def from_json(cls, d: dict) -> Summary:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-
-    def __getitem__(self, key: str):
-        """summary.json's keys, for code that reads a summary as the JSON (`summary["run_dir"]`)."""
-        return self.to_json()[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.to_json()
-
-
-def resolved_loss_norm(tc: TrainConfig) -> str:
-    """`train.loss_norm` with "auto" decided by the batching."""
-    if tc.loss_norm == "auto":
-        return "dataset" if tc.batching == "grouped" else "batch"
-    return tc.loss_norm
-
-
-def loss_denominator(tc: TrainConfig, enc: Encoded) -> float | None:
-    """None for `loss_norm: batch` (each batch's mean, as the Trainer); for "dataset", the mean number of
-    labelled tokens per batch over an epoch. Length-grouped batches hold from a few labelled tokens to hundreds;
-    a per-batch mean weighs a token of a short-sentence batch many times one of a long-sentence batch, while
-    dividing by this constant weighs every token the same, as random batches do on average. "auto" is dataset
-    for grouped batches and batch for random ones."""
-    if resolved_loss_norm(tc) == "batch":
-        return None
-    labelled = sum(int(np.sum(np.asarray(lab) != IGNORE)) for lab in enc.labels)
-    return labelled / -(-len(enc.input_ids) // tc.batch_size)  # over the epoch's batches
-
-
-def check_resume_config(cfg: Config, saved_path: Path) -> None:
-    """Refuse a resume whose config differs from the run's saved one in a key that changes the training."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    old, new = flat(to_dict(absolute_paths(load_config(saved_path)))), flat(to_dict(absolute_paths(cfg)))
-    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
-                    and not any(k == h or (h.endswith(".") and k.startswith(h)) for h in RESUME_HARMLESS)
-                    and not (k == "data.labels" and not new.get(k)))  # saved as inferred; empty means infer
-    if differ:
-        raise ConfigError(f"--resume: the config differs from {saved_path} in {', '.join(differ)} "
-                          f"({'; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in differ)}); "
-                          f"resume with the run's own config, or start a new run")
-
-
-def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[str, Split], tuple[str, ...]]:
-    """The encoded train and eval splits and, as `train.eval_test` says, test; and the label inventory. An empty
-    split is refused here, before any step."""
-    d, et = cfg.data, cfg.train.eval_test
-    roles = {"train": d.train_split, "eval": d.eval_split}
-    required = [d.train_split, d.eval_split] + ([d.test_split] if et is True else [])
-    optional = [d.test_split] if et == "auto" else []
-    ds, labels = load_dataset_splits(d, required, optional, labels)
-    log_report(data_report(ds, labels, d.train_split, d.rare_type_count), d.train_split)
-    if et is not False:
-        if d.test_split in ds:
-            roles["test"] = d.test_split
-        else:
-            log.info("data.source %s has no %r split: the test evaluation is skipped", d.source, d.test_split)
-    out = {}
-    for role, name in roles.items():
-        cols = ds[name][:]  # read the columns once, for the gold tags and the encoding
-        gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
-        out[role] = Split(name, encode(cols, tokenizer, d, labels), gold)
-    return out, tuple(labels)
 
 
 def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,

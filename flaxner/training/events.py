@@ -1,0 +1,75 @@
+"""What the training loop yields and what a finished run reports: `StepEvent`, `EpochEvent`, `Summary`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """After one optimizer step. `losses` (and `learning_rate`) are set at log points: the losses of the steps
+    since the previous one. `state` is valid until the next step (the step donates it)."""
+
+    step: int
+    epoch: int  # 0-based, the epoch this step belongs to
+    batch: int  # batches of that epoch done
+    epoch_progress: float  # epochs done, fractional
+    seq: int  # padded length of the batch
+    tokens: int  # real (unpadded) tokens of the batch
+    state: dict
+    losses: list[float] | None = None
+    learning_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """After an epoch's evaluation; the loop state already points at the next epoch."""
+
+    epoch: int  # epochs done
+    step: int
+    scores: dict  # the metrics.jsonl eval row: epoch, step, train_loss, seqeval scores with per_type
+    improved: bool  # best validation F1 so far
+    state: dict
+
+
+@dataclass
+class Summary:
+    """What a finished run reports; `to_json` is summary.json."""
+
+    run_dir: str
+    steps: int
+    history: list[dict]
+    best_f1: float
+    loss_norm: str
+    buckets: list[int]
+    compiled_train_shapes: list[int]
+    xla_compiles: int
+    compile_s: float
+    compile_workers: int
+    compiled_ahead: int
+    devices: int
+    load_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    compile_wait_train_s: float = 0.0
+    compile_wait_eval_s: float = 0.0
+    test: dict | None = None
+    total_s: float = 0.0
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if out["test"] is None:
+            del out["test"]
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> Summary:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    def __getitem__(self, key: str):
+        """summary.json's keys, for code that reads a summary as the JSON (`summary["run_dir"]`)."""
+        return self.to_json()[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_json()

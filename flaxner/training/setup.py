@@ -1,0 +1,92 @@
+"""The data side of a run's set-up, with no disk writes: the encoded splits, the loss normalisation they imply,
+and the check that a resumed run's config matches the one it was started with."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flaxner.config import Config, ConfigError, TrainConfig, absolute_paths, load_config, to_dict
+from flaxner.data.report import data_report, log_report
+from flaxner.data.splits import Encoded, encode, load_dataset_splits
+from flaxner.data.labels import IGNORE
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change: they do not alter the steps it takes or the weights it reaches.
+RESUME_HARMLESS = ("name", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile_workers",
+                   "train.compilation_cache", "train.eval_test", "tag.",
+                   # where the run is launched (per launch, never saved), not what it computes
+                   "train.distributed", "train.coordinator_address", "train.num_processes", "train.process_id")
+
+
+
+@dataclass
+class Split:
+    """One encoded split and its word-level gold tags."""
+
+    name: str  # the data's split name (e.g. validation)
+    enc: Encoded
+    gold: list[list[str]]
+
+
+def resolved_loss_norm(tc: TrainConfig) -> str:
+    """`train.loss_norm` with "auto" decided by the batching."""
+    if tc.loss_norm == "auto":
+        return "dataset" if tc.batching == "grouped" else "batch"
+    return tc.loss_norm
+
+
+def loss_denominator(tc: TrainConfig, enc: Encoded) -> float | None:
+    """None for `loss_norm: batch` (each batch's mean, as the Trainer); for "dataset", the mean number of
+    labelled tokens per batch over an epoch. Length-grouped batches hold from a few labelled tokens to hundreds;
+    a per-batch mean weighs a token of a short-sentence batch many times one of a long-sentence batch, while
+    dividing by this constant weighs every token the same, as random batches do on average. "auto" is dataset
+    for grouped batches and batch for random ones."""
+    if resolved_loss_norm(tc) == "batch":
+        return None
+    labelled = sum(int(np.sum(np.asarray(lab) != IGNORE)) for lab in enc.labels)
+    return labelled / -(-len(enc.input_ids) // tc.batch_size)  # over the epoch's batches
+
+
+def check_resume_config(cfg: Config, saved_path: Path) -> None:
+    """Refuse a resume whose config differs from the run's saved one in a key that changes the training."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(to_dict(absolute_paths(load_config(saved_path)))), flat(to_dict(absolute_paths(cfg)))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                    and not any(k == h or (h.endswith(".") and k.startswith(h)) for h in RESUME_HARMLESS)
+                    and not (k == "data.labels" and not new.get(k)))  # saved as inferred; empty means infer
+    if differ:
+        raise ConfigError(f"--resume: the config differs from {saved_path} in {', '.join(differ)} "
+                          f"({'; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in differ)}); "
+                          f"resume with the run's own config, or start a new run")
+
+
+def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[str, Split], tuple[str, ...]]:
+    """The encoded train and eval splits and, as `train.eval_test` says, test; and the label inventory. An empty
+    split is refused here, before any step."""
+    d, et = cfg.data, cfg.train.eval_test
+    roles = {"train": d.train_split, "eval": d.eval_split}
+    required = [d.train_split, d.eval_split] + ([d.test_split] if et is True else [])
+    optional = [d.test_split] if et == "auto" else []
+    ds, labels = load_dataset_splits(d, required, optional, labels)
+    log_report(data_report(ds, labels, d.train_split, d.rare_type_count), d.train_split)
+    if et is not False:
+        if d.test_split in ds:
+            roles["test"] = d.test_split
+        else:
+            log.info("data.source %s has no %r split: the test evaluation is skipped", d.source, d.test_split)
+    out = {}
+    for role, name in roles.items():
+        cols = ds[name][:]  # read the columns once, for the gold tags and the encoding
+        gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
+        out[role] = Split(name, encode(cols, tokenizer, d, labels), gold)
+    return out, tuple(labels)
