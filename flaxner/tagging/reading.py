@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -88,11 +88,12 @@ class LineReader:
     is the resume sidecar's record of the input (`identity`): a different input is refused."""
 
     def __init__(self, path: str, shard: tuple[int, int] = (0, 1), resume: tuple[int, int] | None = None,
-                 max_line_bytes: int = 0, expect: dict | None = None):
+                 max_line_bytes: int = 0, expect: dict | None = None, opener: Callable[[], BinaryIO] | None = None):
         self.path, self.shard, self.cap = path, shard, max_line_bytes
         self.gz = path.endswith(".gz")
         self.stdin = path == "-"
-        if not self.stdin and not Path(path).is_file():
+        self.opener = opener  # how to open `path` where it is no local file (a URI: Ray's reader)
+        if not self.stdin and opener is None and not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such input file")
         if self.stdin and shard != (0, 1):
             raise ValueError("--shard needs a file, not stdin")
@@ -100,7 +101,7 @@ class LineReader:
         self.expect = expect
         self.damage: str | None = None
         self.bytes_read = 0
-        self.total_bytes = 0 if self.stdin else os.path.getsize(path)
+        self.total_bytes = 0 if self.stdin or opener is not None else os.path.getsize(path)
         self._lo = 0  # the shard's first byte (plain files)
         if expect is not None and not self.stdin:
             now = file_stat(path)
@@ -110,6 +111,8 @@ class LineReader:
                                     f"{now['mtime_ns']}); run with --overwrite to start over")
 
     def _open_raw(self) -> BinaryIO:
+        if self.opener is not None:
+            return self.opener()
         return sys.stdin.buffer if self.stdin else open(self.path, "rb")
 
     def __iter__(self) -> Iterator[Line]:
@@ -137,11 +140,8 @@ class LineReader:
     def _iter_plain(self) -> Iterator[Line]:
         i, n = self.shard
         lo, hi = self.total_bytes * i // n, self.total_bytes * (i + 1) // n
-        with open(self.path, "rb") as f:
-            if lo > 0:
-                f.seek(lo - 1)
-                f.readline()  # the line straddling `lo` belongs to the previous shard
-                lo = f.tell()
+        with self._open_raw() as f:
+            lo = _line_start(f, lo)
             self._lo = lo
             number = newlines_between(f, 0, lo) + 1
             pos = lo
@@ -149,17 +149,29 @@ class LineReader:
                 number, pos = self.resume
                 if self.expect is not None and self.expect.get("sample") != _sample_crc(self.path, lo, pos):
                     self._refuse("its bytes before the resume point differ")
-            f.seek(pos)
-            self.total_bytes = max(hi - lo, 0)
+            yield from self._lines(f, lo, pos, hi, number)
+
+    def iter_range(self, lo: int, hi: int, first_line: int) -> Iterator[Line]:
+        """The lines of a plain file that start in bytes [lo, hi), numbered from `first_line` (a Ray slice's, counted
+        beforehand), capped and read as a shard's are."""
+        with self._open_raw() as f:
+            lo = _line_start(f, lo)
+            self._lo = lo
+            yield from self._lines(f, lo, lo, hi, first_line)
+
+    def _lines(self, f: BinaryIO, lo: int, pos: int, hi: int, number: int) -> Iterator[Line]:
+        """The lines from `pos` (numbered from `number`) while they start before `hi`; `lo`: the range's start."""
+        f.seek(pos)
+        self.total_bytes = max(hi - lo, 0)
+        self.bytes_read = pos - lo
+        while pos < hi:
+            raw, size = _read_line(f, self.cap)
+            if not size:
+                break
+            pos += size
             self.bytes_read = pos - lo
-            while pos < hi:
-                raw, size = _read_line(f, self.cap)
-                if not size:
-                    break
-                pos += size
-                self.bytes_read = pos - lo
-                yield Line(number, raw or b"", pos, None if raw is not None else self._too_long(number, size))
-                number += 1
+            yield Line(number, raw or b"", pos, None if raw is not None else self._too_long(number, size))
+            number += 1
 
     def _too_long(self, number: int, size: int) -> str:
         return (f"line {number}: {size:,} bytes, over the --max-line-bytes cap of {self.cap:,}; not read "
@@ -329,6 +341,18 @@ def _read_line(f: BinaryIO, cap: int) -> tuple[bytes | None, int]:
             break
         size += len(raw)
     return None, size
+
+
+def _line_start(f: BinaryIO, lo: int) -> int:
+    """The first line start at or after byte `lo` (the line straddling `lo` belongs to the range before), found in
+    bounded reads."""
+    if lo <= 0:
+        return 0
+    f.seek(lo - 1)
+    while True:
+        raw = f.readline(1 << 20)
+        if not raw or raw.endswith(b"\n"):
+            return f.tell()
 
 
 def newlines_between(f: BinaryIO, lo: int, hi: int) -> int:
