@@ -162,6 +162,11 @@ def test_processes_refuse_a_fresh_runs_part_and_planted_links(tmp_path):
         rc, err = _tag(src, "-o", out, "--processes", "2", "--model", tmp_path, "--overwrite")
         assert rc == 2 and f"{out}{planted}: is a symlink" in err and err.count("\n") == 1, err
         os.unlink(f"{out}{planted}")
+    Path(f"{out}.shard0of2.log").write_text("my notes\n")  # not a log of flaxner's (no header): kept
+    rc, err = _tag(src, "-o", out, "--processes", "2", "--model", tmp_path, "--overwrite")
+    assert rc == 2 and "o.jsonl.shard0of2.log: a file flaxner cannot prove it wrote" in err and err.count("\n") == 1
+    assert Path(f"{out}.shard0of2.log").read_text() == "my notes\n"
+    Path(f"{out}.shard0of2.log").unlink()
     assert secret.read_text() == "keep me\n" and not list(tmp_path.glob("o.jsonl*"))
 
 

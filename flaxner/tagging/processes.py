@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from flaxner.tagging.reading import TagInputError, parse_shard
-from flaxner.tagging.outpolicy import OutputLock, check_output, open_new, open_own, refuse_link
+from flaxner.tagging.outpolicy import OutputLock, check_output, is_regular, open_new, open_own, refuse_inputs, \
+    refuse_link
 from flaxner.tagging.writing import default_output
 
 _LOG_HEAD = b"flaxner tag: a shard's log\n"  # what proves a leftover log flaxner's own, so a rerun may replace it
@@ -69,6 +70,7 @@ def run_processes(args, child_args: list[str]) -> int:
     outs = [shard_output(base, k, n) for k in range(n)]
     for out in outs:
         check_output(str(out), args.input)
+        refuse_inputs(f"{out}.log", [args.input], "a shard's log", shown=out)
         refuse_link(f"{out}.log", "a shard's log")
     lock = OutputLock(target) if target != "-" else None  # one parent per output
     try:
@@ -91,6 +93,12 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
         if started:
             raise TagInputError(f"{started[0]}: an interrupted run's shard is there; pass --resume to continue it "
                                 f"or --overwrite to start over")
+    for out in outs:  # before any child starts: a log there that flaxner cannot prove its own is the user's
+        log = Path(f"{out}.log")
+        finished = args.resume and out.is_file() and not Path(f"{out}.part").exists()
+        if not finished and os.path.lexists(log) and not (is_regular(log) and _is_log(log)):
+            raise TagInputError(f"{log}: a file flaxner cannot prove it wrote is there (no shard-log header); "
+                                f"remove it and run again")
     env = child_env(n)
     procs: dict[int, subprocess.Popen] = {}
     logs: dict[int, Path] = {}

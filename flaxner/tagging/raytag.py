@@ -395,9 +395,10 @@ def _check_outputs(files: list[dict], out_dir: str, join: str | None, resume: bo
         outpolicy.refuse_link(out_dir.rstrip("/") or "/")
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise TagInputError(f"-o {out_dir}: is not a folder; --engine ray writes a folder of slice files")
-        here = Path(out_dir).resolve()
-        for src in inputs:
-            if "://" not in src and Path(src).resolve().is_relative_to(here):
+        here, there = Path(out_dir).resolve(), Path(os.path.abspath(out_dir))
+        for src in inputs:  # as named and as resolved: a slice or plan written there could be (or replace) it
+            if "://" not in src and (Path(src).resolve().is_relative_to(here) or
+                                     Path(os.path.abspath(src)).is_relative_to(there)):
                 raise TagInputError(f"-o {out_dir}: holds the input file {src}; choose an output folder apart from "
                                     f"the inputs")
     if join is None:
