@@ -150,6 +150,11 @@ def test_processes_refuse_a_fresh_runs_part_and_planted_links(tmp_path):
     log are refused before any child starts."""
     src = _write_jsonl(tmp_path / "c.jsonl", SENTENCES)
     out = tmp_path / "o.jsonl"
+    log_is_input = _write_jsonl(tmp_path / "o.jsonl.shard0of2.log", SENTENCES)  # a shard's log would be the input
+    rc, err = _tag(log_is_input, "-o", out, "--processes", "2", "--model", tmp_path)
+    assert rc == 2 and "o.jsonl.shard0of2.log is the input file" in err and err.count("\n") == 1
+    assert len(_lines(log_is_input)) == len(SENTENCES)
+    log_is_input.unlink()
     Path(f"{out}.part").write_text("an interrupted run's lines\n")
     rc, err = _tag(src, "-o", out, "--processes", "2", "--model", tmp_path)
     assert rc == 2 and "o.jsonl.part: an interrupted run's output is there; pass --resume" in err

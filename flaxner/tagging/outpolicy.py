@@ -61,7 +61,8 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def refuse_inputs(path: str | Path, inputs: Iterable[str], flag: str = "-o", shown: str | Path | None = None) -> None:
+def refuse_inputs(path: str | Path, inputs: Iterable[str], flag: str = "-o",
+                  shown: str | Path | None = None) -> None:
     """Refuse a path flaxner would write that is (or resolves to) one of `inputs` ('-' and URIs skipped)."""
     for src in inputs:
         if src != "-" and "://" not in src and same_file(path, src):
