@@ -114,6 +114,7 @@ def test_ray_outputs_that_are_inputs_links_or_earlier_runs_are_refused(tmp_path)
     _refused(tmp_path, [str(src)], out, "is the input file", join=str(tmp_path / "link.jsonl"), overwrite=True)
     _refused(tmp_path, [str(src)], tmp_path, "holds the input file")
     _refused(tmp_path, [str(src)], src, "in.jsonl: is not a folder")
+    _refused(tmp_path, [str(src)], out, "a name the slices of -o .* use", join=str(out / raytag.slice_name(0)))
     secret = tmp_path / "secret.txt"
     secret.write_text("keep me\n")
     (tmp_path / "j.jsonl").symlink_to(secret)

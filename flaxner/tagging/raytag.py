@@ -408,6 +408,10 @@ def _check_outputs(files: list[dict], out_dir: str, join: str | None, resume: bo
     else:
         outpolicy.refuse_inputs(join, inputs, "--join")
         outpolicy.refuse_link(join, "--join")
+        name = Path(join).name
+        if "://" not in out_dir and Path(join).parent.resolve() == Path(out_dir).resolve() and \
+                (name == PLAN or _OURS.fullmatch(name) or _TMP.fullmatch(name)):
+            raise TagInputError(f"--join {join}: a name the slices of -o {out_dir} use; choose another")
         if os.path.isdir(join):
             raise TagInputError(f"--join {join}: is a folder; give the path of the file to write")
         exists = os.path.lexists(join)
