@@ -253,7 +253,8 @@ def test_run_folder_misuse_is_refused_before_loading(small_cfg, small_run, tmp_p
 
 
 @pytest.mark.parametrize("planted, flags", [("model", ["--overwrite"]), ("checkpoints", ["--overwrite"]),
-                                            ("checkpoints", []), ("metrics.jsonl", ["--resume"])])
+                                            ("checkpoints", []), ("metrics.jsonl", ["--resume"]),
+                                            ("checkpoints/last", ["--resume"])])
 def test_run_folder_symlinks_are_refused_never_written_through(small_cfg, tmp_path, monkeypatch, capsys, planted,
                                                                flags):
     """A symlink at a run file or folder (`model/`, `checkpoints/`, `metrics.jsonl`...): refused before loading, in
@@ -268,6 +269,7 @@ def test_run_folder_symlinks_are_refused_never_written_through(small_cfg, tmp_pa
     out.mkdir()
     if flags:
         (out / "config.yaml").write_text("name: earlier\n")
+    (out / planted).parent.mkdir(exist_ok=True)
     (out / planted).symlink_to(outside if "." not in planted else outside / "keep.txt")
     assert main(["train", "--config", "tiny", "--output-dir", str(out), *flags]) == 2
     err = capsys.readouterr().err
