@@ -379,16 +379,16 @@ def test_gzip_shards_decompress_what_precedes_their_slice_once(tmp_path, monkeyp
     src = tmp_path / "c.txt.gz"
     src.write_bytes(gzip.compress(body[:half]) + gzip.compress(body[half:]))  # two members
     decompressed = {"n": 0}
-    real_fill = reading._Gunzip.fill
+    real_fill = reading.Gunzip.fill
 
     def fill(self):
         out = real_fill(self)
         decompressed["n"] += len(out)
         return out
 
-    monkeypatch.setattr(reading._Gunzip, "fill", fill)
-    monkeypatch.setattr(reading, "_count_gz_lines", functools.partial(reading._count_gz_lines, spacing=1 << 16,
-                                                                      most=64))
+    monkeypatch.setattr(reading.Gunzip, "fill", fill)
+    monkeypatch.setattr(reading, "count_gz_lines", functools.partial(reading.count_gz_lines, spacing=1 << 16,
+                                                                    most=64))
     got = []
     for i in range(4):
         decompressed["n"] = 0

@@ -259,7 +259,7 @@ def test_run_folder_symlinks_are_refused_never_written_through(small_cfg, tmp_pa
                                                                flags):
     """A symlink at a run file or folder (`model/`, `checkpoints/`, `metrics.jsonl`...): refused before loading, in
     every mode; its target is neither emptied nor written."""
-    import flaxner.train as T
+    import flaxner.training.train as T
 
     monkeypatch.setattr(T, "make_tokenizer", lambda *a: pytest.fail("loaded before refusing"))
     outside = tmp_path / "outside"

@@ -45,7 +45,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
 import uuid
@@ -56,37 +55,16 @@ from typing import Any
 import numpy as np
 
 from flaxner.tagging import outpolicy
-from flaxner.tagging.reading import MAX_LINE_BYTES, LineReader, TagInputError, input_format, newlines_between, \
-    parse_line
+from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
+    prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
+from flaxner.tagging.reading import MAX_LINE_BYTES, LineReader, input_format, newlines_between, parse_line
 from flaxner.tagging.writing import output_line
 
-PLAN = "plan.json"
-_CHUNK = 1 << 24
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
 DRIVER_COUNT_BYTES = 256 << 20  # newlines counted on the driver up to this many bytes, else in Ray tasks
 # The TagConfig options of `flaxner tag`, for both engines (the local one reads this tuple too, so they cannot drift)
 OVERRIDES = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype", "words",
              "context")
-_OURS = re.compile(r"slice-\d{5}\.(jsonl|stats\.json)")  # the names of a run's slice and slice-stats files
-_TMP = re.compile(r"(slice-\d{5}\.(jsonl|stats\.json)|plan\.json)\.[0-9a-f]{12}\.tmp")  # _write_atomic's
-
-
-def slice_name(index: int) -> str:
-    return f"slice-{index:05d}.jsonl"
-
-
-def stats_name(index: int) -> str:
-    """A committed slice's counts (written just before the slice itself), for the summary of a resumed run."""
-    return f"slice-{index:05d}.stats.json"
-
-
-def _fs(uri: str):
-    """(pyarrow filesystem, path inside it) of a local path or a URI."""
-    from pyarrow import fs
-
-    if "://" not in uri:
-        return fs.LocalFileSystem(), os.path.abspath(uri)
-    return fs.FileSystem.from_uri(uri)
 
 
 def _uri(path: str, like: str) -> str:
@@ -104,7 +82,7 @@ def expand_inputs(inputs: list[str]) -> list[dict]:
     files: list[dict] = []
     for spec in inputs:
         if not any(c in spec for c in "*?["):
-            filesystem, path = _fs(spec)
+            filesystem, path = fs_of(spec)
             info = filesystem.get_file_info(path)
             if info.type != fs.FileType.File:
                 raise FileNotFoundError(f"{spec}: no such input file")
@@ -114,7 +92,7 @@ def expand_inputs(inputs: list[str]) -> list[dict]:
         parts = rest.split("/")
         k = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
         base = "/".join(parts[:k]) or ("/" if rest.startswith("/") else ".")
-        filesystem, base_path = _fs(f"{head}://{base}" if head else base)
+        filesystem, base_path = fs_of(f"{head}://{base}" if head else base)
         pattern = base_path.rstrip("/") + "/" + "/".join(parts[k:])
         recursive = k < len(parts) - 1 or "**" in rest
         infos = filesystem.get_file_info(fs.FileSelector(base_path, recursive=recursive, allow_not_found=True))
@@ -141,7 +119,7 @@ def cut_slices(files: list[dict], slice_bytes: int) -> list[dict]:
 def count_newlines(row: dict) -> dict:
     """Newlines in bytes [lo - 1, hi - 1) of a slice's file: summed over the slices before a slice k > 0, plus 2,
     they give its first line number (its first line starts after the first newline at or past lo - 1)."""
-    filesystem, path = _fs(row["uri"])
+    filesystem, path = fs_of(row["uri"])
     lo, hi = max(row["lo"] - 1, 0), max(row["hi"] - 1, 0)
     with filesystem.open_input_file(path) as f:
         count = newlines_between(f, lo, hi)
@@ -174,29 +152,10 @@ def iter_slice(uri: str, lo: int, hi: int, first_line: int, max_line_bytes: int 
     """The `tagging.reading.Line`s of one slice, read by the local engine's reader: a plain file's lines starting in
     [lo, hi), numbered from `first_line`; a `.gz` file's every line (a damaged one: every readable line, then one
     error line). A line over `max_line_bytes` (0: no cap) comes back unread, with its error."""
-    filesystem, path = _fs(uri)
+    filesystem, path = fs_of(uri)
     opener = None if "://" not in uri else lambda: io.BufferedReader(filesystem.open_input_file(path), 1 << 20)
     reader = LineReader(uri if opener else path, max_line_bytes=max_line_bytes, opener=opener)
     yield from reader if uri.endswith(".gz") else reader.iter_range(lo, hi, first_line)
-
-
-def _create(filesystem, path: str):
-    """A new file to write: on a local disk created O_EXCL|O_NOFOLLOW (`outpolicy.create_new`: never through a link
-    planted there), on an object store (no links there) a stream."""
-    from pyarrow import fs
-
-    if isinstance(filesystem, fs.LocalFileSystem):
-        return outpolicy.open_new(path)
-    return filesystem.open_output_stream(path, compression=None)
-
-
-def _is_file(filesystem, path: str) -> bool:
-    """A file at `path` itself: on a local disk a regular file, a symlink is not (it was not written here)."""
-    from pyarrow import fs
-
-    if isinstance(filesystem, fs.LocalFileSystem):
-        return outpolicy.is_regular(path)
-    return filesystem.get_file_info(path).is_file
 
 
 class _SliceTagger:
@@ -225,14 +184,14 @@ class _SliceTagger:
         t0, tokens0 = time.perf_counter(), self.tagger.stats.tokens
         uri, index = str(s["uri"]), int(s["index"])
         fmt = input_format(uri, self.fmt)
-        filesystem, out = _fs(self.out_dir)
+        filesystem, out = fs_of(self.out_dir)
         final = f"{out}/{slice_name(index)}"
         tmp = f"{final}.{uuid.uuid4().hex[:12]}.tmp"  # unique: a retry never shares a file with a dying attempt
         lines = (parse_line(x, fmt, self.tagger.text_field, self.id_field)
                  for x in iter_slice(uri, int(s["lo"]), int(s["hi"]), int(s["first_line"]), self.max_line_bytes))
         counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}
         chunk: list[bytes] = []
-        with _create(filesystem, tmp) as f:
+        with create_file(filesystem, tmp) as f:
             for rec, ents in self.tagger.stream(lines):
                 chunk.append(output_line(rec, ents, self.keep_fields, self.id_field))
                 counts["lines"] += 1
@@ -244,7 +203,7 @@ class _SliceTagger:
                     chunk = []
                 self._maybe_fail(counts["lines"])
             f.write(b"".join(chunk))
-        _write_atomic(filesystem, f"{out}/{stats_name(index)}", json.dumps(counts).encode())
+        write_atomic(filesystem, f"{out}/{stats_name(index)}", json.dumps(counts).encode())
         filesystem.move(tmp, final)
         self.done += 1
         return {"index": index, **counts, "tokens": self.tagger.stats.tokens - tokens0,
@@ -334,120 +293,6 @@ def _plan_key(files: list[dict], model_dir: str, fmt: str, text_field: str, id_f
     return json.loads(json.dumps(key))  # as plan.json reads it back (tuples as lists)
 
 
-def _write_atomic(filesystem, path: str, data: bytes) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-    with _create(filesystem, tmp) as f:
-        f.write(data)
-    filesystem.move(tmp, path)
-
-
-def _sweep_tmp(filesystem, out: str) -> None:
-    """Remove the uncommitted .tmp files of attempts that died (only names `_write_atomic` and the actors make)."""
-    from pyarrow import fs
-
-    for info in filesystem.get_file_info(fs.FileSelector(out, allow_not_found=True)):
-        if _TMP.fullmatch(info.base_name):
-            filesystem.delete_file(info.path)
-
-
-def _read_plan(filesystem, path: str) -> dict:
-    from pyarrow import fs
-
-    if isinstance(filesystem, fs.LocalFileSystem):
-        with outpolicy.open_own(path) as f:  # a link planted there is refused, not read through
-            return json.loads(f.read())
-    with filesystem.open_input_stream(path, compression=None) as f:
-        return json.loads(f.read())
-
-
-def _prepare_folder(filesystem, out: str, out_dir: str, key: dict, resume: bool, overwrite: bool) -> dict | None:
-    """The plan to resume, or None to start over: an earlier run's output is refused without --resume or
-    --overwrite; --overwrite removes only the files its plan.json lists (a slice-* file it does not list is
-    refused, never removed)."""
-    from pyarrow import fs
-
-    names = [i.base_name for i in filesystem.get_file_info(fs.FileSelector(out, allow_not_found=True))]
-    plan = _read_plan(filesystem, f"{out}/{PLAN}") if PLAN in names else None
-    if plan is not None and resume:
-        if plan["key"] != key:
-            raise ValueError(f"--resume: {out_dir}/{PLAN} was written for other inputs or options (files, sizes, "
-                             f"model or tag options differ); run with --overwrite to start over")
-        return plan
-    found = sorted(n for n in names if _OURS.fullmatch(n))
-    if plan is not None and not overwrite:
-        raise TagInputError(f"-o {out_dir}: holds an earlier run's output ({PLAN} and its slices); pass --resume "
-                            f"to continue it or --overwrite to replace it")
-    listed = {f(s["index"]) for s in (plan or {}).get("slices", []) for f in (slice_name, stats_name)}
-    foreign = [n for n in found if n not in listed]
-    if foreign:
-        raise TagInputError(f"-o {out_dir}: {foreign[0]} is no slice its {PLAN} lists, so flaxner cannot tell it "
-                            f"wrote it; move it away (or choose another folder) and run again")
-    for n in found + ([PLAN] if plan is not None else []):  # --overwrite: the earlier run's own files
-        filesystem.delete_file(f"{out}/{n}")
-    return None
-
-
-def _check_outputs(files: list[dict], out_dir: str, join: str | None, resume: bool, overwrite: bool) -> None:
-    """Refuse, before any work, an output folder that is a symlink or a file or holds an input, and a --join file
-    that is an input, a symlink or a folder, or exists (without --resume or --overwrite)."""
-    inputs = [f["uri"] for f in files]
-    if "://" not in out_dir:
-        outpolicy.refuse_link(out_dir.rstrip("/") or "/")
-        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-            raise TagInputError(f"-o {out_dir}: is not a folder; --engine ray writes a folder of slice files")
-        here, there = Path(out_dir).resolve(), Path(os.path.abspath(out_dir))
-        for src in inputs:  # as named and as resolved: a slice or plan written there could be (or replace) it
-            if "://" not in src and (Path(src).resolve().is_relative_to(here) or
-                                     Path(os.path.abspath(src)).is_relative_to(there)):
-                raise TagInputError(f"-o {out_dir}: holds the input file {src}; choose an output folder apart from "
-                                    f"the inputs")
-    if join is None:
-        return
-    if "://" in join:
-        exists = _fs(join)[0].get_file_info(_fs(join)[1]).type.name != "NotFound"
-    else:
-        outpolicy.refuse_inputs(join, inputs, "--join")
-        outpolicy.refuse_link(join, "--join")
-        name = Path(join).name
-        if "://" not in out_dir and Path(join).parent.resolve() == Path(out_dir).resolve() and \
-                (name == PLAN or _OURS.fullmatch(name) or _TMP.fullmatch(name)):
-            raise TagInputError(f"--join {join}: a name the slices of -o {out_dir} use; choose another")
-        if os.path.isdir(join):
-            raise TagInputError(f"--join {join}: is a folder; give the path of the file to write")
-        exists = os.path.lexists(join)
-    if exists and not (resume or overwrite):
-        raise TagInputError(f"--join {join} exists; pass --overwrite to replace it")
-
-
-def _slice_counts(filesystem, out: str, index: int) -> dict:
-    """A committed slice's counts: its stats file, else (a driver killed between the two renames) its lines."""
-    counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}
-    if _is_file(filesystem, f"{out}/{stats_name(index)}"):
-        with filesystem.open_input_stream(f"{out}/{stats_name(index)}", compression=None) as f:
-            return {k: int(v) for k, v in json.loads(f.read()).items() if k in counts}
-    with filesystem.open_input_stream(f"{out}/{slice_name(index)}", compression=None) as f:
-        for line in io.BufferedReader(f, 1 << 20):
-            rec = json.loads(line)
-            counts["lines"] += 1
-            counts["errors"] += "error" in rec
-            counts["warnings"] += "warning" in rec
-            counts["entities"] += len(rec.get("entities") or ())
-    return counts
-
-
-def join_slices(out_dir: str, n_slices: int, target: str) -> None:
-    """All slice files in input order into `target` (through a .tmp and a rename)."""
-    src_fs, out = _fs(out_dir)
-    dst_fs, path = _fs(target)
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-    with _create(dst_fs, tmp) as dst:
-        for k in range(n_slices):
-            with src_fs.open_input_stream(f"{out}/{slice_name(k)}", compression=None) as src:
-                while chunk := src.read(_CHUNK):
-                    dst.write(chunk)
-    dst_fs.move(tmp, path)
-
-
 def _connect(address: str | None) -> None:
     import ray
 
@@ -489,16 +334,16 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
         model_dir = str(Path(model_dir).resolve())
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
-    _check_outputs(files, out_dir, join, resume, overwrite)
+    check_outputs(files, out_dir, join, resume, overwrite)
     key = _plan_key(files, model_dir, fmt, text_field, id_field, keep_fields, slice_bytes, overrides)
     key["max_line_bytes"] = max_line_bytes
-    filesystem, out = _fs(out_dir)
+    filesystem, out = fs_of(out_dir)
     filesystem.create_dir(out, recursive=True)
     # one driver per output folder, as one writer per output locally (a local folder; object stores have no flock)
     lock = outpolicy.OutputLock(f"{out}/{PLAN}") if "://" not in out_dir else None
     try:
-        plan = _prepare_folder(filesystem, out, out_dir, key, resume, overwrite)
-        _sweep_tmp(filesystem, out)
+        plan = prepare_folder(filesystem, out, out_dir, key, resume, overwrite)
+        sweep_tmp(filesystem, out)
         return _run(files, plan, key, model_dir, out_dir, join, address, t0, progress,
                     dict(fmt=fmt, text_field=text_field, id_field=id_field, keep_fields=keep_fields,
                          overrides=overrides, max_line_bytes=max_line_bytes),
@@ -512,16 +357,16 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
 def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_args, pool_args, slice_bytes):
     import ray
 
-    filesystem, out = _fs(out_dir)
+    filesystem, out = fs_of(out_dir)
     out_uri = out_dir if "://" in out_dir else out
     _connect(address)
     if plan is None:
         slices = cut_slices(files, slice_bytes)
         number_slices(slices)
         plan = {"key": key, "slices": slices}
-        _write_atomic(filesystem, f"{out}/{PLAN}", json.dumps(plan).encode())
+        write_atomic(filesystem, f"{out}/{PLAN}", json.dumps(plan).encode())
     slices = plan["slices"]
-    todo = [s for s in slices if not _is_file(filesystem, f"{out}/{slice_name(s['index'])}")]
+    todo = [s for s in slices if not is_file_at(filesystem, f"{out}/{slice_name(s['index'])}")]
     stats: list[dict] = []
     pool = None
     if todo:
@@ -544,7 +389,7 @@ def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_
                   f"{row['seconds']:.1f}s ({len(stats)}/{len(todo)})", file=sys.stderr)
     if not todo:
         print(f"tag: all {len(slices)} slices of {out_dir} are done already", file=sys.stderr)
-    _sweep_tmp(filesystem, out)  # the .tmp of attempts that died (their slices were redone)
+    sweep_tmp(filesystem, out)  # the .tmp of attempts that died (their slices were redone)
     if join:
         join_slices(out_uri, len(slices), join)
     seconds = time.perf_counter() - t0
@@ -552,7 +397,7 @@ def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_
     this_run = {k: int(sum(r[k] for r in stats)) for k in kinds}
     tagged = {int(r["index"]) for r in stats}
     # as the local engine's summary: the whole output, the slices committed by earlier runs included
-    before = [_slice_counts(filesystem, out, s["index"]) for s in slices if s["index"] not in tagged]
+    before = [slice_counts(filesystem, out, s["index"]) for s in slices if s["index"] not in tagged]
     total = {k: this_run[k] + sum(b[k] for b in before) for k in kinds}
     tokens = int(sum(r["tokens"] for r in stats))
     nodes: dict[str, int] = {}
