@@ -253,11 +253,10 @@ def _tag(args: argparse.Namespace) -> int:
         return run_processes(args, tag_child_args(args))
     if threading_main():
         signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
+    from flaxner.tagging.raytag import OVERRIDES
     from flaxner.tagging.tagger import Tagger
 
-    overrides = {k: getattr(args, k) for k in ("aggregation", "max_length", "stride", "batch_size", "batch_tokens",
-                                               "lookahead", "dtype", "words", "context", "context_size")
-                 if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
     summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,

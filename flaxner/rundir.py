@@ -62,6 +62,11 @@ class RunDir:
     def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
         found there first (where `delete`: on one host of several sharing the folder)."""
+        for p in (self.config, self.metrics, self.summary, self.card, self.checkpoints, self.model,
+                  self.checkpoints / "last", self.checkpoints / "best"):
+            if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
+                raise RunDirError(f"{p}: is a symlink; flaxner writes no run file through a link it did not make: "
+                                  f"remove the link (its target is kept) and run again")
         if resume:
             if overwrite:
                 raise RunDirError("--resume and --overwrite exclude each other")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from flaxner.tagging import raytag
+from flaxner.tagging.reading import TagInputError
 from helpers import read_jsonl as _read
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,79 @@ def test_gzip_is_one_slice_and_globs_expand_in_order(tmp_path):
         raytag.expand_inputs([str(tmp_path / "d" / "*.ndjson")])
     with pytest.raises(FileNotFoundError, match="no such input file"):
         raytag.expand_inputs([str(tmp_path / "missing.jsonl")])
+
+
+def test_a_slice_is_read_by_the_local_reader_cap_and_damaged_gzip_included(tmp_path):
+    """Ray's slices go through `tagging.reading.LineReader`: a line over --max-line-bytes comes back unread with its
+    error, the next lines intact; a truncated .gz gives every readable line, then one error line (no exception)."""
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b'{"text": "a"}\n' + b'{"text": "' + b"x" * (3 << 20) + b'"}\n' + b'{"text": "b"}\n')
+    got = list(raytag.iter_slice(str(big), 0, big.stat().st_size, 1, max_line_bytes=1_000_000))
+    assert [x.number for x in got] == [1, 2, 3] and got[0].error is None and got[2].raw == b'{"text": "b"}\n'
+    assert got[1].raw == b"" and "over the --max-line-bytes cap of 1,000,000" in got[1].error
+    data = gzip.compress(b"".join(b'{"id": %d, "text": "Peter Blackburn"}\n' % i for i in range(2000)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[:len(data) * 2 // 3])
+    got = list(raytag.iter_slice(str(tmp_path / "cut.jsonl.gz"), 0, 0, 1))
+    assert all(x.error is None for x in got[:-1]) and len(got) > 100
+    assert "damaged after line" in got[-1].error and got[-1].number == len(got)
+
+
+def test_both_engines_take_the_same_tag_options(tmp_path, monkeypatch):
+    """`--words`, `--max-line-bytes` and every other TagConfig option reach the Ray actors as the local tagger."""
+    import dataclasses
+    import types
+
+    from flaxner.cli import TAG_OPTIONS, build_parser
+    from flaxner.config import TagConfig
+
+    fields = {f.name for f in dataclasses.fields(TagConfig)}
+    flags = {f[-1].lstrip("-").replace("-", "_") for f, _, _ in TAG_OPTIONS}
+    assert fields & flags <= set(raytag.OVERRIDES)
+    seen = {}
+    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))  # run_cli only checks Ray is there
+    monkeypatch.setattr(raytag, "tag_files", lambda *a, **kw: seen.update(kw) or {"tagged": []})
+    args = build_parser().parse_args(["tag", "in.jsonl", "--engine", "ray", "-o", str(tmp_path / "o"), "--model", "m",
+                                      "--words", "tokenizer", "--max-line-bytes", "5", "--overwrite"])
+    assert raytag.run_cli(args) == 0
+    assert seen["words"] == "tokenizer" and seen["max_line_bytes"] == 5 and seen["overwrite"] is True
+
+
+def _refused(tmp_path, inputs, out, match, **kw):
+    with pytest.raises(TagInputError, match=match):
+        raytag.tag_files(inputs, str(tmp_path), str(out), progress=False, **kw)
+
+
+def test_ray_outputs_that_are_inputs_links_or_earlier_runs_are_refused(tmp_path):
+    """Before any work (no Ray started): a --join or -o that is, holds or links to an input; an existing --join or
+    an earlier run's folder without --resume/--overwrite; --overwrite never removes a slice-* file its plan.json
+    does not list. Nothing is written or removed."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "Peter Blackburn"}\n')
+    out = tmp_path / "out"
+    _refused(tmp_path, [str(src)], out, "--join .*in.jsonl is the input file", join=str(src))
+    (tmp_path / "link.jsonl").symlink_to(src)
+    _refused(tmp_path, [str(src)], out, "is the input file", join=str(tmp_path / "link.jsonl"), overwrite=True)
+    _refused(tmp_path, [str(src)], tmp_path, "holds the input file")
+    _refused(tmp_path, [str(src)], src, "in.jsonl: is not a folder")
+    _refused(tmp_path, [str(src)], out, "a name the slices of -o .* use", join=str(out / raytag.slice_name(0)))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep me\n")
+    (tmp_path / "j.jsonl").symlink_to(secret)
+    _refused(tmp_path, [str(src)], out, "--join .*j.jsonl: is a symlink", join=str(tmp_path / "j.jsonl"),
+             overwrite=True)
+    (tmp_path / "outlink").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    _refused(tmp_path, [str(src)], tmp_path / "outlink", "outlink: is a symlink")
+    (tmp_path / "all.jsonl").write_text("an earlier join\n")
+    _refused(tmp_path, [str(src)], out, "all.jsonl exists; pass --overwrite", join=str(tmp_path / "all.jsonl"))
+    out.mkdir()
+    (out / raytag.PLAN).write_text(json.dumps({"key": {}, "slices": [{"index": 0}]}))
+    (out / raytag.slice_name(0)).write_text("an earlier run's slice\n")
+    _refused(tmp_path, [str(src)], out, "holds an earlier run's output .*pass --resume to continue it or --overwrite")
+    (out / raytag.slice_name(1)).write_text("my own file\n")
+    _refused(tmp_path, [str(src)], out, "slice-00001.jsonl is no slice its plan.json lists", overwrite=True)
+    assert (out / raytag.slice_name(1)).read_text() == "my own file\n" and (out / raytag.slice_name(0)).exists()
+    assert secret.read_text() == "keep me\n" and src.read_text() == '{"text": "Peter Blackburn"}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "slice-00000.jsonl", "slice-00001.jsonl"]
 
 
 # ---------------------------------------------------------------- on a Ray cluster
@@ -233,3 +307,50 @@ def test_a_killed_driver_resumes_without_gap_or_duplicate(cluster, tiny_ner_dir,
     assert len(s["tagged"]) + len(done) >= len(plan["slices"])
     _assert_same(_read(out / "all.jsonl"), reference)
     assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.ray
+def test_ray_caps_long_lines_and_reads_a_damaged_gzip_as_the_local_engine(cluster, tiny_ner_dir, corpus, tmp_path):
+    """A 3 MB line (over the 1 MB default cap) and a truncated .gz: Ray writes what `flaxner tag` writes."""
+    from flaxner.tagging.tagger import Tagger
+
+    (tmp_path / "in").mkdir()
+    big = tmp_path / "in" / "big.jsonl"
+    big.write_bytes(b'{"text": "Peter Blackburn"}\n{"text": "' + b"x " * (3 << 19) + b'"}\n{"text": "BRUSSELS"}\n')
+    data = gzip.compress(b"".join(json.dumps({"id": i, "text": " ".join(WORDS[i % 9:i % 9 + 6])}).encode() + b"\n"
+                                  for i in range(3000)))
+    cut = tmp_path / "in" / "cut.jsonl.gz"
+    cut.write_bytes(data[:len(data) // 2])
+    tagger = Tagger.from_pretrained(tiny_ner_dir, **corpus["overrides"])
+    want = []
+    for k, f in enumerate((big, cut)):
+        tagger.tag_file(str(f), str(tmp_path / f"ref{k}.jsonl"), progress=False)
+        want += _read(tmp_path / f"ref{k}.jsonl")
+    s = raytag.tag_files([str(big), str(cut)], str(tiny_ner_dir), str(tmp_path / "out"),
+                         join=str(tmp_path / "all.jsonl"), progress=False, **corpus["overrides"])
+    got = _read(tmp_path / "all.jsonl")
+    _assert_same(got, want)
+    assert "over the --max-line-bytes cap" in got[1]["error"] and "damaged after line" in got[-1]["error"]
+    assert s["lines"] == len(want) and s["errors"] == 2
+
+
+@pytest.mark.ray
+def test_ray_resume_counts_the_whole_output_and_overwrite_replaces_only_its_own(cluster, tiny_ner_dir, corpus,
+                                                                               reference, tmp_path):
+    out, join = tmp_path / "out", tmp_path / "all.jsonl"
+    kw = dict(slice_bytes=3000, progress=False, **corpus["overrides"])
+    first = raytag.tag_files(corpus["glob"], str(tiny_ner_dir), str(out), **kw)
+    n = first["slices"]
+    for k in (1, n - 1):  # as if the driver had been killed before these were committed
+        (out / raytag.slice_name(k)).unlink()
+        (out / raytag.stats_name(k)).unlink()
+    (out / raytag.stats_name(2)).unlink()  # ... or between a slice's two renames: its lines are counted instead
+    (out / "notes.txt").write_text("mine")
+    again = raytag.tag_files(corpus["glob"], str(tiny_ner_dir), str(out), join=str(join), resume=True, **kw)
+    kinds = ("lines", "errors", "warnings", "entities")
+    assert again["tagged"] == [1, n - 1] and {k: again[k] for k in kinds} == {k: first[k] for k in kinds}
+    assert 0 < again["this_run"]["lines"] < first["lines"] == again["this_run"]["lines"] + again["resumed_lines"]
+    _assert_same(_read(join), reference)
+    third = raytag.tag_files(corpus["glob"], str(tiny_ner_dir), str(out), join=str(join), overwrite=True, **kw)
+    assert third["slices_tagged"] == n and third["resumed_lines"] == 0 and (out / "notes.txt").read_text() == "mine"
+    _assert_same(_read(join), reference)

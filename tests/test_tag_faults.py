@@ -92,6 +92,89 @@ def test_resume_from_stdin_needs_resume_stdin(tmp_path):
     assert rc == 2 and "--resume-stdin" in err and err.count("\n") == 1
 
 
+# ---- planted symlinks and files: never written through, never clobbered ---------------------------------------
+
+@pytest.mark.parametrize("planted", ["", ".part", ".part.tmp", ".part.lock", ".part.json"])
+def test_planted_symlinks_are_never_written_through(tmp_path, planted):
+    """A symlink at the output or at its part, sidecar-temp, lock or sidecar file: the CLI refuses before any work,
+    naming it; the writer itself refuses it or replaces the link; the link's target is never written."""
+    src = _write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep me\n")
+    out = str(tmp_path / "o.jsonl")
+    os.symlink(secret, out + planted)
+    for flags in (["--overwrite"], []):
+        rc, err = _tag(src, "-o", out, "--model", tmp_path, "--no-progress", *flags)
+        assert rc == 2 and f"-o {out}{planted}: is a symlink" in err and err.count("\n") == 1, err
+    try:  # the writer, as `Tagger.tag_file` drives it after its checks (or were the link planted meanwhile)
+        w = OutputWriter(out, {"k": 1}, overwrite=True)
+        w.write(b"{}\n")
+        w.commit(2, 3)
+        w.finish()
+    except TagInputError as e:
+        assert f"{out}{planted}" in str(e)
+    assert secret.read_text() == "keep me\n"
+    assert planted == "" or not os.path.islink(out)
+
+
+def test_a_killed_writers_lock_and_sidecar_temp_are_replaced_anything_else_refused(tmp_path):
+    out = str(tmp_path / "o.jsonl")
+    lock, tmp = Path(out + ".part.lock"), Path(out + ".part.tmp")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{dead.pid}\n")  # a writer killed outright leaves its lock, its PID dead
+    tmp.write_text(json.dumps({"key": {"k": 1}, "bytes": 0, "next_line": 1}))  # ... or its sidecar's temp file
+    w = OutputWriter(out, {"k": 1})
+    w.write(b"{}\n")
+    w.commit(2, 3)
+    w.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
+    lock.write_text("my notes\n")  # not a lock of flaxner's: kept, refused
+    with pytest.raises(TagInputError, match=r"o.jsonl.part.lock: a file that is not a lock of flaxner's"):
+        OutputWriter(out, {"k": 1}, overwrite=True)
+    lock.write_text(f"{os.getppid()}\n")  # its PID alive: another writer
+    with pytest.raises(TagInputError, match="another flaxner tag is writing it"):
+        OutputWriter(out, {"k": 1}, overwrite=True)
+    lock.unlink()
+    tmp.write_text("my notes\n")
+    w = OutputWriter(out, {"k": 1}, overwrite=True)
+    w.write(b"{}\n")
+    with pytest.raises(TagInputError, match=r"o.jsonl.part.tmp: a file flaxner cannot prove it wrote is there"):
+        w.commit(2, 3)
+    w.close()
+    assert lock.exists() is False and tmp.read_text() == "my notes\n"
+
+
+def test_processes_refuse_a_fresh_runs_part_and_planted_links(tmp_path):
+    """`--processes`: an interrupted run's OUT.part (which the join would replace) and a link at a shard's output or
+    log are refused before any child starts."""
+    src = _write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    out = tmp_path / "o.jsonl"
+    log_is_input = _write_jsonl(tmp_path / "o.jsonl.shard0of2.log", SENTENCES)  # a shard's log would be the input
+    rc, err = _tag(log_is_input, "-o", out, "--processes", "2", "--model", tmp_path)
+    assert rc == 2 and "o.jsonl.shard0of2.log is the input file" in err and err.count("\n") == 1
+    assert len(_lines(log_is_input)) == len(SENTENCES)
+    log_is_input.unlink()
+    Path(f"{out}.part").write_text("an interrupted run's lines\n")
+    rc, err = _tag(src, "-o", out, "--processes", "2", "--model", tmp_path)
+    assert rc == 2 and "o.jsonl.part: an interrupted run's output is there; pass --resume" in err
+    assert err.count("\n") == 1 and Path(f"{out}.part").read_text() == "an interrupted run's lines\n"
+    Path(f"{out}.part").unlink()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep me\n")
+    for planted in (".shard1of2", ".shard0of2.log"):
+        os.symlink(secret, f"{out}{planted}")
+        rc, err = _tag(src, "-o", out, "--processes", "2", "--model", tmp_path, "--overwrite")
+        assert rc == 2 and f"{out}{planted}: is a symlink" in err and err.count("\n") == 1, err
+        os.unlink(f"{out}{planted}")
+    Path(f"{out}.shard0of2.log").write_text("my notes\n")  # not a log of flaxner's (no header): kept
+    rc, err = _tag(src, "-o", out, "--processes", "2", "--model", tmp_path, "--overwrite")
+    assert rc == 2 and "o.jsonl.shard0of2.log: a file flaxner cannot prove it wrote" in err and err.count("\n") == 1
+    assert Path(f"{out}.shard0of2.log").read_text() == "my notes\n"
+    Path(f"{out}.shard0of2.log").unlink()
+    assert secret.read_text() == "keep me\n" and not list(tmp_path.glob("o.jsonl*"))
+
+
 def test_every_tag_option_has_help():
     from flaxner.cli import build_parser
 
@@ -296,16 +379,16 @@ def test_gzip_shards_decompress_what_precedes_their_slice_once(tmp_path, monkeyp
     src = tmp_path / "c.txt.gz"
     src.write_bytes(gzip.compress(body[:half]) + gzip.compress(body[half:]))  # two members
     decompressed = {"n": 0}
-    real_fill = reading._Gunzip.fill
+    real_fill = reading.Gunzip.fill
 
     def fill(self):
         out = real_fill(self)
         decompressed["n"] += len(out)
         return out
 
-    monkeypatch.setattr(reading._Gunzip, "fill", fill)
-    monkeypatch.setattr(reading, "_count_gz_lines", functools.partial(reading._count_gz_lines, spacing=1 << 16,
-                                                                      most=64))
+    monkeypatch.setattr(reading.Gunzip, "fill", fill)
+    monkeypatch.setattr(reading, "count_gz_lines", functools.partial(reading.count_gz_lines, spacing=1 << 16,
+                                                                    most=64))
     got = []
     for i in range(4):
         decompressed["n"] = 0

@@ -252,6 +252,32 @@ def test_run_folder_misuse_is_refused_before_loading(small_cfg, small_run, tmp_p
     assert before == {p: p.stat().st_mtime_ns for p in existing.rglob("*") if p.is_file()}
 
 
+@pytest.mark.parametrize("planted, flags", [("model", ["--overwrite"]), ("checkpoints", ["--overwrite"]),
+                                            ("checkpoints", []), ("metrics.jsonl", ["--resume"]),
+                                            ("checkpoints/last", ["--resume"])])
+def test_run_folder_symlinks_are_refused_never_written_through(small_cfg, tmp_path, monkeypatch, capsys, planted,
+                                                               flags):
+    """A symlink at a run file or folder (`model/`, `checkpoints/`, `metrics.jsonl`...): refused before loading, in
+    every mode; its target is neither emptied nor written."""
+    import flaxner.training.train as T
+
+    monkeypatch.setattr(T, "make_tokenizer", lambda *a: pytest.fail("loaded before refusing"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    out = tmp_path / "run"
+    out.mkdir()
+    if flags:
+        (out / "config.yaml").write_text("name: earlier\n")
+    (out / planted).parent.mkdir(exist_ok=True)
+    (out / planted).symlink_to(outside if "." not in planted else outside / "keep.txt")
+    assert main(["train", "--config", "tiny", "--output-dir", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / planted}: is a symlink" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"] and (outside / "keep.txt").read_text() == "mine"
+    assert (out / planted).is_symlink()
+
+
 def test_overwrite_replaces_the_run(small_cfg, small_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(small_run.run_dir, out)

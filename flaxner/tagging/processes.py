@@ -24,7 +24,11 @@ import time
 from pathlib import Path
 
 from flaxner.tagging.reading import TagInputError, parse_shard
-from flaxner.tagging.writing import OutputLock, check_output, default_output
+from flaxner.tagging.outpolicy import OutputLock, check_output, is_regular, open_new, open_own, refuse_inputs, \
+    refuse_link
+from flaxner.tagging.writing import default_output
+
+_LOG_HEAD = b"flaxner tag: a shard's log\n"  # what proves a leftover log flaxner's own, so a rerun may replace it
 
 def shard_output(output: str, k: int, n: int) -> Path:
     """Shard k of n's output (gzip, as a child writes it, when the output is .gz: gzip files concatenate)."""
@@ -66,6 +70,8 @@ def run_processes(args, child_args: list[str]) -> int:
     outs = [shard_output(base, k, n) for k in range(n)]
     for out in outs:
         check_output(str(out), args.input)
+        refuse_inputs(f"{out}.log", [args.input], "a shard's log", shown=out)
+        refuse_link(f"{out}.log", "a shard's log")
     lock = OutputLock(target) if target != "-" else None  # one parent per output
     try:
         return _run(args, child_args, n, i, m, target, outs)
@@ -75,15 +81,24 @@ def run_processes(args, child_args: list[str]) -> int:
 
 
 def _run(args, child_args, n, i, m, target, outs) -> int:
-    started = [out for out in outs if out.exists() or Path(f"{out}.part").exists()]
+    started = [out for out in outs if os.path.lexists(out) or os.path.lexists(f"{out}.part")]
     if args.resume and target != "-" and Path(target).is_file() and not started:
         raise ValueError(f"--resume: {target} is already complete")
     if not args.resume and not args.overwrite:
-        if target != "-" and Path(target).exists():
+        if target != "-" and os.path.lexists(target):
             raise TagInputError(f"{target} exists; pass --overwrite to replace it")
+        if target != "-" and os.path.lexists(f"{target}.part"):
+            raise TagInputError(f"{target}.part: an interrupted run's output is there; pass --resume to continue "
+                                f"it or --overwrite to start over")
         if started:
             raise TagInputError(f"{started[0]}: an interrupted run's shard is there; pass --resume to continue it "
                                 f"or --overwrite to start over")
+    for out in outs:  # before any child starts: a log there that flaxner cannot prove its own is the user's
+        log = Path(f"{out}.log")
+        finished = args.resume and out.is_file() and not Path(f"{out}.part").exists()
+        if not finished and os.path.lexists(log) and not (is_regular(log) and _is_log(log)):
+            raise TagInputError(f"{log}: a file flaxner cannot prove it wrote is there (no shard-log header); "
+                                f"remove it and run again")
     env = child_env(n)
     procs: dict[int, subprocess.Popen] = {}
     logs: dict[int, Path] = {}
@@ -106,7 +121,9 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
                 Path(f"{out}.log").unlink(missing_ok=True)
                 continue
             logs[k] = Path(f"{out}.log")
-            with logs[k].open("w") as log:  # the child's stderr: its summary, or why it failed
+            with open_new(logs[k], stale=_is_log) as log:  # the child's stderr: its summary, or why it failed
+                log.write(_LOG_HEAD)
+                log.flush()
                 # its own session: a terminal's Ctrl-C reaches the parent only, which passes it on once
                 procs[k] = subprocess.Popen(child_command(args, child_args, out, f"{i * n + k}/{m * n}"), env=env,
                                             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
@@ -116,7 +133,7 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
         summaries, failed = {}, {}
         for k, p in procs.items():
             p.wait()
-            err = logs[k].read_text(errors="replace")
+            err = logs[k].read_bytes()[len(_LOG_HEAD):].decode(errors="replace")
             if p.returncode:
                 failed[k] = (p.returncode, err.strip().splitlines()[-1] if err.strip() else "", logs[k])
             else:
@@ -158,6 +175,11 @@ def _summary(stderr: str) -> dict:
     return {}
 
 
+def _is_log(path: Path) -> bool:
+    with open_own(path) as f:
+        return f.read(len(_LOG_HEAD)) == _LOG_HEAD
+
+
 def _concatenate(parts: list[Path], target: str) -> None:
     """The shard outputs in order into `target` (through a .part file and a rename), then remove them."""
     if target == "-":
@@ -167,7 +189,8 @@ def _concatenate(parts: list[Path], target: str) -> None:
         sys.stdout.buffer.flush()
     else:
         tmp = Path(f"{target}.part")
-        with tmp.open("wb") as out:
+        # under the output's lock, with --resume or --overwrite (a fresh run refused one): an earlier run's, replaced
+        with open_new(tmp, stale=lambda p: True) as out:
             for part in parts:
                 with part.open("rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)

@@ -14,16 +14,22 @@ Design (Ray Data, the way the issue asks, but not `read_json`):
   output lines hold the numbers (errors, and ids of lines without one), so every slice file would be rewritten.
   The plan (slices and first lines) is saved in OUT_DIR/plan.json, so `--resume` does not count again.
 - Tagging: `ray.data.from_items(slices, one block each).map_batches(_SliceTagger, batch_size=1, concurrency=N)`. Each
-  actor holds one warm compiled `Tagger`; for a slice it reads the bytes itself (pyarrow.fs), turns every line into a
-  `Record` with `tagging.reading.parse_line` (blank, bad, undecodable lines become error rows, never exceptions), runs
-  `Tagger.stream` over the whole slice (so packing is the CLI's), writes the output lines to a uniquely named
-  `slice-NNNNN.jsonl.<id>.tmp` and renames it to `slice-NNNNN.jsonl`, then returns one stats row. A whole slice per
+  actor holds one warm compiled `Tagger`; for a slice it reads the lines itself with the local engine's reader
+  (`tagging.reading.LineReader.iter_range`, over pyarrow.fs for URIs: the same --max-line-bytes cap, the same damaged
+  gzip ending), turns every line into a `Record` with `tagging.reading.parse_line` (blank, bad, undecodable lines
+  become error rows, never exceptions), runs `Tagger.stream` over the whole slice (so packing is the CLI's), writes
+  the output lines to a uniquely named `slice-NNNNN.jsonl.<id>.tmp` (created O_EXCL|O_NOFOLLOW on a local disk),
+  writes its counts to `slice-NNNNN.stats.json` and renames the .tmp to `slice-NNNNN.jsonl`, then returns one stats
+  row. A whole slice per
   task is what makes commits per slice possible: rows of a Ray Data read would be re-blocked between read and map, so
   no task would own a slice. Ray Data gives the actor pool, its placement (SPREAD), the GPU/CPU requests and the fault
   tolerance (actors restarted, tasks retried: `max_restarts=-1`, `max_task_retries=-1`).
 - Faults: a killed actor loses only its uncommitted .tmp; Ray retries the slice from scratch on a live actor. A
-  killed driver leaves the committed slices; `--resume` tags only the slices without a final file. `--join` then
-  concatenates all slices in input order.
+  killed driver leaves the committed slices; `--resume` tags only the slices without a final file (its summary
+  counts the whole output, as the local engine's). `--join` then concatenates all slices in input order.
+- Outputs follow the local engine's policy (`tagging.outpolicy`): an earlier run's folder or `--join` file is refused
+  without `--resume` or `--overwrite`; `--overwrite` removes only the files the earlier plan.json lists; no output
+  path may be (or hold) an input or a symlink; one driver per local folder (`plan.json.part.lock`).
 - Pool: one actor per GPU by default (`gpus_per_actor` < 1 shares a GPU, with JAX's memory fraction split as
   `tagprocs.child_env` does); on CPU, actors × `cpus_per_actor` must leave one CPU per node (ray-project/ray#44687:
   a pool that takes every CPU starves any other task of the dataset). The pool is printed before work starts.
@@ -48,27 +54,17 @@ from typing import Any
 
 import numpy as np
 
-from flaxner.tagging.reading import Line, input_format, newlines_between, parse_line
+from flaxner.tagging import outpolicy
+from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
+    prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
+from flaxner.tagging.reading import MAX_LINE_BYTES, LineReader, input_format, newlines_between, parse_line
 from flaxner.tagging.writing import output_line
 
-PLAN = "plan.json"
-_CHUNK = 1 << 24
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
 DRIVER_COUNT_BYTES = 256 << 20  # newlines counted on the driver up to this many bytes, else in Ray tasks
-OVERRIDES = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype")
-
-
-def slice_name(index: int) -> str:
-    return f"slice-{index:05d}.jsonl"
-
-
-def _fs(uri: str):
-    """(pyarrow filesystem, path inside it) of a local path or a URI."""
-    from pyarrow import fs
-
-    if "://" not in uri:
-        return fs.LocalFileSystem(), os.path.abspath(uri)
-    return fs.FileSystem.from_uri(uri)
+# The TagConfig options of `flaxner tag`, for both engines (the local one reads this tuple too, so they cannot drift)
+OVERRIDES = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype", "words",
+             "context", "context_size")
 
 
 def _uri(path: str, like: str) -> str:
@@ -86,7 +82,7 @@ def expand_inputs(inputs: list[str]) -> list[dict]:
     files: list[dict] = []
     for spec in inputs:
         if not any(c in spec for c in "*?["):
-            filesystem, path = _fs(spec)
+            filesystem, path = fs_of(spec)
             info = filesystem.get_file_info(path)
             if info.type != fs.FileType.File:
                 raise FileNotFoundError(f"{spec}: no such input file")
@@ -96,7 +92,7 @@ def expand_inputs(inputs: list[str]) -> list[dict]:
         parts = rest.split("/")
         k = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
         base = "/".join(parts[:k]) or ("/" if rest.startswith("/") else ".")
-        filesystem, base_path = _fs(f"{head}://{base}" if head else base)
+        filesystem, base_path = fs_of(f"{head}://{base}" if head else base)
         pattern = base_path.rstrip("/") + "/" + "/".join(parts[k:])
         recursive = k < len(parts) - 1 or "**" in rest
         infos = filesystem.get_file_info(fs.FileSelector(base_path, recursive=recursive, allow_not_found=True))
@@ -123,7 +119,7 @@ def cut_slices(files: list[dict], slice_bytes: int) -> list[dict]:
 def count_newlines(row: dict) -> dict:
     """Newlines in bytes [lo - 1, hi - 1) of a slice's file: summed over the slices before a slice k > 0, plus 2,
     they give its first line number (its first line starts after the first newline at or past lo - 1)."""
-    filesystem, path = _fs(row["uri"])
+    filesystem, path = fs_of(row["uri"])
     lo, hi = max(row["lo"] - 1, 0), max(row["hi"] - 1, 0)
     with filesystem.open_input_file(path) as f:
         count = newlines_between(f, lo, hi)
@@ -152,55 +148,21 @@ def number_slices(slices: list[dict]) -> None:
         s["first_line"] = before + 2
 
 
-def iter_slice(uri: str, lo: int, hi: int, first_line: int) -> Any:
-    """The `tagging.reading.Line`s of one slice: a plain file's lines starting in [lo, hi), numbered from `first_line`;
-    a `.gz` file's every line."""
-    import gzip
-
-    filesystem, path = _fs(uri)
-    if uri.endswith(".gz"):
-        with filesystem.open_input_stream(path, compression=None) as raw:
-            f = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), _CHUNK)
-            for k, line in enumerate(f, 1):
-                yield Line(k, line, k)
-        return
-    with filesystem.open_input_file(path) as f:
-        pos = max(lo - 1, 0)
-        f.seek(pos)
-        buf, at = b"", 0
-        if lo > 0:  # the line straddling `lo` belongs to the slice before
-            while True:
-                chunk = f.read(_CHUNK)
-                if not chunk:
-                    return
-                i = chunk.find(b"\n")
-                if i >= 0:
-                    buf, pos = chunk[i + 1:], pos + i + 1
-                    break
-                pos += len(chunk)
-        number = first_line
-        while pos < hi:
-            i = buf.find(b"\n", at)
-            if i < 0:
-                chunk = f.read(_CHUNK)
-                if not chunk:
-                    if at < len(buf):
-                        yield Line(number, buf[at:], pos + len(buf) - at)
-                    return
-                buf, at = buf[at:] + chunk, 0
-                continue
-            raw = buf[at:i + 1]
-            at = i + 1
-            pos += len(raw)
-            yield Line(number, raw, pos)
-            number += 1
+def iter_slice(uri: str, lo: int, hi: int, first_line: int, max_line_bytes: int = 0) -> Any:
+    """The `tagging.reading.Line`s of one slice, read by the local engine's reader: a plain file's lines starting in
+    [lo, hi), numbered from `first_line`; a `.gz` file's every line (a damaged one: every readable line, then one
+    error line). A line over `max_line_bytes` (0: no cap) comes back unread, with its error."""
+    filesystem, path = fs_of(uri)
+    opener = None if "://" not in uri else lambda: io.BufferedReader(filesystem.open_input_file(path), 1 << 20)
+    reader = LineReader(uri if opener else path, max_line_bytes=max_line_bytes, opener=opener)
+    yield from reader if uri.endswith(".gz") else reader.iter_range(lo, hi, first_line)
 
 
 class _SliceTagger:
     """A Ray Data actor: a warm `Tagger`; each call tags whole slices into committed slice files."""
 
     def __init__(self, model_dir: str, out_dir: str, fmt: str, text_field: str, id_field: str, keep_fields: bool,
-                 overrides: dict, mem_fraction: str | None = None):
+                 overrides: dict, mem_fraction: str | None = None, max_line_bytes: int = MAX_LINE_BYTES):
         if mem_fraction:  # before JAX is imported in this worker
             os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", mem_fraction)
         import ray
@@ -209,6 +171,7 @@ class _SliceTagger:
 
         self.tagger = Tagger.from_pretrained(model_dir, text_field=text_field, **overrides)
         self.out_dir, self.fmt, self.id_field, self.keep_fields = out_dir, fmt, id_field, keep_fields
+        self.max_line_bytes = max_line_bytes
         self.node = ray.get_runtime_context().get_node_id()
         self.done = 0
         self.fault = os.environ.get(_FAULT_ENV, "")
@@ -221,14 +184,14 @@ class _SliceTagger:
         t0, tokens0 = time.perf_counter(), self.tagger.stats.tokens
         uri, index = str(s["uri"]), int(s["index"])
         fmt = input_format(uri, self.fmt)
-        filesystem, out = _fs(self.out_dir)
+        filesystem, out = fs_of(self.out_dir)
         final = f"{out}/{slice_name(index)}"
         tmp = f"{final}.{uuid.uuid4().hex[:12]}.tmp"  # unique: a retry never shares a file with a dying attempt
         lines = (parse_line(x, fmt, self.tagger.text_field, self.id_field)
-                 for x in iter_slice(uri, int(s["lo"]), int(s["hi"]), int(s["first_line"])))
+                 for x in iter_slice(uri, int(s["lo"]), int(s["hi"]), int(s["first_line"]), self.max_line_bytes))
         counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}
         chunk: list[bytes] = []
-        with filesystem.open_output_stream(tmp, compression=None) as f:
+        with create_file(filesystem, tmp) as f:
             for rec, ents in self.tagger.stream(lines):
                 chunk.append(output_line(rec, ents, self.keep_fields, self.id_field))
                 counts["lines"] += 1
@@ -240,6 +203,7 @@ class _SliceTagger:
                     chunk = []
                 self._maybe_fail(counts["lines"])
             f.write(b"".join(chunk))
+        write_atomic(filesystem, f"{out}/{stats_name(index)}", json.dumps(counts).encode())
         filesystem.move(tmp, final)
         self.done += 1
         return {"index": index, **counts, "tokens": self.tagger.stats.tokens - tokens0,
@@ -329,37 +293,6 @@ def _plan_key(files: list[dict], model_dir: str, fmt: str, text_field: str, id_f
     return json.loads(json.dumps(key))  # as plan.json reads it back (tuples as lists)
 
 
-def _write_atomic(filesystem, path: str, data: bytes) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-    with filesystem.open_output_stream(tmp, compression=None) as f:
-        f.write(data)
-    filesystem.move(tmp, path)
-
-
-def _clean(filesystem, out: str, keep_slices: bool) -> None:
-    """Remove the uncommitted .tmp files of an earlier run (and its slices and plan unless resuming)."""
-    from pyarrow import fs
-
-    for info in filesystem.get_file_info(fs.FileSelector(out, allow_not_found=True)):
-        name = info.base_name
-        if name.startswith("slice-") and (name.endswith(".tmp") or not keep_slices) or \
-                name.startswith(PLAN) and (name.endswith(".tmp") or not keep_slices):
-            filesystem.delete_file(info.path)
-
-
-def join_slices(out_dir: str, n_slices: int, target: str) -> None:
-    """All slice files in input order into `target` (through a .tmp and a rename)."""
-    src_fs, out = _fs(out_dir)
-    dst_fs, path = _fs(target)
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-    with dst_fs.open_output_stream(tmp, compression=None) as dst:
-        for k in range(n_slices):
-            with src_fs.open_input_stream(f"{out}/{slice_name(k)}", compression=None) as src:
-                while chunk := src.read(_CHUNK):
-                    dst.write(chunk)
-    dst_fs.move(tmp, path)
-
-
 def _connect(address: str | None) -> None:
     import ray
 
@@ -369,7 +302,7 @@ def _connect(address: str | None) -> None:
 
 
 def _tag_dataset(ray, todo: list[dict], pool: dict, model_dir: str, out_uri: str, fmt: str, text_field: str,
-                 id_field: str, keep_fields: bool, overrides: dict):
+                 id_field: str, keep_fields: bool, overrides: dict, max_line_bytes: int):
     """One block, hence one actor task, per slice (batch_size=1 keeps Ray Data from bundling blocks); at most two
     slices queued per actor, so a lost actor takes little back to the queue."""
     env = {k: os.environ[k] for k in (_FAULT_ENV,) if k in os.environ}  # the test hook, from the driver
@@ -379,19 +312,19 @@ def _tag_dataset(ray, todo: list[dict], pool: dict, model_dir: str, out_uri: str
         num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None, ray_remote_args_fn=_Placement(pool["slots"]),
         fn_constructor_kwargs=dict(model_dir=model_dir, out_dir=out_uri, fmt=fmt, text_field=text_field,
                                    id_field=id_field, keep_fields=keep_fields, overrides=overrides,
-                                   mem_fraction=pool["mem_fraction"]))
+                                   mem_fraction=pool["mem_fraction"], max_line_bytes=max_line_bytes))
 
 
 def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str | None = None,
-              address: str | None = None, resume: bool = False, *, fmt: str = "auto", text_field: str = "text",
-              id_field: str = "id", keep_fields: bool = False, slice_bytes: int = 32 << 20,
-              actors: int | None = None, cpus_per_actor: float | None = None, gpus_per_actor: float | None = None,
-              progress: bool = True, **overrides) -> dict:
+              address: str | None = None, resume: bool = False, *, overwrite: bool = False, fmt: str = "auto",
+              text_field: str = "text", id_field: str = "id", keep_fields: bool = False, slice_bytes: int = 32 << 20,
+              max_line_bytes: int = MAX_LINE_BYTES, actors: int | None = None, cpus_per_actor: float | None = None,
+              gpus_per_actor: float | None = None, progress: bool = True, **overrides) -> dict:
     """Tag files/globs/URIs on a Ray cluster (`address`, else a local one) into OUT_DIR/slice-NNNNN.jsonl, one
-    output line per input line, and into `join` in input order if given; returns the summary. `overrides` are
-    TagConfig fields (batch_tokens, dtype, ...). OUT_DIR must be reachable by every node (a shared folder or a URI)."""
-    import ray
-
+    output line per input line, and into `join` in input order if given; returns the summary (`lines`, `errors`,
+    `warnings`, `entities` count the whole output, `this_run` this call's). `overrides` are TagConfig fields
+    (batch_tokens, dtype, ...). OUT_DIR must be reachable by every node (a shared folder or a URI). An earlier run's
+    output is refused unless `resume` or `overwrite` (the local engine's policy, `tagging.outpolicy`)."""
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     if not inputs or "-" in inputs:
         raise ValueError("--engine ray needs input files (not stdin)")
@@ -401,31 +334,43 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
         model_dir = str(Path(model_dir).resolve())
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
+    check_outputs(files, out_dir, join, resume, overwrite)
     key = _plan_key(files, model_dir, fmt, text_field, id_field, keep_fields, slice_bytes, overrides)
-    filesystem, out = _fs(out_dir)
-    out_uri = out_dir if "://" in out_dir else out
+    key["max_line_bytes"] = max_line_bytes
+    filesystem, out = fs_of(out_dir)
     filesystem.create_dir(out, recursive=True)
-    plan_path = f"{out}/{PLAN}"
-    plan = None
-    if resume and filesystem.get_file_info(plan_path).is_file:
-        with filesystem.open_input_stream(plan_path, compression=None) as f:
-            plan = json.loads(f.read())
-        if plan["key"] != key:
-            raise ValueError(f"--resume: {out_dir}/{PLAN} was written for other inputs or options "
-                             f"(files, sizes, model or tag options differ); run without --resume to start over")
-    _clean(filesystem, out, keep_slices=plan is not None)
+    # one driver per output folder, as one writer per output locally (a local folder; object stores have no flock)
+    lock = outpolicy.OutputLock(f"{out}/{PLAN}") if "://" not in out_dir else None
+    try:
+        plan = prepare_folder(filesystem, out, out_dir, key, resume, overwrite)
+        sweep_tmp(filesystem, out)
+        return _run(files, plan, key, model_dir, out_dir, join, address, t0, progress,
+                    dict(fmt=fmt, text_field=text_field, id_field=id_field, keep_fields=keep_fields,
+                         overrides=overrides, max_line_bytes=max_line_bytes),
+                    dict(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor),
+                    slice_bytes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_args, pool_args, slice_bytes):
+    import ray
+
+    filesystem, out = fs_of(out_dir)
+    out_uri = out_dir if "://" in out_dir else out
     _connect(address)
     if plan is None:
         slices = cut_slices(files, slice_bytes)
         number_slices(slices)
         plan = {"key": key, "slices": slices}
-        _write_atomic(filesystem, plan_path, json.dumps(plan).encode())
+        write_atomic(filesystem, f"{out}/{PLAN}", json.dumps(plan).encode())
     slices = plan["slices"]
-    todo = [s for s in slices if not filesystem.get_file_info(f"{out}/{slice_name(s['index'])}").is_file]
+    todo = [s for s in slices if not is_file_at(filesystem, f"{out}/{slice_name(s['index'])}")]
     stats: list[dict] = []
     pool = None
     if todo:
-        pool = choose_pool(actors, cpus_per_actor, gpus_per_actor)
+        pool = choose_pool(**pool_args)
         pool["actors"] = min(pool["actors"], len(todo))
         pool["slots"] = pool["slots"][:pool["actors"]]
         print(f"tag: ray pool of {pool['actors']} actors × {pool['num_cpus']:g} CPU, {pool['num_gpus']:g} GPU "
@@ -435,8 +380,7 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
         ctx.enable_progress_bars = progress
         with warnings.catch_warnings():  # ray_remote_args_fn: deprecated in 2.60, still there until 2.64
             warnings.simplefilter("ignore", DeprecationWarning)
-            ds = _tag_dataset(ray, todo, pool, model_dir, out_uri, fmt, text_field, id_field, keep_fields,
-                              overrides)
+            ds = _tag_dataset(ray, todo, pool, model_dir, out_uri, **tag_args)
         for row in ds.iter_rows():
             stats.append(row)
             if not progress:
@@ -445,18 +389,24 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
                   f"{row['seconds']:.1f}s ({len(stats)}/{len(todo)})", file=sys.stderr)
     if not todo:
         print(f"tag: all {len(slices)} slices of {out_dir} are done already", file=sys.stderr)
-    _clean(filesystem, out, keep_slices=True)  # the .tmp of attempts that died (their slices were redone)
+    sweep_tmp(filesystem, out)  # the .tmp of attempts that died (their slices were redone)
     if join:
         join_slices(out_uri, len(slices), join)
     seconds = time.perf_counter() - t0
-    total = {k: int(sum(r[k] for r in stats)) for k in ("lines", "errors", "warnings", "entities", "tokens")}
+    kinds = ("lines", "errors", "warnings", "entities")
+    this_run = {k: int(sum(r[k] for r in stats)) for k in kinds}
+    tagged = {int(r["index"]) for r in stats}
+    # as the local engine's summary: the whole output, the slices committed by earlier runs included
+    before = [slice_counts(filesystem, out, s["index"]) for s in slices if s["index"] not in tagged]
+    total = {k: this_run[k] + sum(b[k] for b in before) for k in kinds}
+    tokens = int(sum(r["tokens"] for r in stats))
     nodes: dict[str, int] = {}
     for r in stats:
         nodes[str(r["node"])] = nodes.get(str(r["node"]), 0) + 1
-    return {**total, "output_dir": out_uri, "join": join, "slices": len(slices), "slices_tagged": len(stats),
-            "files": len(files), "seconds": round(seconds, 3),
-            "tokens_per_s": round(total["tokens"] / max(seconds, 1e-9), 1), "nodes": nodes,
-            "pool": pool, "tagged": sorted(int(r["index"]) for r in stats)}
+    return {**total, "tokens": tokens, "this_run": this_run, "resumed_lines": total["lines"] - this_run["lines"],
+            "output_dir": out_uri, "join": join, "slices": len(slices), "slices_tagged": len(stats),
+            "files": len(files), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+            "nodes": nodes, "pool": pool, "tagged": sorted(tagged)}
 
 
 def add_arguments(p) -> None:
@@ -486,10 +436,13 @@ def run_cli(args) -> int:
         import ray  # noqa: F401
     except ImportError:
         raise ValueError("--engine ray needs Ray: pip install 'flaxner[ray]'") from None
+    if args.max_line_bytes is not None and args.max_line_bytes < 0:
+        raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
     summary = tag_files(inputs, args.model, args.output, join=args.join, address=args.address, resume=args.resume,
-                        fmt=args.format, text_field=args.text_field, id_field=args.id_field,
+                        overwrite=args.overwrite, fmt=args.format, text_field=args.text_field, id_field=args.id_field,
                         keep_fields=args.keep_fields, slice_bytes=max(1, int(args.slice_mb * (1 << 20))),
+                        max_line_bytes=MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes,
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
                         progress=not args.no_progress, **overrides)
     summary.pop("tagged")

@@ -1,5 +1,5 @@
-"""Reading a corpus for tagging: JSONL or text, gzip or stdin, one shard of it, from a resume point, each line
-parsed into a `Record` (`parse_line` never raises: a bad line becomes an error record).
+"""Reading a corpus for tagging: JSONL or text, gzip (through `gunzip`) or stdin, one shard or byte range of it, from
+a resume point, each line parsed into a `Record` (`parse_line` never raises: a bad line becomes an error record).
 
 Why `reading` (and `writing` beside it): the input and output halves of tagging I/O, once one module, have different
 users and different failure modes, and the names say which half a caller needs. Everything that turns input bytes
@@ -19,10 +19,12 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from flaxner.tagging.gunzip import Gunzip, count_gz_lines
 
 _CHUNK = 1 << 24
 # Longest line read (bytes): a 1 MB document is ~250k sub-tokens, ~500 windows; past that a line's memory
@@ -88,11 +90,12 @@ class LineReader:
     is the resume sidecar's record of the input (`identity`): a different input is refused."""
 
     def __init__(self, path: str, shard: tuple[int, int] = (0, 1), resume: tuple[int, int] | None = None,
-                 max_line_bytes: int = 0, expect: dict | None = None):
+                 max_line_bytes: int = 0, expect: dict | None = None, opener: Callable[[], BinaryIO] | None = None):
         self.path, self.shard, self.cap = path, shard, max_line_bytes
         self.gz = path.endswith(".gz")
         self.stdin = path == "-"
-        if not self.stdin and not Path(path).is_file():
+        self.opener = opener  # how to open `path` where it is no local file (a URI: Ray's reader)
+        if not self.stdin and opener is None and not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such input file")
         if self.stdin and shard != (0, 1):
             raise ValueError("--shard needs a file, not stdin")
@@ -100,7 +103,7 @@ class LineReader:
         self.expect = expect
         self.damage: str | None = None
         self.bytes_read = 0
-        self.total_bytes = 0 if self.stdin else os.path.getsize(path)
+        self.total_bytes = 0 if self.stdin or opener is not None else os.path.getsize(path)
         self._lo = 0  # the shard's first byte (plain files)
         if expect is not None and not self.stdin:
             now = file_stat(path)
@@ -110,6 +113,8 @@ class LineReader:
                                     f"{now['mtime_ns']}); run with --overwrite to start over")
 
     def _open_raw(self) -> BinaryIO:
+        if self.opener is not None:
+            return self.opener()
         return sys.stdin.buffer if self.stdin else open(self.path, "rb")
 
     def __iter__(self) -> Iterator[Line]:
@@ -137,11 +142,8 @@ class LineReader:
     def _iter_plain(self) -> Iterator[Line]:
         i, n = self.shard
         lo, hi = self.total_bytes * i // n, self.total_bytes * (i + 1) // n
-        with open(self.path, "rb") as f:
-            if lo > 0:
-                f.seek(lo - 1)
-                f.readline()  # the line straddling `lo` belongs to the previous shard
-                lo = f.tell()
+        with self._open_raw() as f:
+            lo = _line_start(f, lo)
             self._lo = lo
             number = newlines_between(f, 0, lo) + 1
             pos = lo
@@ -149,17 +151,29 @@ class LineReader:
                 number, pos = self.resume
                 if self.expect is not None and self.expect.get("sample") != _sample_crc(self.path, lo, pos):
                     self._refuse("its bytes before the resume point differ")
-            f.seek(pos)
-            self.total_bytes = max(hi - lo, 0)
+            yield from self._lines(f, lo, pos, hi, number)
+
+    def iter_range(self, lo: int, hi: int, first_line: int) -> Iterator[Line]:
+        """The lines of a plain file that start in bytes [lo, hi), numbered from `first_line` (a Ray slice's, counted
+        beforehand), capped and read as a shard's are."""
+        with self._open_raw() as f:
+            lo = _line_start(f, lo)
+            self._lo = lo
+            yield from self._lines(f, lo, lo, hi, first_line)
+
+    def _lines(self, f: BinaryIO, lo: int, pos: int, hi: int, number: int) -> Iterator[Line]:
+        """The lines from `pos` (numbered from `number`) while they start before `hi`; `lo`: the range's start."""
+        f.seek(pos)
+        self.total_bytes = max(hi - lo, 0)
+        self.bytes_read = pos - lo
+        while pos < hi:
+            raw, size = _read_line(f, self.cap)
+            if not size:
+                break
+            pos += size
             self.bytes_read = pos - lo
-            while pos < hi:
-                raw, size = _read_line(f, self.cap)
-                if not size:
-                    break
-                pos += size
-                self.bytes_read = pos - lo
-                yield Line(number, raw or b"", pos, None if raw is not None else self._too_long(number, size))
-                number += 1
+            yield Line(number, raw or b"", pos, None if raw is not None else self._too_long(number, size))
+            number += 1
 
     def _too_long(self, number: int, size: int) -> str:
         return (f"line {number}: {size:,} bytes, over the --max-line-bytes cap of {self.cap:,}; not read "
@@ -169,7 +183,7 @@ class LineReader:
         i, n = self.shard
         first, stop, mark = 0, None, None
         if n > 1:
-            total, damaged, marks = _count_gz_lines(self.path)
+            total, damaged, marks = count_gz_lines(self.path)
             first, stop = total * i // n, total * (i + 1) // n
             if damaged and i == n - 1:
                 stop = None  # the last shard reads on to the damage and reports it
@@ -178,7 +192,7 @@ class LineReader:
         raw_f = self._open_raw()
         k, crc = 0, 0
         try:
-            gz = _Gunzip(raw_f, mark) if self.gz else None
+            gz = Gunzip(raw_f, mark) if self.gz else None
             if mark is not None:
                 k = mark.lines_passed
                 if not mark.at_line_start:
@@ -214,92 +228,6 @@ class LineReader:
                 raw_f.close()
 
 
-@dataclass
-class _Mark:
-    """A saved point of a gzip stream: where its compressed bytes resume, the decompressor's state there, and the
-    lines before that point."""
-
-    offset: int
-    state: Any
-    lines_before: int
-    at_line_start: bool
-
-    @property
-    def lines_passed(self) -> int:
-        """Lines wholly before the point once the line it falls in (if any) is skipped."""
-        return self.lines_before + (not self.at_line_start)
-
-
-class _Gunzip(io.RawIOBase):
-    """The decompressed bytes of a gzip file (members one after another) through zlib. Unlike gzip.GzipFile, the
-    bytes decompressed before a truncation or corruption are returned before the error is raised; and it can start
-    at a `_Mark`, so a shard decompresses what precedes its slice once, in the counting pass, not twice."""
-
-    BLOCK = 1 << 16
-
-    def __init__(self, f: BinaryIO, mark: _Mark | None = None):
-        self.f, self.n = f, 0
-        self.d = zlib.decompressobj(31)
-        self.out = b""
-        self.error: Exception | None = None
-        self.done = False
-        if mark is not None and mark.offset:
-            f.seek(mark.offset)
-            self.n, self.d = mark.offset, mark.state.copy()
-
-    def readable(self) -> bool:
-        return True
-
-    def mark(self, lines_before: int, at_line_start: bool) -> _Mark:
-        return _Mark(self.n, self.d.copy(), lines_before, at_line_start)
-
-    def fill(self) -> bytes:
-        """The next decompressed block (b"" at the end); an error only once the bytes before it are out."""
-        while not self.out and not self.done:
-            data = self.f.read(self.BLOCK)
-            if not data:
-                self.done = True
-                if self.n and not self.d.eof:
-                    self.error = EOFError("compressed file ended before the end-of-stream marker was reached")
-                break
-            self.n += len(data)
-            try:
-                if self.d.eof:
-                    self.d = zlib.decompressobj(31)
-                out = self.d.decompress(data)
-                while self.d.eof and self.d.unused_data:  # the next member
-                    rest, self.d = self.d.unused_data, zlib.decompressobj(31)
-                    out += self.d.decompress(rest)
-                self.out = out
-            except zlib.error as e:
-                self.error, self.done = e, True
-        out, self.out = self.out, b""
-        if not out and self.error is not None:
-            raise self.error
-        return out
-
-    def readinto(self, b) -> int:
-        if not self.out:
-            self.out = self.fill()
-        k = min(len(b), len(self.out))
-        b[:k] = self.out[:k]
-        self.out = self.out[k:]
-        return k
-
-    def skip_line(self) -> None:
-        """Read past the next line break (a `_Mark` taken mid-line)."""
-        while True:
-            if not self.out:
-                self.out = self.fill()
-                if not self.out:
-                    return
-            j = self.out.find(b"\n")
-            if j >= 0:
-                self.out = self.out[j + 1:]
-                return
-            self.out = b""
-
-
 def file_stat(path: str) -> dict:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -331,6 +259,18 @@ def _read_line(f: BinaryIO, cap: int) -> tuple[bytes | None, int]:
     return None, size
 
 
+def _line_start(f: BinaryIO, lo: int) -> int:
+    """The first line start at or after byte `lo` (the line straddling `lo` belongs to the range before), found in
+    bounded reads."""
+    if lo <= 0:
+        return 0
+    f.seek(lo - 1)
+    while True:
+        raw = f.readline(1 << 20)
+        if not raw or raw.endswith(b"\n"):
+            return f.tell()
+
+
 def newlines_between(f: BinaryIO, lo: int, hi: int) -> int:
     """Newlines in bytes [lo, hi) of a seekable binary file (read in chunks; the file is left past them)."""
     f.seek(lo)
@@ -342,32 +282,6 @@ def newlines_between(f: BinaryIO, lo: int, hi: int) -> int:
         count += chunk.count(b"\n")
         left -= len(chunk)
     return count
-
-
-def _count_gz_lines(path: str, spacing: int = 1 << 26, most: int = 256) -> tuple[int, bool, list[_Mark]]:
-    """Lines of a gzip file (a last line without a newline included), whether it ends damaged, and marks every
-    `spacing` decompressed bytes (at most `most`: past that every other one goes, and the spacing doubles)."""
-    count, last, damaged, pos, next_mark = 0, b"\n", False, 0, spacing
-    with open(path, "rb") as f:
-        g = _Gunzip(f)
-        marks = [g.mark(0, True)]
-        while True:
-            if pos >= next_mark and not g.d.eof:
-                if len(marks) >= most:
-                    marks, spacing = marks[::2], spacing * 2  # marks[0], the start, stays
-                marks.append(g.mark(count, last == b"\n"))
-                next_mark = pos + spacing
-            try:
-                chunk = g.fill()
-            except (EOFError, zlib.error):
-                damaged = True
-                break
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            pos += len(chunk)
-            last = chunk[-1:]
-    return count + int(last != b"\n"), damaged, marks
 
 
 def clean_text(text: str) -> tuple[str, bool]:

@@ -4,12 +4,12 @@ rename; gzip as one member per commit) and the progress bar.
 
 Why `writing` (beside `reading`): the output half of tagging I/O owns everything that makes output durable and
 resumable, so a change to commits, locks or the sidecar format is one module's. `TagInterrupted` is here:
-it reports what the writer committed and how to continue. It imports no JAX (only `reading`, which imports none):
-`flaxner.tagging.processes`, the `flaxner tag --processes` parent, takes its locks and checks from here."""
+it reports what the writer committed and how to continue. The paths it may write and how it creates them (checks,
+the lock) are `outpolicy`'s, shared with the other engines. It imports no JAX (only `reading` and `outpolicy`, which
+import none)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
@@ -18,7 +18,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from flaxner.tagging.outpolicy import OutputLock, check_output, is_regular, open_new, open_own, refuse_link
 from flaxner.tagging.reading import LineReader, Record, TagInputError
+
+__all__ = ["OutputLock", "OutputWriter", "Progress", "TagInterrupted", "check_output", "default_output",
+           "output_line"]
 
 
 class TagInterrupted(KeyboardInterrupt):
@@ -78,55 +82,6 @@ def output_line(rec: Record, ents: list[dict] | None, keep_fields: bool = False,
         return output_line(bad, None)
 
 
-def check_output(path: str, input_path: str, fresh: bool = False) -> None:
-    """Refuse, before any work, an output that is a folder, that is (or whose part, sidecar or lock file is) the
-    input file, or (`fresh`: neither --resume nor --overwrite) that exists."""
-    if path == "-":
-        return
-    if Path(path).is_dir():
-        raise TagInputError(f"-o {path}: is a folder; give the path of the file to write")
-    if input_path != "-":
-        src = Path(input_path).resolve()
-        for p in (path, *(path + s for s in _AUX)):
-            if Path(p).resolve() == src or (Path(p).exists() and os.path.samefile(p, src)):
-                raise TagInputError(f"-o {path}: {p} is the input file {input_path}; choose another output")
-    if fresh and Path(path).exists():
-        raise TagInputError(f"{path} exists; pass --overwrite to replace it")
-
-
-_AUX = (".part", ".part.json", ".part.tmp", ".part.lock")
-
-
-class OutputLock:
-    """An exclusive flock on PATH.part.lock for as long as one writer owns PATH (a second one is refused)."""
-
-    def __init__(self, path: str):
-        self.path = Path(path + ".part.lock")
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise TagInputError(f"{path}: another flaxner tag is writing it (it holds {self.path}); wait for "
-                                    f"it to end or stop it first") from None
-            try:  # the holder before us may have removed the file after we opened it: lock the current one
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        self.fd: int | None = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-
-    def release(self) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)
-            self.fd = None
-
-
 class OutputWriter:
     """Lines go to OUTPUT.part; `commit` makes them durable and records where the input resumes in
     OUTPUT.part.json; `finish` renames the part file to OUTPUT. Stdout ('-') is written straight through.
@@ -163,12 +118,14 @@ class OutputWriter:
 
     def _open(self, resume: bool, overwrite: bool) -> None:
         path = self.path
-        if resume and self.sidecar.is_file() and self.part.is_file():
-            state = json.loads(self.sidecar.read_text())
+        refuse_link(path)  # the final rename would leave OUTPUT a link, or replace the user's
+        if resume and is_regular(self.sidecar) and is_regular(self.part):
+            with open_own(self.sidecar) as f:
+                state = json.loads(f.read())
             if state["key"] != self.key:
                 raise ValueError(f"--resume: {self.sidecar} was written for {state['key']}, not {self.key}; "
                                  f"run with --overwrite to start over")
-            self.f = open(self.part, "r+b")
+            self.f = open_own(self.part, "r+b")
             self.f.truncate(state["bytes"])
             self.f.seek(state["bytes"])
             self.resume_point = (state["next_line"], state["resume_at"])
@@ -176,15 +133,17 @@ class OutputWriter:
             self.lines_done = state["lines"]
             self.bytes = state["bytes"]
             return
-        if resume and Path(path).is_file() and not self.part.exists():
+        if resume and is_regular(path) and not os.path.lexists(self.part):
             raise ValueError(f"--resume: {path} is already complete")
         if not resume and not overwrite:
-            if Path(path).exists():
+            if os.path.lexists(path):
                 raise TagInputError(f"{path} exists; pass --overwrite to replace it")
-            if self.part.exists():
+            if os.path.lexists(self.part):
                 raise TagInputError(f"{self.part}: an interrupted run's output is there; pass --resume to "
                                     f"continue it or --overwrite to start over")
-        self.f = open(self.part, "wb")
+        # A part file there (regular, under our lock) is an earlier run's that --overwrite (or a --resume with
+        # nothing committed) starts over: unlinked and created anew, never written through.
+        self.f = open_new(self.part, stale=lambda p: True)
 
     def write(self, data: bytes) -> None:
         self.f.write(self.z.compress(data) if self.z is not None else data)
@@ -215,7 +174,8 @@ class OutputWriter:
         state = {"key": self.key, "bytes": self.bytes, "lines": self.lines_done,
                  "next_line": next_line, "resume_at": resume_at, **(extra or {})}
         tmp = Path(self.path + ".part.tmp")
-        tmp.write_text(json.dumps(state))
+        with open_new(tmp, stale=_is_sidecar) as f:  # a killed writer's leftover is replaced; anything else refused
+            f.write(json.dumps(state).encode())
         os.replace(tmp, self.sidecar)
         self.state = state
 
@@ -234,6 +194,16 @@ class OutputWriter:
             self.f.close()
         if self.lock is not None:
             self.lock.release()
+
+
+def _is_sidecar(path: Path) -> bool:
+    """A resume record of flaxner's (what `commit` writes)."""
+    try:
+        with open_own(path) as f:
+            state = json.loads(f.read(1 << 20))
+        return isinstance(state, dict) and {"key", "bytes", "next_line"} <= state.keys()
+    except (OSError, ValueError):
+        return False
 
 
 def _gzip_member():
