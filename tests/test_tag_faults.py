@@ -262,6 +262,8 @@ def test_truncated_gzip_tags_every_readable_line_then_one_error(tiny_ner_dir, tm
     rc, err = _tag(src, "-o", out, "--model", tiny_ner_dir, "--no-progress", "--max-length", "64", "--stride", "16")
     assert rc == 1 and err.strip().splitlines()[-1].startswith(f"flaxner tag: error: {src}: damaged after line")
     _no_traceback(err)
+    summary = json.loads(next(x for x in err.splitlines() if x.startswith('{"summary"')))["summary"]
+    assert list(summary)[-1] == "input_damaged" and summary["input_damaged"].startswith(f"{src}: damaged after")
     rows = _read(out)
     good = [r for r in rows if "entities" in r]
     assert [r["id"] for r in good] == list(range(whole))  # every whole line before the cut is tagged

@@ -15,6 +15,7 @@ from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
 from flaxner.tagging.tagger import Tagger
 from flaxner.tagging.reading import Record
+from flaxner.tagging.summary import TagSummary
 from flaxner.tagging.writing import OutputWriter, TagInterrupted, default_output
 from helpers import FIXTURE, SENTENCES, tag_config as _tag_config, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
 from flaxner.data.rows import plan_windows
@@ -182,6 +183,9 @@ def test_output_order_on_a_shuffled_length_corpus(tiny_ner_dir, tagger, tmp_path
     out = _read(default_output(str(src)))
     assert [r["id"] for r in out] == [f"d{i}" for i in range(150)]
     assert summary["lines"] == 150 and summary["errors"] == 0
+    assert isinstance(summary, TagSummary) and summary.lines == 150 and list(summary.to_json()) == [  # as printed
+        "lines", "errors", "warnings", "entities", "output", "this_run", "resumed_lines", "seconds", "tokens",
+        "docs_per_s", "tokens_per_s", "compiles", "shapes", "long_docs"]
     one_by_one = [tagger.tag([t])[0] for t in texts[:12]]
     assert _key([r["entities"] for r in out[:12]]) == _key(one_by_one)
 
