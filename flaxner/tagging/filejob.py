@@ -41,7 +41,8 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                                          "entities": 0})
     counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}  # this run's
     start_tokens, t0 = tagger.stats.tokens, time.perf_counter()
-    records = (parse_line(line, fmt, tagger.text_field, id_field) for line in reader)
+    bar = Progress(reader, tagger.stats, counts, enabled=progress, t0=t0)
+    records = (parse_line(line, fmt, tagger.text_field, id_field) for line in bar.track(reader))
     last_commit, last = time.monotonic(), None
 
     def commit() -> None:
@@ -50,7 +51,7 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                           {"input": reader.identity(last), "counts": {k: before[k] + counts[k] for k in counts}})
 
     try:
-        with Progress(reader, tagger.stats, counts, enabled=progress, t0=t0) as bar:
+        with bar:
             for rec, ents in tagger.stream(records):
                 if rec.error is not None and on_error == "fail":
                     raise TagInputError(rec.error)
@@ -63,7 +64,7 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                 if time.monotonic() - last_commit >= commit_every:
                     commit()
                     last_commit = time.monotonic()
-                bar.tick()
+                bar.tick(rec.line)
             seconds = time.perf_counter() - t0
             bar.done(seconds)
         writer.finish()
