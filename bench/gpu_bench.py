@@ -217,7 +217,7 @@ def part_tag(args) -> None:
         times.append(time.perf_counter() - t)
     out.update(wall_s=times, median_s=median(times), tok_s=out["tokens"] / median(times),
                lines_s=args.tag_lines / median(times), compiles_in_runs=counter.since(snap)[0],
-               tagger_summary=summaries[-1], peak_rss_mib=peak_rss_mib())
+               tagger_summary=summaries[-1].to_json(), peak_rss_mib=peak_rss_mib())
     write_json(args.json, out)
 
 

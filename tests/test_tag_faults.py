@@ -345,6 +345,8 @@ def test_truncated_gzip_tags_every_readable_line_then_one_error(tiny_ner_dir, tm
     rc, err = _tag(src, "-o", out, "--model", tiny_ner_dir, "--no-progress", "--max-length", "64", "--stride", "16")
     assert rc == 1 and err.strip().splitlines()[-1].startswith(f"flaxner tag: error: {src}: damaged after line")
     _no_traceback(err)
+    summary = json.loads(next(x for x in err.splitlines() if x.startswith('{"summary"')))["summary"]
+    assert list(summary)[-1] == "input_damaged" and summary["input_damaged"].startswith(f"{src}: damaged after")
     rows = _read(out)
     good = [r for r in rows if "entities" in r]
     assert [r["id"] for r in good] == list(range(whole))  # every whole line before the cut is tagged
@@ -546,7 +548,37 @@ def test_progress_bar_shows_the_summary_figures(tagger, tmp_path, capsys):
     err = capsys.readouterr().err
     final = err.replace("\r", "\n").strip().splitlines()[-1]
     assert f"{summary['docs_per_s']:.1f} docs/s" in final and f"{summary['errors']} errors" in final
+    assert "100%" in final and "read ahead" not in final  # every line read was written
     assert summary["errors"] == 2
+
+
+def test_progress_counts_the_lines_written_not_those_read_ahead(capsys):
+    """The bar's position is the input bytes through the last line written; the lines read into the look-ahead
+    but not written yet show as "read ahead"."""
+    from types import SimpleNamespace
+
+    from flaxner.tagging.writing import Progress
+
+    reader = SimpleNamespace(total_bytes=100, bytes_read=0)
+    lines = [Line(i, b"123456789", 10 * i) for i in range(1, 11)]
+
+    def read():
+        for line in lines:
+            reader.bytes_read = line.offset
+            yield line
+
+    counts = {"lines": 0, "errors": 0}
+    with Progress(reader, SimpleNamespace(tokens=0), counts, enabled=True) as bar:
+        ahead = bar.track(read())
+        for _ in range(7):  # the look-ahead holds 7 lines, 3 of them written
+            next(ahead)
+        counts["lines"] = 3
+        bar.tick(3, seconds=1.0)
+        assert bar.bar.n == 30 and "4 read ahead" in bar.bar.postfix
+        counts["lines"] = 7
+        bar.tick(7, seconds=2.0)
+        assert bar.bar.n == 70 and "read ahead" not in bar.bar.postfix
+    assert "70.0/100" in capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
 
 
 # ---- the Python API -----------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
 from flaxner.tagging.tagger import Tagger
 from flaxner.tagging.reading import Record
-from flaxner.tagging.writing import OutputWriter, default_output
+from flaxner.tagging.summary import TagSummary
+from flaxner.tagging.writing import OutputWriter, TagInterrupted, default_output
 from helpers import FIXTURE, SENTENCES, tag_config as _tag_config, corpus as _corpus, read_jsonl as _read, write_jsonl as _write_jsonl
 from flaxner.data.rows import plan_windows
 from flaxner.tagging.windows import DocState, encode, entities, entities_many
@@ -182,6 +183,9 @@ def test_output_order_on_a_shuffled_length_corpus(tiny_ner_dir, tagger, tmp_path
     out = _read(default_output(str(src)))
     assert [r["id"] for r in out] == [f"d{i}" for i in range(150)]
     assert summary["lines"] == 150 and summary["errors"] == 0
+    assert isinstance(summary, TagSummary) and summary.lines == 150 and list(summary.to_json()) == [  # as printed
+        "lines", "errors", "warnings", "entities", "output", "this_run", "resumed_lines", "seconds", "tokens",
+        "docs_per_s", "tokens_per_s", "compiles", "shapes", "long_docs"]
     one_by_one = [tagger.tag([t])[0] for t in texts[:12]]
     assert _key([r["entities"] for r in out[:12]]) == _key(one_by_one)
 
@@ -309,6 +313,75 @@ def test_resume_after_a_crash_equals_a_clean_run(tagger, tmp_path, monkeypatch):
     np.testing.assert_allclose([e["score"] for r in got for e in r["entities"]],
                                [e["score"] for r in want for e in r["entities"]], atol=1e-4)
     assert summary["lines"] == 120 and not Path(str(out) + ".part.json").exists()
+
+
+class _Batches:
+    """Watches a Tagger's forward: the line of each row of each finished batch, the lines with a row in a small
+    (tail) batch, and an interrupt (KeyboardInterrupt) instead of batch `stop` + 1."""
+
+    def __init__(self, tagger, stop=None):
+        self.stop, self.started, self.rows, self.small = stop, 0, [], set()
+        fwd = tagger.forward
+        full = {b: n for n, b in sorted(fwd.batch_shapes())}  # the larger row count of each bucket
+        run, collect = fwd.run, fwd.collect
+
+        def watched_run(ids, mask, pre):
+            if self.started == self.stop:
+                raise KeyboardInterrupt
+            self.started += 1
+            return run(ids, mask, pre)
+
+        def watched_collect(out, rows):
+            n, bucket = (out[0] if isinstance(out, tuple) else out).shape[:2]
+            self.rows += [r.doc.index for r in rows]
+            if n < full[bucket]:
+                self.small.update(r.doc.index for r in rows)
+            collect(out, rows)
+
+        fwd.run, fwd.collect = watched_run, watched_collect
+
+
+def test_an_interrupted_run_keeps_what_its_batches_finished_and_resume_tags_only_the_rest(tiny_ner_dir, tmp_path):
+    """A look-ahead holding the whole file, interrupted halfway through its batches: the lines whose rows all ran
+    are committed (not just the few that longest-first packing happens to finish early), the resumed run runs
+    only the other lines' rows, and its output is the clean run's, but for the last digit of a score of a line
+    that ran in a small tail batch in one of the runs (docs/architecture.md, "Batches, release order and resume")."""
+    texts = _corpus(150, seed=12)
+    src = _write_jsonl(tmp_path / "c.jsonl", texts)
+    cfg = _tag_config(lookahead=256)
+    clean = tmp_path / "clean.jsonl"
+    tagger = Tagger.from_pretrained(tiny_ner_dir, cfg)
+    watch = _Batches(tagger)
+    tagger.tag_file(str(src), str(clean), progress=False)
+    rows_per_line = np.bincount(watch.rows, minlength=151)
+    small_clean, batches = watch.small, watch.started
+
+    out = tmp_path / "o.jsonl"
+    tagger = Tagger.from_pretrained(tiny_ner_dir, cfg)
+    watch = _Batches(tagger, stop=batches // 2)
+    with pytest.raises(TagInterrupted):
+        tagger.tag_file(str(src), str(out), progress=False)
+    done = np.bincount(watch.rows, minlength=151)
+    finished = next(i for i in range(1, 151) if done[i] < rows_per_line[i]) - 1  # lines all of whose rows ran
+    sidecar = Path(f"{out}.part.json")  # none: nothing was committed
+    committed = json.loads(sidecar.read_text())["lines"] if sidecar.exists() else 0
+    assert committed == finished >= 40  # longest-first packing of the look-ahead finished almost none
+    small = small_clean | {i for i in watch.small if i <= committed}
+
+    tagger = Tagger.from_pretrained(tiny_ner_dir, cfg)
+    watch = _Batches(tagger)
+    summary = tagger.tag_file(str(src), str(out), progress=False, resume=True)
+    assert summary["this_run"]["lines"] == 150 - committed
+    assert sorted(watch.rows) == [i for i in range(committed + 1, 151) for _ in range(rows_per_line[i])]
+    small |= watch.small
+    got, want = _read(out), _read(clean)
+    assert [r["id"] for r in got] == [r["id"] for r in want] and _key([r["entities"] for r in got]) == \
+        _key([r["entities"] for r in want])
+    for line, (g, w) in enumerate(zip(got, want), 1):
+        if line not in small:  # every row of the line ran in a full batch in both runs: the same bytes
+            assert g == w, line
+        for a, b in zip(g["entities"], w["entities"]):
+            assert abs(a["score"] - b["score"]) <= 1.01e-5, line
 
 
 @pytest.mark.parametrize("gz", [False, True])

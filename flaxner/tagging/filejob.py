@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flaxner.tagging.reading import MAX_LINE_BYTES, RESUME_STDIN, LineReader, TagInputError, input_format, \
     parse_line, parse_shard
+from flaxner.tagging.summary import TagSummary
 from flaxner.tagging.writing import OutputWriter, Progress, TagInterrupted, check_output, default_output, \
     output_line
 
@@ -16,11 +17,8 @@ from flaxner.tagging.writing import OutputWriter, Progress, TagInterrupted, chec
 def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "id", keep_fields: bool = False,
              fmt: str = "auto", shard: str | None = None, resume: bool = False, overwrite: bool = False,
              resume_stdin: bool = False, on_error: str = "record", max_line_bytes: int = MAX_LINE_BYTES,
-             progress: bool = True, commit_every: float = 5.0) -> dict:
-    """Tag a JSONL/text file (or '-' for stdin) into OUTPUT, one line per input line; returns the summary.
-
-    `lines`, `errors`, `warnings`, `entities` count the whole output (a resumed run's earlier lines included);
-    `this_run` counts what this call tagged. `input_damaged` says why a damaged gzip input ended early."""
+             progress: bool = True, commit_every: float = 5.0) -> TagSummary:
+    """Tag a JSONL/text file (or '-' for stdin) into OUTPUT, one line per input line; returns the summary."""
     output = output or default_output(path)
     fmt = input_format(path, fmt)
     shard_t = parse_shard(shard)
@@ -43,7 +41,8 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                                          "entities": 0})
     counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}  # this run's
     start_tokens, t0 = tagger.stats.tokens, time.perf_counter()
-    records = (parse_line(line, fmt, tagger.text_field, id_field) for line in reader)
+    bar = Progress(reader, tagger.stats, counts, enabled=progress, t0=t0)
+    records = (parse_line(line, fmt, tagger.text_field, id_field) for line in bar.track(reader))
     last_commit, last = time.monotonic(), None
 
     def commit() -> None:
@@ -52,7 +51,7 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                           {"input": reader.identity(last), "counts": {k: before[k] + counts[k] for k in counts}})
 
     try:
-        with Progress(reader, tagger.stats, counts, enabled=progress, t0=t0) as bar:
+        with bar:
             for rec, ents in tagger.stream(records):
                 if rec.error is not None and on_error == "fail":
                     raise TagInputError(rec.error)
@@ -65,7 +64,7 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                 if time.monotonic() - last_commit >= commit_every:
                     commit()
                     last_commit = time.monotonic()
-                bar.tick()
+                bar.tick(rec.line)
             seconds = time.perf_counter() - t0
             bar.done(seconds)
         writer.finish()
@@ -82,12 +81,9 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                                  f"{before['lines'] + counts['lines']} lines, written {where}", signum) from None
         raise
     tokens = tagger.stats.tokens - start_tokens
-    summary = {k: before[k] + counts[k] for k in counts}
-    summary.update(output=output, this_run=dict(counts), resumed_lines=before["lines"],
-                   seconds=round(seconds, 3), tokens=tokens,
-                   docs_per_s=round(counts["lines"] / max(seconds, 1e-9), 1),
-                   tokens_per_s=round(tokens / max(seconds, 1e-9), 1), compiles=tagger.compiles,
-                   shapes=sorted(tagger.shapes), long_docs=tagger.stats.long_docs)
-    if reader.damage:
-        summary["input_damaged"] = reader.damage
-    return summary
+    return TagSummary(**{k: before[k] + counts[k] for k in counts}, output=output, this_run=dict(counts),
+                      resumed_lines=before["lines"], seconds=round(seconds, 3), tokens=tokens,
+                      docs_per_s=round(counts["lines"] / max(seconds, 1e-9), 1),
+                      tokens_per_s=round(tokens / max(seconds, 1e-9), 1), compiles=tagger.compiles,
+                      shapes=sorted(tagger.shapes), long_docs=tagger.stats.long_docs,
+                      input_damaged=reader.damage)

@@ -1,4 +1,4 @@
-"""Tag texts or a JSONL corpus with a trained model: sub-token windows packed longest-first into a few fixed
+"""Tag texts or a JSONL corpus with a trained model: sub-token windows packed by length into a few fixed
 shapes, tokenized on a background thread while the compiled forward runs, entities put back in input order.
 
 `Tagger` is the facade over `flaxner.tagging` (checks, forward, pipeline, filejob)."""

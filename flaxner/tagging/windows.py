@@ -1,4 +1,4 @@
-"""Pure host-side pieces of tagging: sub-token windows, length-sorted fixed-shape batches, and word/span
+"""Pure host-side pieces of tagging: sub-token windows, fixed-shape batches by length bucket, and word/span
 aggregation of per-token predictions."""
 
 from __future__ import annotations
@@ -82,25 +82,32 @@ def small_rows(full: int, multiple: int) -> int:
 
 def pack(rows: list[Row], buckets: Sequence[int], batch_size: int, batch_tokens: int, multiple: int = 1,
          flush: bool = False) -> tuple[list[tuple[int, list[Row], int]], list[Row]]:
-    """Group rows by their own bucket (longest first) and cut each group into full (bucket, rows, n_rows)
-    batches. A group's tail is returned to be topped up by later rows, unless `flush` is set or a row of it was
-    carried once already: then it goes out in batches of `small_rows` rows."""
-    groups: dict[int, list[Row]] = {}
-    for r in sorted(rows, key=lambda r: -r.length):
-        groups.setdefault(bucket_for(r.length, buckets), []).append(r)
-    out: list[tuple[int, list[Row], int]] = []
-    rest: list[Row] = []
+    """Group rows (given in input order) by their bucket and cut each group, in input order, into full
+    (bucket, rows, n_rows) batches, returned in the input order of their first rows: the head of the look-ahead
+    completes first, so documents are released (and committed) steadily, not all at a chunk's end. Every row of
+    a bucket is padded to the bucket whatever its neighbours, so input order pads as little as length order.
+
+    A group's tail is returned to be topped up by later rows, unless `flush` is set or a row of it was carried
+    once already: then it goes out in batches of `small_rows` rows."""
+    groups: dict[int, list[tuple[int, Row]]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(bucket_for(r.length, buckets), []).append((i, r))
+    out: list[tuple[int, tuple[int, list[Row], int]]] = []
+    rest: list[tuple[int, Row]] = []
     for b, group in groups.items():
         k = rows_per_batch(b, batch_size, batch_tokens, multiple)
         full = len(group) // k * k
-        out.extend((b, group[i:i + k], k) for i in range(0, full, k))
+        cuts = [(group[i:i + k], k) for i in range(0, full, k)]
         tail = group[full:]
-        if tail and (flush or any(r.carried for r in tail)):
+        if tail and (flush or any(r.carried for _, r in tail)):
             n = small_rows(k, multiple)
-            out.extend((b, tail[i:i + n], n) for i in range(0, len(tail), n))
+            cuts += [(tail[i:i + n], n) for i in range(0, len(tail), n)]
         else:
             rest.extend(tail)
-    return out, rest
+        out += [(c[0][0], (b, [r for _, r in c], n)) for c, n in cuts]
+    out.sort(key=lambda x: x[0])
+    rest.sort(key=lambda x: x[0])
+    return [x for _, x in out], [r for _, r in rest]
 
 
 def collate(rows: list[Row], bucket: int, n_rows: int, cls_id: int, sep_id: int,

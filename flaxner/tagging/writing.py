@@ -15,11 +15,13 @@ import os
 import sys
 import time
 import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from flaxner.tagging.outpolicy import OutputLock, check_output, is_regular, open_new, open_own, refuse_link
-from flaxner.tagging.reading import LineReader, Record, TagInputError
+from flaxner.tagging.reading import Line, LineReader, Record, TagInputError
 
 __all__ = ["OutputLock", "OutputWriter", "Progress", "TagInterrupted", "check_output", "default_output",
            "output_line"]
@@ -211,14 +213,29 @@ def _gzip_member():
 
 
 class Progress:
-    """A progress bar on stderr by input bytes with this run's documents/s, sub-word tokens/s and errors (tqdm's
-    ETA); its last refresh shows the figures of the summary."""
+    """A progress bar on stderr by the input bytes of the lines written (not of those read into the look-ahead)
+    with this run's documents/s, sub-word tokens/s, errors and the lines read ahead (tqdm's ETA); its last refresh
+    shows the figures of the summary. `track` wraps the input lines, `tick(line)` follows a written line."""
 
     def __init__(self, reader: LineReader, stats, counts: dict, enabled: bool = True, t0: float | None = None):
         self.reader, self.stats, self.counts, self.enabled = reader, stats, counts, enabled
         self.t0 = time.perf_counter() if t0 is None else t0
         self.bar = None
         self.finished = False
+        # (line number, input bytes read through it) of the lines read and not yet written: appended by the
+        # thread that reads, popped here (deque appends and pops are thread-safe)
+        self.marks: deque[tuple[int, int]] = deque()
+        self.read = 0      # lines read
+        self.written = 0   # the number of the last line written
+        self.position = 0  # input bytes through it
+
+    def track(self, lines: Iterable[Line]) -> Iterator[Line]:
+        """The input lines, noting where each ends in the input (nothing when the bar is off)."""
+        for line in lines:
+            if self.enabled:
+                self.read += 1
+                self.marks.append((line.number, self.reader.bytes_read))
+            yield line
 
     def __enter__(self) -> Progress:
         if self.enabled:
@@ -230,27 +247,34 @@ class Progress:
         self.tokens0 = self.stats.tokens
         return self
 
-    def tick(self, seconds: float | None = None) -> None:
-        """Refresh at most once a second; with `seconds`, now, as of that much time since the start."""
+    def tick(self, line: int | None = None, seconds: float | None = None) -> None:
+        """`line` (its number) was written. Refresh at most once a second; with `seconds`, now, as of that much
+        time since the start."""
         if self.bar is None:
             return
+        if line is not None:
+            self.written = line
         now = time.perf_counter()
         if now - self.last < 1.0 and seconds is None:
             return
         self.last = now
+        while self.marks and self.marks[0][0] <= self.written:
+            self.position = self.marks.popleft()[1]
         dt = max(now - self.t0 if seconds is None else seconds, 1e-9)
-        self.bar.n = self.reader.bytes_read
+        self.bar.n = self.position
+        ahead = self.read - self.counts["lines"]
         self.bar.set_postfix_str(f"{self.counts['lines'] / dt:.1f} docs/s, "
                                  f"{(self.stats.tokens - self.tokens0) / dt:.0f} tok/s, "
-                                 f"{self.counts['errors']} errors", refresh=True)
+                                 f"{self.counts['errors']} errors" + (f", {ahead} read ahead" if ahead else ""),
+                                 refresh=True)
 
     def done(self, seconds: float) -> None:
         """The last refresh: the rates the summary reports (this run's lines over `seconds`)."""
-        self.tick(seconds)
+        self.tick(seconds=seconds)
         self.finished = True
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             if not self.finished:
-                self.tick(time.perf_counter() - self.t0)
+                self.tick(seconds=time.perf_counter() - self.t0)
             self.bar.close()

@@ -1,0 +1,44 @@
+"""What a tagging run reports: one typed `TagSummary` that `tag_file` returns and the CLI prints as JSON.
+
+It imports nothing heavy, so the `--processes` parent (which never imports JAX) and the Ray driver can share it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TagSummary:
+    """`lines`, `errors`, `warnings`, `entities` count the whole output (a resumed run's earlier lines included);
+    `this_run` counts what this run tagged; `input_damaged` says why a damaged gzip input ended early."""
+
+    lines: int
+    errors: int
+    warnings: int
+    entities: int
+    output: str
+    this_run: dict = field(default_factory=dict)  # lines, errors, warnings, entities of this run
+    resumed_lines: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+    docs_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    compiles: int = 0
+    shapes: list = field(default_factory=list)  # [rows, bucket] of each batch shape run
+    long_docs: int = 0
+    input_damaged: str | None = None
+
+    def to_json(self) -> dict:
+        """The printed summary: the fields in this order, `input_damaged` only when the input was damaged."""
+        out = dataclasses.asdict(self)
+        if out["input_damaged"] is None:
+            del out["input_damaged"]
+        return out
+
+    def __getitem__(self, key: str):
+        """The JSON's keys, for code that reads a summary as the printed JSON (`summary["lines"]`)."""
+        return self.to_json()[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_json()
