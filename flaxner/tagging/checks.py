@@ -29,8 +29,8 @@ def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
                          f"(the model's positions and the largest bucket)")
     if cfg.context not in CONTEXTS:
         raise ValueError(f"context: expected one of {', '.join(CONTEXTS)}, got {cfg.context!r}")
-    if cfg.context_size < 0 or cfg.context_size > cfg.max_length:
-        raise ValueError(f"context_size {cfg.context_size}: must be in [0, max_length]")
+    if cfg.context_size < 0:
+        raise ValueError(f"context_size {cfg.context_size}: must be 0 or more sub-tokens")
     if not 0 <= cfg.stride < cfg.max_length - 2:
         raise ValueError(f"stride {cfg.stride}: must be in [0, max_length - 2)")
 
