@@ -85,7 +85,8 @@ def run_documents(args) -> dict:
 
     loaded = load_trained(args.model)
     out, rows = {"model": args.model, "splits": {}}, []
-    taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c) for c in args.context}
+    extra = {"segment_length": args.segment_length} if args.segment_length is not None else {}
+    taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, **extra) for c in args.context}
     for split in args.splits:
         ev = predict_split(loaded, split=split, limit=args.limit)
         docs = documents_of(split, ev.tokens)
@@ -171,6 +172,8 @@ def main() -> None:
     p.add_argument("--no-hf", action="store_true", help="skip HF's PyTorch pipeline")
     p.add_argument("--documents", action="store_true", help="tag whole CoNLL-2003 documents (see above)")
     p.add_argument("--context", nargs="+", default=["none", "document"], help="with --documents: the policies")
+    p.add_argument("--segment-length", type=int, default=None,
+                   help="with --documents: tag.segment_length (default: the run's)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     out = {"header": header(), **(run_documents(args) if args.documents else run(args))}

@@ -139,6 +139,9 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
                                "across sentences"), True),
     (("--context-size",), dict(type=int, default=None, help="sub-tokens of context each side for neighbours"),
      True),
+    (("--segment-length",), dict(type=int, default=None,
+                                 help="none/neighbours: most sub-tokens a row predicts; a longer sentence is windowed "
+                                      "(default: what the run's training sentences held)"), True),
     (("--max-length",), dict(type=int, default=None, help="sub-tokens per window, specials included"), True),
     (("--stride",), dict(type=int, default=None, help="sub-tokens shared by neighbouring windows"), True),
     (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), True),

@@ -176,6 +176,10 @@ class TagConfig:
     context: str = "auto"
     # Sub-tokens of context on each side for "neighbours"; 0: the run's data.context_size.
     context_size: int = 0
+    # Contexts none and neighbours: the most sub-tokens a row predicts, one sentence's worth (a longer sentence,
+    # or text without sentence marks, is windowed at this length). 0: max_length; training records the 99th
+    # percentile of its sentences' lengths here, the rows its model learnt on.
+    segment_length: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.rare_type_count: must be 0 (off) or a count, got {d.rare_type_count}")
     if d.group_sentences < 0:
         raise ConfigError(f"data.group_sentences: must be 0 (off) or a count, got {d.group_sentences}")
+    if cfg.tag.segment_length < 0:
+        raise ConfigError(f"tag.segment_length: must be 0 (max_length) or a sub-token count, got "
+                          f"{cfg.tag.segment_length}")
     if d.context_size < 0 or cfg.tag.context_size < 0:
         raise ConfigError("data.context_size, tag.context_size: must be 0 or more sub-tokens")
     if d.fit_buckets < 0:

@@ -52,3 +52,10 @@ def test_encode_matches_export_tokenizer(tiny_run, tiny_tokenizer, snippet):
     ds = load_split(DataConfig(source=str(snippet.parent), train_split="snippet"), "snippet")
     a, b = encode(ds, tok, DataConfig()), encode(ds, tiny_tokenizer, DataConfig())
     assert all((x == y).all() for x, y in zip(a.input_ids, b.input_ids))
+
+
+def test_a_run_records_its_sentence_length_for_the_tagger(tiny_run):
+    from flaxner.config import load_config
+
+    saved = load_config(f"{tiny_run['run_dir']}/config.yaml")
+    assert saved.tag.segment_length > 0 and saved.tag.segment_length <= saved.data.max_length

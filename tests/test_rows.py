@@ -53,3 +53,16 @@ def test_sentence_token_starts_maps_first_words_to_first_sub_tokens():
     assert sentence_token_starts(word_ids, [0, 2, 3, 5]) == [0, 3, 6, 7]
     assert sentence_token_starts(word_ids, [0, 6]) == [0]  # a sentence past the last sub-token is dropped
     assert sentence_token_starts(np.array([], dtype=np.int32), [0]) == []
+
+
+def test_tagging_rows_own_at_most_a_segment_length_and_see_context_within_max_length():
+    from flaxner.tagging.windows import DocState, rows_for
+
+    doc = DocState(0, "", np.arange(200, dtype=np.int32), np.arange(200, dtype=np.int32), segments=[0, 150])
+    rows = rows_for(doc, 126, 32, context=10, segment=20)
+    assert [t for r in rows for t in range(r.own_start, r.own_end)] == list(range(200))
+    assert all(r.own_end - r.own_start <= 20 and r.end - r.start <= 126 for r in rows)
+    assert all(r.own_start - r.start <= 10 + 5 and r.end - r.own_end <= 10 + 5 for r in rows)  # + the overlap
+    assert not any(r.own_start < 150 < r.own_end for r in rows)  # the sentence start is kept
+    whole = rows_for(doc, 126, 32)  # no segment length: rows up to max_length within each sentence
+    assert [(r.own_start, r.own_end) for r in whole][-1] == (150, 200)

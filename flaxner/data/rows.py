@@ -81,12 +81,13 @@ def sentence_token_starts(word_ids: np.ndarray, sentence_words: Sequence[int]) -
 
 
 def plan_rows(n: int, size: int, split: str, *, stride: int = 0, segments: Sequence[int] | None = None,
-              word_ids: Sequence[int | None] | None = None, context: int = 0) -> list[Window]:
+              word_ids: Sequence[int | None] | None = None, context: int = 0, total: int = 0) -> list[Window]:
     """The rows of one text of `n` sub-tokens, at most `size` sub-tokens each.
 
     `segments`: the first sub-token of each segment whose owned range no row may cross (sentences for contexts
     `none` and `neighbours`); None: one segment. `split`: how a segment longer than `size` is cut (`words` needs
-    `word_ids`, `windows` uses `stride`). `context`: sub-tokens of the text each row also sees on each side."""
+    `word_ids`, `windows` uses `stride`). `context`: sub-tokens of the text each row also sees on each side, within
+    `total` sub-tokens in all (0: `size`)."""
     if n == 0:
         return []
     bounds = [0, n] if not segments else [*segments, n]
@@ -102,7 +103,7 @@ def plan_rows(n: int, size: int, split: str, *, stride: int = 0, segments: Seque
             out.extend(Window(lo + a, lo + b, lo + a, lo + b) for a, b in split_at_words(word_ids[lo:hi], size))
         else:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-    return [widen(w, n, size, context) for w in out] if context else out
+    return [widen(w, n, total or size, context) for w in out] if context else out
 
 
 def widen(w: Window, n: int, size: int, context: int) -> Window:

@@ -244,6 +244,8 @@ class Encoded:
     # Words per source sentence.
     n_words: np.ndarray
     n_split: int = 0
+    # Sub-tokens each row predicts (its sentence or piece of one, without context and specials).
+    own_lengths: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -264,7 +266,7 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
     context = cfg.context_size if cfg.context == "neighbours" else 0
     # Each sentence's place in its document's sub-token stream, for the context around its rows.
     stream, offset = _document_streams(enc["input_ids"], cols.get("document"), context)
-    ids_out, lab_out, words_out, src = [], [], [], []
+    ids_out, lab_out, words_out, src, own = [], [], [], [], []
     n_split = 0
     for i in range(len(tokens_col)):
         ids = enc["input_ids"][i]
@@ -286,10 +288,12 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
             lab_out.append(np.array([IGNORE, *pad[0], *aligned[a:b], *pad[1], IGNORE], dtype=np.int32))
             words_out.append(np.array([-1, *[-1] * len(left), *starts[a:b], *[-1] * len(right), -1], dtype=np.int32))
             src.append(i)
+            own.append(b - a)
     if n_split:
         log.info("split %d sentences longer than %d sub-tokens into pieces at word boundaries", n_split, cfg.max_length)
     n_words = np.array([len(t) for t in tokens_col], dtype=np.int64)
-    return Encoded(ids_out, lab_out, words_out, np.array(src, dtype=np.int64), n_words, n_split)
+    return Encoded(ids_out, lab_out, words_out, np.array(src, dtype=np.int64), n_words, n_split,
+                   np.array(own, dtype=np.int64))
 
 
 def _document_streams(ids: Sequence[Sequence[int]], documents: Sequence[int] | None,

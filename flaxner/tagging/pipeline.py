@@ -143,7 +143,8 @@ class Pipeline:
                 for _, doc in docs:
                     if doc is not None:
                         doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride,
-                                            cfg.context_size if cfg.context == "neighbours" else 0)
+                                            cfg.context_size if cfg.context == "neighbours" else 0,
+                                            cfg.segment_length)
                         doc.pending = len(doc_rows)
                         rows.extend(doc_rows)
                         stats.tokens += len(doc.ids)

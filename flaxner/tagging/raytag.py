@@ -64,7 +64,7 @@ _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once aft
 DRIVER_COUNT_BYTES = 256 << 20  # newlines counted on the driver up to this many bytes, else in Ray tasks
 # The TagConfig options of `flaxner tag`, for both engines (the local one reads this tuple too, so they cannot drift)
 OVERRIDES = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype", "words",
-             "context", "context_size")
+             "context", "context_size", "segment_length")
 
 
 def _uri(path: str, like: str) -> str:

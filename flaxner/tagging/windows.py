@@ -60,11 +60,16 @@ class Row:
         return self.end - self.start + 2  # [CLS] ... [SEP]
 
 
-def rows_for(doc: DocState, size: int, stride: int, context: int = 0) -> list[Row]:
-    """The windows of one document as batch rows (none for a document without sub-tokens), within its sentences
-    when it has `segments`, each seeing `context` more sub-tokens on each side."""
-    return [Row(doc, *w) for w in plan_rows(len(doc.ids), size, "windows", stride=stride, segments=doc.segments,
-                                            context=context)]
+def rows_for(doc: DocState, size: int, stride: int, context: int = 0, segment: int = 0) -> list[Row]:
+    """The windows of one document as batch rows (none for a document without sub-tokens). With `segments` (its
+    sentences), a row owns at most `segment` sub-tokens of one sentence (0: `size`; a longer sentence, or a text
+    with no sentence marks, is cut into windows of that length overlapping by a quarter) and sees `context` more on
+    each side, within `size` in all."""
+    if doc.segments is None or not segment or segment >= size:
+        return [Row(doc, *w) for w in plan_rows(len(doc.ids), size, "windows", stride=stride,
+                                                segments=doc.segments, context=context)]
+    return [Row(doc, *w) for w in plan_rows(len(doc.ids), segment, "windows", stride=segment // 4,
+                                            segments=doc.segments, context=context, total=size)]
 
 
 def rows_per_batch(bucket: int, batch_size: int, batch_tokens: int, multiple: int) -> int:

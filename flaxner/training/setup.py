@@ -3,13 +3,14 @@ and the check that a resumed run's config matches the one it was started with.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import Config, ConfigError, TrainConfig, absolute_paths, load_config, to_dict
+from flaxner.config import Config, ConfigError, TagConfig, TrainConfig, absolute_paths, load_config, to_dict
 from flaxner.data.report import data_report, log_report
 from flaxner.data.splits import Encoded, encode, load_dataset_splits
 from flaxner.data.labels import IGNORE
@@ -90,3 +91,11 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
         gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
         out[role] = Split(name, encode(cols, tokenizer, d, labels), gold)
     return out, tuple(labels)
+
+
+def tagging_defaults(tag: TagConfig, train: Encoded) -> TagConfig:
+    """The run's `tag:` section as saved: `segment_length` 0 becomes the 99th percentile of the sub-tokens its
+    training rows predicted, so that the tagger windows a long stretch of text into rows like those."""
+    if tag.segment_length or train.own_lengths is None or not len(train.own_lengths):
+        return tag
+    return dataclasses.replace(tag, segment_length=max(int(np.percentile(train.own_lengths, 99)), 1))

@@ -31,7 +31,8 @@ from flaxner.runtime import Runtime, abstract, compile_stats, setup_runtime
 from flaxner.training.step import TrainStep, init_state, make_optimizer, make_schedule
 from flaxner.models.vocab import compact_model
 from flaxner.training.events import EpochEvent, StepEvent, Summary
-from flaxner.training.setup import Split, check_resume_config, load_splits, loss_denominator, resolved_loss_norm
+from flaxner.training.setup import Split, check_resume_config, load_splits, loss_denominator, resolved_loss_norm, \
+    tagging_defaults
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     tokenizer = make_tokenizer(cfg.model)
     splits, labels = load_splits(cfg, tokenizer, labels)
     if distributed.is_primary():  # with the label inventory the run uses, so eval and tag read exactly it
-        save_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=tuple(labels))), rd.config)
+        save_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=tuple(labels)),
+                                        tag=tagging_defaults(cfg.tag, splits["train"].enc)), rd.config)
     ckpt = ckpt or Checkpointer(rd.checkpoints, tc.keep_checkpoints)
     model, full_params = make_model(cfg.model, list(labels), seed=tc.seed,
                                     vocab_size=None if keep_model_vocab else len(tokenizer))
