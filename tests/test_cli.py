@@ -52,3 +52,11 @@ def test_overrides_go_anywhere_on_the_line():
         parse_args(["train", "--config", "quickstart", "--output-dir", "runs/x", "--no-such-flag"])
     with pytest.raises(SystemExit):
         parse_args(["eval", "--model", "m", "data.limit=3"])  # eval takes no overrides
+
+
+def test_engine_ray_without_ray_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like to find_spec
+    (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
+    assert main(["tag", str(tmp_path / "in.jsonl"), "--model", str(tmp_path), "--engine", "ray",
+                 "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "flaxner tag: error: --engine ray needs Ray: pip install 'flaxner[ray]'"

@@ -86,7 +86,7 @@ def spans_from_ids(label_ids: np.ndarray, labels: Sequence[str],
     starts = np.flatnonzero(start)
     stops = np.flatnonzero(start | stop).tolist() + [len(p)]  # a span runs to the next start, O or cut
     ends = np.asarray(stops)[np.searchsorted(stops, starts, side="right")].tolist()
-    return [(types[k], a, b) for k, a, b in zip(t[starts].tolist(), starts.tolist(), ends)]
+    return [(types[k], a, b) for k, a, b in zip(t[starts].tolist(), starts.tolist(), ends, strict=True)]
 
 
 def check_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ Two choices make a plan:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -91,7 +92,7 @@ def plan_rows(n: int, size: int, split: str, *, stride: int = 0, segments: Seque
         return []
     bounds = [0, n] if not segments else [*segments, n]
     out: list[Window] = []
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         if hi <= lo:
             continue
         if split == "windows":

@@ -41,6 +41,7 @@ package folder and readers of tracebacks never meet two modules called `ray`.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import io
 import json
 import math
@@ -241,7 +242,7 @@ def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
             raise ValueError(f"--gpus-per-actor {gpus_per_actor}: must be positive")
         c = cpus_per_actor or 1.0
         per_node = [min(math.floor(g / gpus_per_actor + 1e-9), math.floor(cpu / c + 1e-9))
-                    for g, cpu in zip(node_gpus, node_cpus)]
+                    for g, cpu in zip(node_gpus, node_cpus, strict=True)]
         what = f"{gpus_per_actor:g} GPU"
         per_gpu = max(1, round(1 / gpus_per_actor))
         if per_gpu > 1:
@@ -265,7 +266,7 @@ def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
                          f"(nodes: {', '.join(f'{x:g}' for x in node_cpus)} CPUs, "
                          f"{', '.join(f'{x:g}' for x in node_gpus)} GPUs: at most {fit} actors; "
                          f"ray-project/ray#44687); lower --actors, --cpus-per-actor or --gpus-per-actor")
-    slots = [node for round_ in range(max(per_node)) for (node, _), k in zip(nodes, per_node) if round_ < k]
+    slots = [node for round_ in range(max(per_node)) for (node, _), k in zip(nodes, per_node, strict=True) if round_ < k]
     pool.update(actors=n, slots=slots[:n])
     return pool
 
@@ -432,10 +433,8 @@ def run_cli(args) -> int:
                      ("--on-error fail", args.on_error == "fail")):
         if bad:
             raise ValueError(f"{opt} does not go with --engine ray (it slices and retries by itself)")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise ValueError("--engine ray needs Ray: pip install 'flaxner[ray]'") from None
+    if sys.modules.get("ray") is None and importlib.util.find_spec("ray") is None:  # before any work
+        raise ValueError("--engine ray needs Ray: pip install 'flaxner[ray]'")
     if args.max_line_bytes is not None and args.max_line_bytes < 0:
         raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
