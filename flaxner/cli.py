@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 
-from flaxner.config import CONTEXTS, ConfigError, load_config
+from flaxner.config import ConfigError, Context, choices, load_config
 
 
 TRAIN_EPILOG = """\
@@ -133,7 +133,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--words",), dict(choices=("conll", "tokenizer"), default=None,
                         help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
                              "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), True),
-    (("--context",), dict(choices=CONTEXTS, default=None,
+    (("--context",), dict(choices=choices(Context), default=None,
                           help="what a row sees (default: what the run trained on): none: each sentence of a text "
                                "on its own; neighbours: with --context-size sub-tokens each side; document: windows "
                                "across sentences"), True),

@@ -96,10 +96,6 @@ def check_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> Non
         raise ValueError(f"the model's label map {list(model_labels)} lacks the data's tags {missing}")
 
 
-# Tagging schemes read by the data loaders; all are converted to IOB2 for training.
-SCHEMES = ("auto", "iob2", "iob1", "bioes", "io")
-
-
 def detect_scheme(tag_seqs: Sequence[Sequence[str]]) -> str:
     """The scheme a set of tag sequences is written in: "bioes" (E-/S-, or BILOU's L-/U-); "iob2" when some span
     opens with B- after O or another type (a stray I- then is an annotation slip, read as seqeval reads it);
@@ -150,7 +146,7 @@ def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
             if scheme == "iob1" and k and spans[k - 1][2] == a and spans[k - 1][0] == typ:
                 out[a] = f"B-{typ}"
         else:
-            raise ValueError(f"scheme: expected one of {SCHEMES[1:]}, got {scheme!r}")
+            raise ValueError(f"scheme: expected iob2, iob1, bioes or io, got {scheme!r}")
     return out
 
 

@@ -5,7 +5,7 @@ A row is a window `[start, end)` of a text's sub-tokens (special tokens not coun
 own_end)` inside it whose predictions it owns; the owned ranges of a text's rows tile its sub-tokens exactly once.
 Two choices make a plan:
 
-- the **context** (`config.CONTEXTS`): `none` cuts the text at its sentences first, so no row sees past its sentence
+- the **context** (`config.Context`): `none` cuts the text at its sentences first, so no row sees past its sentence
   (what a model trained on single sentences saw); `neighbours` cuts at sentences too, then widens each row by up to
   `context` sub-tokens of the text on each side, which it sees but does not predict (FLERT's document context);
   `document` lets rows run across sentences.
@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from flaxner.config import CONTEXTS  # noqa: F401  (the context policies, declared with the config's choices)
 
 SPLITS = ("words", "windows")
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from flaxner.config import CONTEXTS, TagConfig
+from flaxner.config import TagConfig, check_positions, validate_tag
 
 _IOB2 = re.compile(r"O|[BI]-.+")
 
@@ -19,20 +19,10 @@ def check_iob2(labels: Sequence[str]) -> None:
 
 
 def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
-    """Refuse a TagConfig that cannot tag with a model of `max_positions` positions."""
-    if cfg.aggregation not in ("first", "average", "max"):
-        raise ValueError(f"aggregation: expected first, average or max, got {cfg.aggregation!r}")
-    if list(cfg.buckets) != sorted(set(cfg.buckets)) or not cfg.buckets:
-        raise ValueError(f"tag.buckets: must be strictly increasing, got {list(cfg.buckets)}")
-    if not 3 <= cfg.max_length <= min(max_positions, cfg.buckets[-1]):
-        raise ValueError(f"max_length {cfg.max_length}: must be in [3, {min(max_positions, cfg.buckets[-1])}] "
-                         f"(the model's positions and the largest bucket)")
-    if cfg.context not in CONTEXTS:
-        raise ValueError(f"context: expected one of {', '.join(CONTEXTS)}, got {cfg.context!r}")
-    if cfg.context_size < 0:
-        raise ValueError(f"context_size {cfg.context_size}: must be 0 or more sub-tokens")
-    if not 0 <= cfg.stride < cfg.max_length - 2:
-        raise ValueError(f"stride {cfg.stride}: must be in [0, max_length - 2)")
+    """Refuse a TagConfig that cannot tag with a model of `max_positions` positions (its own fields are
+    `flaxner.config.validate_tag`'s)."""
+    validate_tag(cfg)
+    check_positions("tag.max_length", cfg.max_length, max_positions)
 
 
 def check_tokenizer(tokenizer) -> None:
