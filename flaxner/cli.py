@@ -13,7 +13,8 @@ import logging
 import re
 import sys
 
-from flaxner.config import ConfigError, Context, choices, load_config
+from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, TagDtype, Words, choices,
+                            load_config, validate_tag)
 
 
 TRAIN_EPILOG = """\
@@ -126,11 +127,11 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--keep-fields",), dict(action="store_true", help="copy the input fields into each output line (an input "
                                                          "id/entities/error/warning is kept as input_<name>)"),
      True),
-    (("--format",), dict(default="auto", choices=("auto", "jsonl", "txt"),
+    (("--format",), dict(default="auto", choices=choices(InputFormat),
                          help="input format (auto: .txt/.txt.gz is text, one document a line; else JSONL)"), True),
-    (("--aggregation",), dict(choices=("first", "average", "max"), default=None,
+    (("--aggregation",), dict(choices=choices(Aggregation), default=None,
                               help="sub-token predictions -> word label (default: first, as trained)"), True),
-    (("--words",), dict(choices=("conll", "tokenizer"), default=None,
+    (("--words",), dict(choices=choices(Words), default=None,
                         help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
                              "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), True),
     (("--context",), dict(choices=choices(Context), default=None,
@@ -145,7 +146,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--batch-tokens",), dict(type=int, default=None, help="padded tokens per batch (rows = this / length)"),
      True),
     (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), True),
-    (("--dtype",), dict(default=None, choices=("auto", "float32", "bfloat16", "float16"),
+    (("--dtype",), dict(default=None, choices=choices(TagDtype),
                         help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU)"), True),
     (("--max-line-bytes",), dict(type=int, default=None, metavar="BYTES",
                                  help="a longer line gets an error record, unread (default 1000000; 0: no cap)"),
@@ -158,7 +159,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--commit-every",), dict(type=float, default=5.0, metavar="SECONDS",
                                help="make the written lines durable (and resumable) this often (default 5; 0: "
                                     "after every line)"), True),
-    (("--on-error",), dict(default="record", choices=("record", "fail"),
+    (("--on-error",), dict(default="record", choices=choices(OnError),
                            help="record: bad lines get an `error` field; fail: stop at the first"), True),
     (("--no-progress",), dict(action="store_true", help="no progress bar on stderr (it is off anyway when the "
                                                         "output is a terminal's stdout)"), False),
@@ -167,6 +168,27 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
                                  "in order (one process' Python work caps it well below a GPU's pace; see "
                                  "flaxner/tagging/processes.py)"), False),
 ]
+
+
+# The TagConfig fields that options of `flaxner tag` override.
+TAG_CONFIG_OPTIONS = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype", "words",
+                      "context", "context_size")
+
+
+def tag_overrides(args: argparse.Namespace) -> dict:
+    """The TagConfig fields given as options, validated over the model's saved `tag:` section before any work."""
+    import dataclasses
+    import re
+
+    from flaxner.tagging.checks import run_tag_config
+
+    given = {k: getattr(args, k) for k in TAG_CONFIG_OPTIONS if getattr(args, k, None) is not None}
+    try:
+        validate_tag(dataclasses.replace(run_tag_config(args.model), **given))
+    except ConfigError as e:  # name the options as typed
+        raise ConfigError(re.sub(r"\btag\.(\w+)", lambda m: "--" + m[1].replace("_", "-") if m[1] in given else m[0],
+                                 str(e))) from None
+    return given
 
 
 def _tag_args(p: argparse.ArgumentParser) -> None:
@@ -221,6 +243,7 @@ def _tag(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
+    overrides = tag_overrides(args)
     if args.engine == "ray":
         from flaxner.tagging import raytag
 
@@ -253,10 +276,8 @@ def _tag(args: argparse.Namespace) -> int:
         return run_processes(args, tag_child_args(args))
     if threading_main():
         signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
-    from flaxner.tagging.raytag import OVERRIDES
     from flaxner.tagging.tagger import Tagger
 
-    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
     summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,

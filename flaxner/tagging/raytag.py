@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from flaxner.config import Engine, choices
 from flaxner.tagging import outpolicy
 from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
     prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
@@ -413,7 +414,7 @@ def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_
 def add_arguments(p) -> None:
     """The options of `flaxner tag --engine ray` (added to `flaxner tag`'s parser)."""
     g = p.add_argument_group("cluster (--engine ray; pip install 'flaxner[ray]')")
-    g.add_argument("--engine", default="local", choices=("local", "ray"),
+    g.add_argument("--engine", default="local", choices=choices(Engine),
                    help="ray: tag files/globs/URIs on a Ray cluster into -o OUT_DIR, one file per input slice")
     g.add_argument("--join", default=None, metavar="FILE", help="also write all output lines, in input order, here")
     g.add_argument("--address", default=None, help="Ray cluster to use ('auto', HOST:PORT); default: a local one")
