@@ -92,7 +92,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     data = DataConfig(source=args.data) if args.data else None
     # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
-    out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
+    try:
+        out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
+    except ConfigError as e:
+        given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
+        raise _as_options(e, {k: v for k, v in given.items() if v}) from None
     print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
                      indent=2))
     return 0
@@ -178,17 +182,22 @@ TAG_CONFIG_OPTIONS = ("aggregation", "max_length", "stride", "batch_size", "batc
 def tag_overrides(args: argparse.Namespace) -> dict:
     """The TagConfig fields given as options, validated over the model's saved `tag:` section before any work."""
     import dataclasses
-    import re
 
     from flaxner.tagging.checks import run_tag_config
 
     given = {k: getattr(args, k) for k in TAG_CONFIG_OPTIONS if getattr(args, k, None) is not None}
     try:
         validate_tag(dataclasses.replace(run_tag_config(args.model), **given))
-    except ConfigError as e:  # name the options as typed
-        raise ConfigError(re.sub(r"\btag\.(\w+)", lambda m: "--" + m[1].replace("_", "-") if m[1] in given else m[0],
-                                 str(e))) from None
+    except ConfigError as e:
+        raise _as_options(e, {f"tag.{k}": "--" + k.replace("_", "-") for k in given}) from None
     return given
+
+
+def _as_options(e: ConfigError, options: dict[str, str]) -> ConfigError:
+    """The error with the config keys that options set named as the options typed ("tag.lookahead": "--lookahead")."""
+    import re
+
+    return ConfigError(re.sub(r"\b(?:data|model|train|tag)\.\w+", lambda m: options.get(m[0], m[0]), str(e)))
 
 
 def _tag_args(p: argparse.ArgumentParser) -> None:

@@ -234,7 +234,7 @@ def validate(cfg: Config) -> None:
     """Every field of every section (type, choices, range), then the checks across fields."""
     d = cfg.data
     for name in ("data", "model", "train"):
-        _check_fields(getattr(cfg, name), name)
+        check_fields(getattr(cfg, name), name)
     _check_buckets(d.buckets, d.max_length, "data")
     if d.labels and (len(set(d.labels)) != len(d.labels) or "O" not in d.labels):
         raise ConfigError(f"data.labels: must list distinct tags including 'O', got {list(d.labels)}")
@@ -245,7 +245,7 @@ def validate(cfg: Config) -> None:
 def validate_tag(tc: TagConfig) -> None:
     """A TagConfig on its own (the model's limits are `check_positions`): the CLI and the Tagger call this on
     a config with overrides applied."""
-    _check_fields(tc, "tag")
+    check_fields(tc, "tag")
     _check_buckets(tc.buckets, tc.max_length, "tag")
     if tc.stride >= tc.max_length - 2:
         raise ConfigError(f"tag.stride: must be below tag.max_length - 2 = {tc.max_length - 2}, got {tc.stride}")
@@ -257,7 +257,8 @@ def check_positions(key: str, max_length: int, max_positions: int) -> None:
         raise ConfigError(f"{key} {max_length} is more than the model's max_position_embeddings {max_positions}")
 
 
-def _check_fields(section: Any, where: str) -> None:
+def check_fields(section: Any, where: str) -> None:
+    """Each field of one section (`where`: data, model, train or tag) against its type, choices and bound."""
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
         key = f"{where}.{f.name}"

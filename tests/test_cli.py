@@ -89,3 +89,12 @@ def test_train_refuses_windows_longer_than_the_model_s_positions(tmp_path, capsy
     assert code == 2 and err == ["flaxner train: error: data.max_length 600 is more than the model's "
                                  "max_position_embeddings 512"], err
     assert not (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--limit", "-1"], "--limit: must be 0 (all sentences) or a count, got -1"),  # was: a slice [:-1]
+    (["--batch-size", "0"], "--batch-size: must be positive, got 0"),  # was: the run's eval_batch_size
+])
+def test_eval_options_are_validated_before_loading(tmp_path, capsys, options, message):
+    assert main(["eval", "--model", str(tmp_path), *options]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"flaxner eval: error: {message}"]

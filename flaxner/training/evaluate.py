@@ -12,7 +12,7 @@ import numpy as np
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from flaxner.data.batching import iter_batches
-from flaxner.config import DataConfig, load_config
+from flaxner.config import DataConfig, TrainConfig, check_fields, load_config
 from flaxner.data.splits import Encoded
 from flaxner.models.heads import loss_sum, predict_ids
 from flaxner.training.distributed import fetch
@@ -103,6 +103,10 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
     from flaxner.models.loading import load_trained
     from flaxner.rundir import RunDir
 
+    if limit is not None:  # arguments that no config file validated, checked before any loading
+        check_fields(DataConfig(limit=limit), "data")
+    if batch_size is not None:
+        check_fields(TrainConfig(eval_batch_size=batch_size), "train")
     saved = None
     if isinstance(run_dir_or_model, tuple):
         model, params, tokenizer, labels = run_dir_or_model
