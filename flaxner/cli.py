@@ -175,8 +175,8 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
 
 
 # The TagConfig fields that options of `flaxner tag` override.
-TAG_CONFIG_OPTIONS = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype", "words",
-                      "context", "context_size")
+TAG_CONFIG_OPTIONS = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype",
+                      "words", "context", "context_size")
 
 
 def tag_overrides(args: argparse.Namespace) -> dict:

@@ -25,8 +25,8 @@ def masked_ce(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
 def token_loss(logits: jax.Array, labels: jax.Array, denom: float | None = None):
     """The training loss: cross-entropy summed over labelled tokens and divided by their count, so padding and
     later sub-tokens weigh nothing (what PyTorch's ignore_index=-100 mean does). With `denom` the sum is divided
-    by that constant instead (the mean labelled tokens per batch, `flaxner.training.train.loss_denominator`), so that every
-    token weighs the same whatever its batch.
+    by that constant instead (the mean labelled tokens per batch, `flaxner.training.train.loss_denominator`), so
+    that every token weighs the same whatever its batch.
     Returns (loss to differentiate, (labelled tokens, their mean loss))."""
     ce, mask = masked_ce(logits, labels)
     count = jnp.sum(mask)

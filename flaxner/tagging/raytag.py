@@ -267,7 +267,7 @@ def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
                          f"(nodes: {', '.join(f'{x:g}' for x in node_cpus)} CPUs, "
                          f"{', '.join(f'{x:g}' for x in node_gpus)} GPUs: at most {fit} actors; "
                          f"ray-project/ray#44687); lower --actors, --cpus-per-actor or --gpus-per-actor")
-    slots = [node for round_ in range(max(per_node)) for (node, _), k in zip(nodes, per_node, strict=True) if round_ < k]
+    slots = [node for r in range(max(per_node)) for (node, _), k in zip(nodes, per_node, strict=True) if r < k]
     pool.update(actors=n, slots=slots[:n])
     return pool
 
