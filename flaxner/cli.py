@@ -13,8 +13,8 @@ import logging
 import re
 import sys
 
-from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, TagDtype, Words, choices,
-                            load_config, validate_tag)
+from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, TagDtype, Words, as_options,
+                            choices, load_config)
 
 
 TRAIN_EPILOG = """\
@@ -96,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
     except ConfigError as e:
         given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
-        raise _as_options(e, {k: v for k, v in given.items() if v}) from None
+        raise as_options(e, {k: v for k, v in given.items() if v}) from None
     print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
                      indent=2))
     return 0
@@ -174,32 +174,6 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
 ]
 
 
-# The TagConfig fields that options of `flaxner tag` override.
-TAG_CONFIG_OPTIONS = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype",
-                      "words", "context", "context_size")
-
-
-def tag_overrides(args: argparse.Namespace) -> dict:
-    """The TagConfig fields given as options, validated over the model's saved `tag:` section before any work."""
-    import dataclasses
-
-    from flaxner.tagging.checks import run_tag_config
-
-    given = {k: getattr(args, k) for k in TAG_CONFIG_OPTIONS if getattr(args, k, None) is not None}
-    try:
-        validate_tag(dataclasses.replace(run_tag_config(args.model), **given))
-    except ConfigError as e:
-        raise _as_options(e, {f"tag.{k}": "--" + k.replace("_", "-") for k in given}) from None
-    return given
-
-
-def _as_options(e: ConfigError, options: dict[str, str]) -> ConfigError:
-    """The error with the config keys that options set named as the options typed ("tag.lookahead": "--lookahead")."""
-    import re
-
-    return ConfigError(re.sub(r"\b(?:data|model|train|tag)\.\w+", lambda m: options.get(m[0], m[0]), str(e)))
-
-
 def _tag_args(p: argparse.ArgumentParser) -> None:
     from flaxner.tagging import raytag
 
@@ -252,7 +226,9 @@ def _tag(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    overrides = tag_overrides(args)
+    from flaxner.tagging.checks import tag_overrides
+
+    overrides = tag_overrides(args.model, vars(args))
     if args.engine == "ray":
         from flaxner.tagging import raytag
 

@@ -257,6 +257,13 @@ def check_positions(key: str, max_length: int, max_positions: int) -> None:
         raise ConfigError(f"{key} {max_length} is more than the model's max_position_embeddings {max_positions}")
 
 
+def as_options(e: ConfigError, options: dict[str, str]) -> ConfigError:
+    """The error with the config keys that options set named as typed ({"tag.lookahead": "--lookahead"})."""
+    import re
+
+    return ConfigError(re.sub(r"\b(?:data|model|train|tag)\.\w+", lambda m: options.get(m[0], m[0]), str(e)))
+
+
 def check_fields(section: Any, where: str) -> None:
     """Each field of one section (`where`: data, model, train or tag) against its type, choices and bound."""
     hints = typing.get_type_hints(type(section))

@@ -1,12 +1,14 @@
-"""What a Tagger accepts: the one place that validates a TagConfig, a label map and a tokenizer."""
+"""What a Tagger accepts: a label map, a tokenizer, a TagConfig for the model (its own fields are
+`flaxner.config.validate_tag`'s), and the tag options of a command line over a run's saved config."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from flaxner.config import TagConfig, check_positions, validate_tag
+from flaxner.config import ConfigError, TagConfig, as_options, check_positions, validate_tag
 
 _IOB2 = re.compile(r"O|[BI]-.+")
 
@@ -45,6 +47,17 @@ def run_tag_config(model_dir: str | Path) -> TagConfig:
 
     saved = Path(model_dir) / "config.yaml"
     return load_config(saved).tag if saved.is_file() else TagConfig()
+
+
+def tag_overrides(model_dir: str | Path, options: dict) -> dict:
+    """The TagConfig fields among parsed `options` (None: not given), validated over the run's saved `tag:` section
+    before any work, an error naming the option as typed (`--lookahead`)."""
+    given = {f.name: options[f.name] for f in dataclasses.fields(TagConfig) if options.get(f.name) is not None}
+    try:
+        validate_tag(dataclasses.replace(run_tag_config(model_dir), **given))
+    except ConfigError as e:
+        raise as_options(e, {f"tag.{k}": "--" + k.replace("_", "-") for k in given}) from None
+    return given
 
 
 def resolve_context(cfg: TagConfig, model_dir: str | Path) -> TagConfig:

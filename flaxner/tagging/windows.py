@@ -244,7 +244,7 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         a = 0
         for (r, e, st, sp), b in zip(good, ends, strict=True):
             doc = docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
-            if context in ("none", "neighbours"):
+            if context != "document":  # the other policies cut at sentences
                 doc.segments = _sentence_segments(doc, sp)
             a = b
     return [(r, docs.get(id(r))) for r in chunk]
