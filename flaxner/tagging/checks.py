@@ -23,8 +23,8 @@ def check_iob2(labels: Sequence[str]) -> None:
 def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
     """Refuse a TagConfig that cannot tag with a model of `max_positions` positions (its own fields are
     `flaxner.config.validate_tag`'s)."""
-    validate_tag(cfg)
     check_positions("tag.max_length", cfg.max_length, max_positions)
+    validate_tag(cfg)
 
 
 def check_tokenizer(tokenizer) -> None:
