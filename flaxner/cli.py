@@ -13,7 +13,8 @@ import logging
 import re
 import sys
 
-from flaxner.config import CONTEXTS, ConfigError, load_config
+from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, TagDtype, Words, as_options,
+                            choices, load_config)
 
 
 TRAIN_EPILOG = """\
@@ -91,7 +92,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     data = DataConfig(source=args.data) if args.data else None
     # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
-    out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
+    try:
+        out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
+    except ConfigError as e:
+        given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
+        raise as_options(e, {k: v for k, v in given.items() if v}) from None
     print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
                      indent=2))
     return 0
@@ -126,14 +131,14 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--keep-fields",), dict(action="store_true", help="copy the input fields into each output line (an input "
                                                          "id/entities/error/warning is kept as input_<name>)"),
      True),
-    (("--format",), dict(default="auto", choices=("auto", "jsonl", "txt"),
+    (("--format",), dict(default="auto", choices=choices(InputFormat),
                          help="input format (auto: .txt/.txt.gz is text, one document a line; else JSONL)"), True),
-    (("--aggregation",), dict(choices=("first", "average", "max"), default=None,
+    (("--aggregation",), dict(choices=choices(Aggregation), default=None,
                               help="sub-token predictions -> word label (default: first, as trained)"), True),
-    (("--words",), dict(choices=("conll", "tokenizer"), default=None,
+    (("--words",), dict(choices=choices(Words), default=None,
                         help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
                              "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), True),
-    (("--context",), dict(choices=CONTEXTS, default=None,
+    (("--context",), dict(choices=choices(Context), default=None,
                           help="what a row sees (default: what the run trained on): none: each sentence of a text "
                                "on its own; neighbours: with --context-size sub-tokens each side; document: windows "
                                "across sentences"), True),
@@ -148,7 +153,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--batch-tokens",), dict(type=int, default=None, help="padded tokens per batch (rows = this / length)"),
      True),
     (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), True),
-    (("--dtype",), dict(default=None, choices=("auto", "float32", "bfloat16", "float16"),
+    (("--dtype",), dict(default=None, choices=choices(TagDtype),
                         help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU)"), True),
     (("--max-line-bytes",), dict(type=int, default=None, metavar="BYTES",
                                  help="a longer line gets an error record, unread (default 1000000; 0: no cap)"),
@@ -161,7 +166,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
     (("--commit-every",), dict(type=float, default=5.0, metavar="SECONDS",
                                help="make the written lines durable (and resumable) this often (default 5; 0: "
                                     "after every line)"), True),
-    (("--on-error",), dict(default="record", choices=("record", "fail"),
+    (("--on-error",), dict(default="record", choices=choices(OnError),
                            help="record: bad lines get an `error` field; fail: stop at the first"), True),
     (("--no-progress",), dict(action="store_true", help="no progress bar on stderr (it is off anyway when the "
                                                         "output is a terminal's stdout)"), False),
@@ -224,6 +229,9 @@ def _tag(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
+    from flaxner.tagging.checks import tag_overrides
+
+    overrides = tag_overrides(args.model, vars(args))
     if args.engine == "ray":
         from flaxner.tagging import raytag
 
@@ -256,10 +264,8 @@ def _tag(args: argparse.Namespace) -> int:
         return run_processes(args, tag_child_args(args))
     if threading_main():
         signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
-    from flaxner.tagging.raytag import OVERRIDES
     from flaxner.tagging.tagger import Tagger
 
-    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
     summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,

@@ -52,3 +52,49 @@ def test_overrides_go_anywhere_on_the_line():
         parse_args(["train", "--config", "quickstart", "--output-dir", "runs/x", "--no-such-flag"])
     with pytest.raises(SystemExit):
         parse_args(["eval", "--model", "m", "data.limit=3"])  # eval takes no overrides
+
+
+def test_engine_ray_without_ray_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like to find_spec
+    (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
+    assert main(["tag", str(tmp_path / "in.jsonl"), "--model", str(tmp_path), "--engine", "ray",
+                 "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "flaxner tag: error: --engine ray needs Ray: pip install 'flaxner[ray]'"
+
+
+@pytest.mark.parametrize("extra", [[], ["--processes", "2"], ["--engine", "ray", "-o", "out"]])
+@pytest.mark.parametrize("options, message", [
+    (["--lookahead", "0"], "--lookahead: must be positive, got 0"),
+    (["--batch-size", "0"], "--batch-size: must be positive, got 0"),
+    (["--batch-tokens", "-5"], "--batch-tokens: must be 0 (batch_size rows) or more, got -5"),
+    (["--max-length", "600"], "tag.buckets: the largest bucket 512 must be >= --max-length 600"),
+    (["--max-length", "64"], "tag.stride: must be below --max-length - 2 = 62, got 128"),  # stride from config.yaml
+])
+def test_tag_options_are_validated_before_any_work(tmp_path, capsys, options, message, extra):
+    from flaxner.config import load_config, save_config
+
+    save_config(load_config("tiny"), tmp_path / "config.yaml")  # the model's saved tag: section (stride 128)
+    (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
+    assert main(["tag", str(tmp_path / "in.jsonl"), "--model", str(tmp_path), *options, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flaxner tag: error: ") and message in err[0], err
+    assert not (tmp_path / "in.entities.jsonl").exists()
+
+
+def test_train_refuses_windows_longer_than_the_model_s_positions(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--config", "tiny", "--output-dir", str(out), "data.max_length=600",
+                 "data.buckets=[16,1024]", "train.max_steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["flaxner train: error: data.max_length 600 is more than the model's "
+                                 "max_position_embeddings 512"], err
+    assert not (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--limit", "-1"], "--limit: must be 0 (all sentences) or a count, got -1"),  # was: a slice [:-1]
+    (["--batch-size", "0"], "--batch-size: must be positive, got 0"),  # was: the run's eval_batch_size
+])
+def test_eval_options_are_validated_before_loading(tmp_path, capsys, options, message):
+    assert main(["eval", "--model", str(tmp_path), *options]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"flaxner eval: error: {message}"]

@@ -562,3 +562,15 @@ def test_context_auto_follows_the_runs_data_context(tiny_ner_dir, tmp_path):
     assert (plain.cfg.context, plain.cfg.context_size) == ("none", 64)
     save_config(replace(cfg, data={"context": "none"}), run / "config.yaml")
     assert Tagger.from_pretrained(run, _tag_config()).cfg.context == "none"
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(lookahead=0), "tag.lookahead: must be positive, got 0"),  # was an empty result
+    (dict(prefetch=0), "tag.prefetch: must be positive, got 0"),  # was an unbounded queue
+    (dict(max_length=600, buckets=(64, 1024)), "tag.max_length 600 is more than the model's max_position_embeddings"),
+])
+def test_a_bad_override_is_refused(tiny_ner_dir, override, message):
+    from flaxner.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Tagger.from_pretrained(tiny_ner_dir, **override)

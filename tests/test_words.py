@@ -68,7 +68,7 @@ def test_conll_words_offsets_point_into_the_text(tokenizer_dir):
     backend.no_padding()
     texts = ["  Bre-X's U.S. unit, (Calgary) rose 3.5%.", "", "Zürich\u00a0café  naïve Ünïcode."]
     docs = encode(backend, [Record(i + 1, i, t) for i, t in enumerate(texts)], words="conll")
-    for (rec, doc), text in zip(docs, texts):
+    for (_rec, doc), text in zip(docs, texts, strict=True):
         spans = split_words(text)
         assert len(set(doc.word_ids.tolist())) == len(spans) if len(doc.ids) else spans == []
         for t in range(len(doc.ids)):

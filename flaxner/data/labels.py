@@ -86,7 +86,7 @@ def spans_from_ids(label_ids: np.ndarray, labels: Sequence[str],
     starts = np.flatnonzero(start)
     stops = np.flatnonzero(start | stop).tolist() + [len(p)]  # a span runs to the next start, O or cut
     ends = np.asarray(stops)[np.searchsorted(stops, starts, side="right")].tolist()
-    return [(types[k], a, b) for k, a, b in zip(t[starts].tolist(), starts.tolist(), ends)]
+    return [(types[k], a, b) for k, a, b in zip(t[starts].tolist(), starts.tolist(), ends, strict=True)]
 
 
 def check_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> None:
@@ -94,10 +94,6 @@ def check_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> Non
     missing = sorted(set(data_labels) - set(model_labels))
     if missing:
         raise ValueError(f"the model's label map {list(model_labels)} lacks the data's tags {missing}")
-
-
-# Tagging schemes read by the data loaders; all are converted to IOB2 for training.
-SCHEMES = ("auto", "iob2", "iob1", "bioes", "io")
 
 
 def detect_scheme(tag_seqs: Sequence[Sequence[str]]) -> str:
@@ -150,7 +146,7 @@ def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:
             if scheme == "iob1" and k and spans[k - 1][2] == a and spans[k - 1][0] == typ:
                 out[a] = f"B-{typ}"
         else:
-            raise ValueError(f"scheme: expected one of {SCHEMES[1:]}, got {scheme!r}")
+            raise ValueError(f"scheme: expected iob2, iob1, bioes or io, got {scheme!r}")
     return out
 
 

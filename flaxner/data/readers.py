@@ -4,6 +4,7 @@ file:line it came from (for errors), before scheme conversion and the label inve
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -199,7 +200,7 @@ def _spans_record(rec: dict, where: str, off: OffWords) -> tuple[list[str], list
     if not isinstance(text, str):
         raise DataError(f"{where}: 'text' must be a string")
     spans = _span_list(rec, where)
-    for (a, b, lab), nxt in zip(spans, spans[1:] + [None]):
+    for (a, b, lab), nxt in zip(spans, spans[1:] + [None], strict=False):  # no spans: the None is left over
         if not 0 <= a < b <= len(text):
             raise DataError(f"{where}: span [{a}, {b}) {lab!r} is outside the text of {len(text)} characters")
         if nxt is not None and nxt[0] < b:
@@ -212,7 +213,7 @@ def _spans_record(rec: dict, where: str, off: OffWords) -> tuple[list[str], list
     for wa, wb in words:
         inner = [x for x in edges if wa < x < wb]
         pts = [wa, *inner, wb]
-        cut.extend(zip(pts, pts[1:]))
+        cut.extend(itertools.pairwise(pts))
     for a, b, lab in spans:
         if any(wa < a < wb or wa < b < wb for wa, wb in words):
             off.count += 1

@@ -5,7 +5,7 @@ A row is a window `[start, end)` of a text's sub-tokens (special tokens not coun
 own_end)` inside it whose predictions it owns; the owned ranges of a text's rows tile its sub-tokens exactly once.
 Two choices make a plan:
 
-- the **context** (`config.CONTEXTS`): `none` cuts the text at its sentences first, so no row sees past its sentence
+- the **context** (`config.Context`): `none` cuts the text at its sentences first, so no row sees past its sentence
   (what a model trained on single sentences saw); `neighbours` cuts at sentences too, then widens each row by up to
   `context` sub-tokens of the text on each side, which it sees but does not predict (FLERT's document context);
   `document` lets rows run across sentences.
@@ -16,12 +16,12 @@ Two choices make a plan:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from flaxner.config import CONTEXTS  # noqa: F401  (the context policies, declared with the config's choices)
 
 SPLITS = ("words", "windows")
 
@@ -92,7 +92,7 @@ def plan_rows(n: int, size: int, split: str, *, stride: int = 0, segments: Seque
         return []
     bounds = [0, n] if not segments else [*segments, n]
     out: list[Window] = []
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         if hi <= lo:
             continue
         if split == "windows":

@@ -130,6 +130,13 @@ def base_config(name: str):
     return read_config(model_folder(name))
 
 
+def model_positions(cfg: ModelConfig) -> int:
+    """The positions of the model `make_model` builds for `cfg` (its family's field of the checkpoint's config, or
+    of the base config for `random_init`), known before any weights load."""
+    conf = base_config(cfg.name) if cfg.random_init else read_config(model_folder(cfg.name))
+    return family_of(conf.model_type).max_positions(conf)
+
+
 def build(config, cfg: ModelConfig):
     """The model of `config`'s family (its registry row's model class), in `cfg`'s dtype and layer layout."""
     model_class = family_of(config.model_type).model_class()

@@ -1,12 +1,14 @@
-"""What a Tagger accepts: the one place that validates a TagConfig, a label map and a tokenizer."""
+"""What a Tagger accepts: a label map, a tokenizer, a TagConfig for the model (its own fields are
+`flaxner.config.validate_tag`'s), and the tag options of a command line over a run's saved config."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from flaxner.config import CONTEXTS, TagConfig
+from flaxner.config import ConfigError, TagConfig, as_options, check_positions, validate_tag
 
 _IOB2 = re.compile(r"O|[BI]-.+")
 
@@ -19,20 +21,10 @@ def check_iob2(labels: Sequence[str]) -> None:
 
 
 def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
-    """Refuse a TagConfig that cannot tag with a model of `max_positions` positions."""
-    if cfg.aggregation not in ("first", "average", "max"):
-        raise ValueError(f"aggregation: expected first, average or max, got {cfg.aggregation!r}")
-    if list(cfg.buckets) != sorted(set(cfg.buckets)) or not cfg.buckets:
-        raise ValueError(f"tag.buckets: must be strictly increasing, got {list(cfg.buckets)}")
-    if not 3 <= cfg.max_length <= min(max_positions, cfg.buckets[-1]):
-        raise ValueError(f"max_length {cfg.max_length}: must be in [3, {min(max_positions, cfg.buckets[-1])}] "
-                         f"(the model's positions and the largest bucket)")
-    if cfg.context not in CONTEXTS:
-        raise ValueError(f"context: expected one of {', '.join(CONTEXTS)}, got {cfg.context!r}")
-    if cfg.context_size < 0:
-        raise ValueError(f"context_size {cfg.context_size}: must be 0 or more sub-tokens")
-    if not 0 <= cfg.stride < cfg.max_length - 2:
-        raise ValueError(f"stride {cfg.stride}: must be in [0, max_length - 2)")
+    """Refuse a TagConfig that cannot tag with a model of `max_positions` positions (its own fields are
+    `flaxner.config.validate_tag`'s)."""
+    check_positions("tag.max_length", cfg.max_length, max_positions)
+    validate_tag(cfg)
 
 
 def check_tokenizer(tokenizer) -> None:
@@ -55,6 +47,17 @@ def run_tag_config(model_dir: str | Path) -> TagConfig:
 
     saved = Path(model_dir) / "config.yaml"
     return load_config(saved).tag if saved.is_file() else TagConfig()
+
+
+def tag_overrides(model_dir: str | Path, options: dict) -> dict:
+    """The TagConfig fields among parsed `options` (None: not given), validated over the run's saved `tag:` section
+    before any work, an error naming the option as typed (`--lookahead`)."""
+    given = {f.name: options[f.name] for f in dataclasses.fields(TagConfig) if options.get(f.name) is not None}
+    try:
+        validate_tag(dataclasses.replace(run_tag_config(model_dir), **given))
+    except ConfigError as e:
+        raise as_options(e, {f"tag.{k}": "--" + k.replace("_", "-") for k in given}) from None
+    return given
 
 
 def resolve_context(cfg: TagConfig, model_dir: str | Path) -> TagConfig:

@@ -11,7 +11,7 @@ from flaxner.tagging.windows import rows_per_batch, scatter, small_rows
 
 
 class CompiledForward:
-    """softmax(model(ids, mask)) jitted: label ids and scores ("first") or probabilities, one compile per shape.
+    """The model and its head's scores (`flaxner.models.heads.tag_scores`) jitted, one compile per shape.
 
     `fn` is the program every batch runs, `fn(params, input_ids, attention_mask)` with `params` this object's
     (device-placed) `params` and int32 [rows, length] ids and mask; it returns int32 label ids and float32 scores,
@@ -26,6 +26,8 @@ class CompiledForward:
         import jax.numpy as jnp
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+        from flaxner.models.heads import tag_scores
+
         self.cfg, self.pad_id = cfg, pad_id
         devices = jax.local_devices()
         self.n_devices = len(devices)
@@ -35,14 +37,11 @@ class CompiledForward:
             params = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                                   params)
         self.params = jax.device_put(params, repl)
-        first = cfg.aggregation == "first"
+        aggregation = cfg.aggregation
 
         def forward(params, input_ids, attention_mask):
             logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, labels]
-            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-            if first:
-                return probs.argmax(-1).astype(jnp.int32), probs.max(-1)
-            return probs
+            return tag_scores(logits, aggregation)
 
         self.fn = jax.jit(forward, in_shardings=(repl, data, data), out_shardings=data)
         self.data_sharding = data

@@ -6,6 +6,7 @@ thread writes the `TagStats`."""
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections import deque
@@ -135,7 +136,7 @@ class Pipeline:
         carry: list = []
         try:
             while True:
-                chunk = [r for _, r in zip(range(cfg.lookahead), records)]
+                chunk = list(itertools.islice(records, cfg.lookahead))
                 if not chunk:
                     break
                 docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context)

@@ -41,6 +41,7 @@ package folder and readers of tracebacks never meet two modules called `ray`.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import io
 import json
 import math
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from flaxner.config import Engine, choices
 from flaxner.tagging import outpolicy
 from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
     prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
@@ -241,7 +243,7 @@ def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
             raise ValueError(f"--gpus-per-actor {gpus_per_actor}: must be positive")
         c = cpus_per_actor or 1.0
         per_node = [min(math.floor(g / gpus_per_actor + 1e-9), math.floor(cpu / c + 1e-9))
-                    for g, cpu in zip(node_gpus, node_cpus)]
+                    for g, cpu in zip(node_gpus, node_cpus, strict=True)]
         what = f"{gpus_per_actor:g} GPU"
         per_gpu = max(1, round(1 / gpus_per_actor))
         if per_gpu > 1:
@@ -265,7 +267,7 @@ def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
                          f"(nodes: {', '.join(f'{x:g}' for x in node_cpus)} CPUs, "
                          f"{', '.join(f'{x:g}' for x in node_gpus)} GPUs: at most {fit} actors; "
                          f"ray-project/ray#44687); lower --actors, --cpus-per-actor or --gpus-per-actor")
-    slots = [node for round_ in range(max(per_node)) for (node, _), k in zip(nodes, per_node) if round_ < k]
+    slots = [node for r in range(max(per_node)) for (node, _), k in zip(nodes, per_node, strict=True) if r < k]
     pool.update(actors=n, slots=slots[:n])
     return pool
 
@@ -412,7 +414,7 @@ def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_
 def add_arguments(p) -> None:
     """The options of `flaxner tag --engine ray` (added to `flaxner tag`'s parser)."""
     g = p.add_argument_group("cluster (--engine ray; pip install 'flaxner[ray]')")
-    g.add_argument("--engine", default="local", choices=("local", "ray"),
+    g.add_argument("--engine", default="local", choices=choices(Engine),
                    help="ray: tag files/globs/URIs on a Ray cluster into -o OUT_DIR, one file per input slice")
     g.add_argument("--join", default=None, metavar="FILE", help="also write all output lines, in input order, here")
     g.add_argument("--address", default=None, help="Ray cluster to use ('auto', HOST:PORT); default: a local one")
@@ -432,10 +434,8 @@ def run_cli(args) -> int:
                      ("--on-error fail", args.on_error == "fail")):
         if bad:
             raise ValueError(f"{opt} does not go with --engine ray (it slices and retries by itself)")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise ValueError("--engine ray needs Ray: pip install 'flaxner[ray]'") from None
+    if sys.modules.get("ray") is None and importlib.util.find_spec("ray") is None:  # before any work
+        raise ValueError("--engine ray needs Ray: pip install 'flaxner[ray]'")
     if args.max_line_bytes is not None and args.max_line_bytes < 0:
         raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}

@@ -12,7 +12,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from flaxner.config import TagConfig
+from flaxner.config import TagConfig, validate_tag
 from flaxner.tagging.checks import check_iob2, check_tag_config, check_tokenizer, resolve_context, resolve_dtype, \
     run_tag_config
 from flaxner.tagging.filejob import tag_file
@@ -39,6 +39,7 @@ class Tagger:
         from flaxner.runtime import enable_compilation_cache
 
         cfg = dataclasses.replace(config or run_tag_config(model_dir), **overrides)
+        validate_tag(cfg)  # before loading: the model's positions are checked once it is loaded
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
         cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), model_dir)

@@ -198,7 +198,7 @@ def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: 
     a_tok, b_tok = first[a_word], bounds[b_word] - 1  # its first and last sub-token, laid end to end
     owner = np.searchsorted(doc_start, a_tok, side="right") - 1
     for (typ, _, _), k, ta, tb, score in zip(spans, owner.tolist(), (a_tok - doc_start[owner]).tolist(),
-                                             (b_tok - doc_start[owner]).tolist(), mean):
+                                             (b_tok - doc_start[owner]).tolist(), mean, strict=True):
         doc = docs[k]
         s, e = doc.token_chars(ta)[0], doc.token_chars(tb)[1]
         out[keep[k]].append({"text": doc.text[s:e], "label": typ, "start": s, "end": e, "score": round(score, 5)})
@@ -220,7 +220,7 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         from flaxner.data.words import split_words
 
         spans = [split_words(r.text) for r in todo]
-        inputs = [[r.text[a:b] for a, b in sp] for r, sp in zip(todo, spans)]
+        inputs = [[r.text[a:b] for a, b in sp] for r, sp in zip(todo, spans, strict=True)]
         kw = {"is_pretokenized": True, "add_special_tokens": False}
     elif words == "tokenizer":
         spans, inputs, kw = None, [r.text for r in todo], {"add_special_tokens": False}
@@ -230,7 +230,7 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         encs = backend.encode_batch(inputs, **kw)
     except Exception:
         encs = []
-        for r, x in zip(todo, inputs):
+        for r, x in zip(todo, inputs, strict=True):
             try:
                 encs.append(backend.encode(x, **kw))
             except Exception as e:
@@ -238,7 +238,7 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
                 encs.append(None)
     starts = [None] * len(todo) if spans is None else [np.array([a for a, _ in sp], dtype=np.int64) for sp in spans]
     word_spans = [None] * len(todo) if spans is None else spans
-    good = [(r, e, st, sp) for r, e, st, sp in zip(todo, encs, starts, word_spans) if e is not None]
+    good = [(r, e, st, sp) for r, e, st, sp in zip(todo, encs, starts, word_spans, strict=True) if e is not None]
     docs = {}
     if good:
         merged = Encoding.merge([e for _, e, _, _ in good], growing_offsets=False)
@@ -247,9 +247,9 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         wids = merged.word_ids
         word_ids = np.array(wids if None not in wids else [-1 if w is None else w for w in wids], dtype=np.int32)
         a = 0
-        for (r, e, st, sp), b in zip(good, ends):
+        for (r, e, st, sp), b in zip(good, ends, strict=True):
             doc = docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
-            if context in ("none", "neighbours"):
+            if context != "document":  # the other policies cut at sentences
                 doc.segments = _sentence_segments(doc, sp)
             a = b
     return [(r, docs.get(id(r))) for r in chunk]

@@ -8,27 +8,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from flaxner.data.batching import iter_batches
-from flaxner.config import DataConfig, load_config
+from flaxner.config import DataConfig, TrainConfig, check_fields, load_config
 from flaxner.data.splits import Encoded
+from flaxner.models.heads import loss_sum, predict_ids
 from flaxner.training.distributed import fetch
-from flaxner.data.labels import IGNORE
 
 
 def eval_step(params, batch: dict, apply_fn: Callable) -> dict:
-    """Forward without dropout: argmax predictions and the summed loss over labelled tokens."""
+    """Forward without dropout: the head's predictions and summed loss over labelled tokens."""
     logits = apply_fn(batch["input_ids"], batch["attention_mask"], params=params, train=False).logits
-    logits = logits.astype(jnp.float32)  # [batch, seq, num_labels]
-    labels = batch["labels"]
-    mask = labels != IGNORE
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, labels, 0))
-    return {"pred": jnp.argmax(logits, -1).astype(jnp.int32), "loss_sum": jnp.sum(ce * mask),
-            "count": jnp.sum(mask)}
+    total, count = loss_sum(logits, batch["labels"])  # logits: [batch, seq, num_labels]
+    return {"pred": predict_ids(logits), "loss_sum": total, "count": count}
 
 
 def predict(step_fn: Callable, params, enc: Encoded, batch_size: int, buckets: Sequence[int],
@@ -109,6 +103,10 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
     from flaxner.models.loading import load_trained
     from flaxner.rundir import RunDir
 
+    if limit is not None:  # arguments that no config file validated, checked before any loading
+        check_fields(DataConfig(limit=limit), "data")
+    if batch_size is not None:
+        check_fields(TrainConfig(eval_batch_size=batch_size), "train")
     saved = None
     if isinstance(run_dir_or_model, tuple):
         model, params, tokenizer, labels = run_dir_or_model

@@ -1,4 +1,4 @@
-"""The optimizer and the train step: Adam + linear schedule, the masked loss, and the step as two jitted programs
+"""The optimizer and the train step: Adam + linear schedule, the head's loss, and the step as two jitted programs
 (gradients per batch shape, the update once), data-parallel over the run's mesh."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxner.config import TrainConfig
-from flaxner.data.labels import IGNORE
+from flaxner.models.heads import token_loss
 from flaxner.runtime import Runtime
 
 
@@ -37,18 +37,11 @@ def make_optimizer(tc: TrainConfig, total_steps: int) -> optax.GradientTransform
 
 
 def loss_fn(params, batch: dict, dropout_rng, apply_fn: Callable, train: bool = True, denom: float | None = None):
-    """Cross-entropy summed over labelled tokens and divided by their count, so padding and later sub-tokens
-    weigh nothing (what PyTorch's ignore_index=-100 mean does). With `denom` the sum is divided by that constant
-    instead (the mean labelled tokens per batch), so that every token weighs the same whatever its batch.
+    """The model's forward and the head's loss (`flaxner.models.heads.token_loss`, which explains `denom`).
     Returns (loss to differentiate, (labelled tokens, their mean loss))."""
     logits = apply_fn(batch["input_ids"], batch["attention_mask"], params=params, dropout_rng=dropout_rng,
-                      train=train).logits.astype(jnp.float32)  # [batch, seq, num_labels]
-    labels = batch["labels"]
-    mask = labels != IGNORE
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(mask, labels, 0))
-    count = jnp.sum(mask)
-    mean = jnp.sum(ce * mask) / jnp.maximum(count, 1)
-    return (mean if denom is None else jnp.sum(ce * mask) / denom), (count, mean)
+                      train=train).logits  # [batch, seq, num_labels]
+    return token_loss(logits, batch["labels"], denom)
 
 
 def grad_step(state: dict, batch: dict, apply_fn: Callable, denom: float | None = None):

@@ -22,9 +22,9 @@ import numpy as np
 from flaxner.training import distributed, export
 from flaxner.data.batching import EpochPlan, collate, eval_lengths, plan_epochs
 from flaxner.training.checkpoint import Checkpointer, LoopState
-from flaxner.config import Config, absolute_paths, save_config
+from flaxner.config import Config, absolute_paths, check_positions, save_config
 from flaxner.training.evaluate import evaluate, jit_eval_step
-from flaxner.models.loading import make_model, make_tokenizer
+from flaxner.models.loading import make_model, make_tokenizer, model_positions
 from flaxner.precompile import Precompiler, submit_run, workers_for
 from flaxner.rundir import RunDir
 from flaxner.runtime import Runtime, abstract, compile_stats, setup_runtime
@@ -130,8 +130,8 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     labels = ckpt.read_labels() if ckpt else None
     if resume and labels is None:
         log.info("%s holds no checkpoint yet: starting from the first step", rd.path)
-
     tokenizer = make_tokenizer(cfg.model)
+    check_positions("data.max_length", cfg.data.max_length, model_positions(cfg.model))
     splits, labels = load_splits(cfg, tokenizer, labels)
     if distributed.is_primary():  # with the label inventory the run uses, so eval and tag read exactly it
         save_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=tuple(labels)),
