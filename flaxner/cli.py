@@ -105,17 +105,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """`flaxner data`: the run's data as training would read it (inventory, counts, lengths), without a model."""
     from flaxner.config import resolve_config_path
-    from flaxner.data.report import data_report
-    from flaxner.data.splits import load_dataset_splits
+    from flaxner.data.report import print_report
 
-    d = load_config(resolve_config_path(args.config), args.overrides).data
-    ds, labels = load_dataset_splits(d, [d.train_split], [d.eval_split, d.test_split])
-    report = data_report(ds, labels, d.train_split, d.rare_type_count)
-    print(f"labels ({len(labels)}): {' '.join(labels)}\n{report.table()}")
-    for t, n in report.rare.items():
-        print(f"warning: {t} occurs only {n} time(s) in {d.train_split!r} (a typo in a tag, or too few to learn)")
-    for t in report.unseen:
-        print(f"warning: {t} is in the label set but never occurs in {d.train_split!r}")
+    print_report(load_config(resolve_config_path(args.config), args.overrides).data)
     return 0
 
 

@@ -87,3 +87,16 @@ def log_report(report: DataReport, train_split: str) -> None:
                     "in a tag, or too few examples to learn it", t, n, train_split, report.min_count)
     for t in report.unseen:
         log.warning("entity type %s is in the label set but never occurs in %r", t, train_split)
+
+
+def print_report(d) -> None:
+    """`flaxner data`: the report of a DataConfig's splits on stdout, then a warning line per rare or unseen type."""
+    from flaxner.data.splits import load_dataset_splits
+
+    ds, labels = load_dataset_splits(d, [d.train_split], [d.eval_split, d.test_split])
+    report = data_report(ds, labels, d.train_split, d.rare_type_count)
+    print(f"labels ({len(labels)}): {' '.join(labels)}\n{report.table()}")
+    for t, n in report.rare.items():
+        print(f"warning: {t} occurs only {n} time(s) in {d.train_split!r} (a typo in a tag, or too few to learn)")
+    for t in report.unseen:
+        print(f"warning: {t} is in the label set but never occurs in {d.train_split!r}")
