@@ -2,6 +2,7 @@
 log line, old exports and checkpoints, and each damaged file's one-line error."""
 
 import json
+import re
 import logging
 import shutil
 from pathlib import Path
@@ -201,3 +202,34 @@ def test_compact_vocab_twin_has_the_compact_table(exported):
     full_ids = np.array([[3, 7, 0]])
     assert np.allclose(twin(x, np.ones_like(x), params=small).logits,
                        model(full_ids, np.ones_like(x), params=params).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("num_hidden_layers", 1000000, "num_hidden_layers 1000000 is not a whole number in [1, 256]"),
+    ("vocab_size", 10 ** 12, "vocab_size 1000000000000 is not a whole number"),
+    ("num_attention_heads", 0, "num_attention_heads 0 is not a whole number"),
+    ("num_attention_heads", 5, "num_attention_heads 5 does not divide hidden_size"),
+    ("hidden_size", True, "hidden_size True is not a whole number"),
+    ("hidden_dropout_prob", 1.5, "hidden_dropout_prob 1.5 is not a probability"),
+])
+def test_an_untrusted_config_json_is_refused_before_anything_is_built(tiny_ner_dir, tmp_path, key, value, says):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_ner_dir, folder)
+    conf = json.loads((folder / "config.json").read_text())
+    conf[key] = value
+    (folder / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ModelFileError, match="config.json: " + re.escape(says)):
+        load_trained(folder)
+
+
+def test_a_tokenizer_past_the_embedding_table_is_refused(tiny_ner_dir, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_ner_dir, folder)
+    conf = json.loads((folder / "config.json").read_text())
+    conf["vocab_size"] = 100  # the tokenizer has 1,000 ids: the rest would read rows that do not exist
+    (folder / "config.json").write_text(json.dumps(conf))
+    from flaxner.models.checks import check_tokenizer_fits
+
+    tok = make_tokenizer(ModelConfig(name=str(folder)))
+    with pytest.raises(ModelFileError, match=r"the tokenizer has ids up to 999, past the model's vocab_size 100"):
+        check_tokenizer_fits(tok, 100, folder)

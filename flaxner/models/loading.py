@@ -20,6 +20,7 @@ import numpy as np
 from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
 from flaxner.models.bert import from_pytorch_names
+from flaxner.models.checks import ModelFileError, check_bounds, check_tokenizer_fits
 from flaxner.models.registry import family_of
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,10 +36,6 @@ FLAX, TORCH_BIN = "flax_model.msgpack", "pytorch_model.bin"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
 # What a hub download fetches: config, tokenizer and weights, never code.
 HUB_PATTERNS = ["config.json", "*.json", "*.txt", "*.model", SAFETENSORS, "model-*.safetensors", FLAX, TORCH_BIN]
-
-
-class ModelFileError(ValueError):
-    """A model folder or weights file that cannot be used; the message names the file and what is wrong."""
 
 
 class ModelNotReachable(OSError):
@@ -119,6 +116,7 @@ def config_from_file(path: Path):
         raise ModelFileError(f"{path}: not a JSON object")
     # A config.json without model_type is an old BERT one (transformers reads it so too).
     family = family_of(d.get("model_type", "bert"), str(path))
+    check_bounds(d, str(path))
     return family.config_class().from_dict(d, str(path))
 
 
@@ -181,7 +179,10 @@ def load_trained(path: str | Path, dtype: str = "float32", scan_layers: bool = F
         raise ModelFileError(f"{folder}/config.json: no id2label (not a token-classification model)")
     model = build(conf, ModelConfig(name=str(folder), dtype=dtype, scan_layers=scan_layers))
     params = load_params(folder, model, checkpoint_labels=conf.labels)
-    return model, params, load_tokenizer(folder), list(conf.labels)
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer_fits(tokenizer, conf.vocab_size, folder)
+    return model, params, tokenizer, list(conf.labels)
+
 
 
 # --- weights files -------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from flaxner.data.batching import EpochPlan, collate, eval_lengths, plan_epochs
 from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, absolute_paths, check_positions, save_config
 from flaxner.training.evaluate import evaluate, jit_eval_step
+from flaxner.models.checks import check_tokenizer_fits
 from flaxner.models.loading import make_model, make_tokenizer, model_positions
 from flaxner.precompile import Precompiler, submit_run, workers_for
 from flaxner.rundir import RunDir
@@ -139,6 +140,8 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     ckpt = ckpt or Checkpointer(rd.checkpoints, tc.keep_checkpoints)
     model, full_params = make_model(cfg.model, list(labels), seed=tc.seed,
                                     vocab_size=None if keep_model_vocab else len(tokenizer))
+    if not cfg.model.random_init:
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, cfg.model.tokenizer or cfg.model.name)
     train_model, params, vocab = compact_model(tc, model, full_params, [s.enc for s in splits.values()],
                                                tokenizer.all_special_ids)
     if vocab:
