@@ -270,6 +270,9 @@ def _tag(args: argparse.Namespace) -> int:
         print(f"flaxner tag: error: {summary.input_damaged} ({summary.lines} lines tagged into {output})",
               file=sys.stderr)
         return 1
+    if summary.field_missing:
+        print(f"flaxner tag: error: {summary.field_missing}", file=sys.stderr)
+        return 1
     return 0
 
 

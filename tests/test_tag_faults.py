@@ -726,3 +726,17 @@ def test_second_processes_run_on_the_same_output_is_refused(tiny_ner_dir, tmp_pa
     assert second.stderr.count("\n") == 1
     first.communicate(timeout=600)
     assert first.returncode == 0 and len(_read(tmp_path / "o.jsonl")) == 2000
+
+
+def test_a_corpus_whose_text_is_under_another_key_says_so_once_and_fails(tmp_path, tiny_ner_dir):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "content": "Peter Blackburn"}) + "\n" for i in range(5)) +
+                   json.dumps({"text": "EU rejects"}) + "\n", encoding="utf-8")
+    rc, err = _tag(inp, "--model", tiny_ner_dir, "-o", tmp_path / "out.jsonl", "--no-progress")
+    assert rc == 1
+    assert "5 of 6 lines have no 'text' field (keys seen: 'id', 'content'); name the text's key with --text-field" \
+        in err
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 6  # every line still has its output line
+    rc, _ = _tag(inp, "--model", tiny_ner_dir, "-o", tmp_path / "out2.jsonl", "--text-field", "content",
+                 "--no-progress")
+    assert rc == 0  # one line without `content` is an error record, not a wrong corpus

@@ -28,12 +28,14 @@ class TagSummary:
     shapes: list = field(default_factory=list)  # [rows, bucket] of each batch shape run
     long_docs: int = 0
     input_damaged: str | None = None
+    field_missing: str | None = None  # most lines lack the text's key: what to do
 
     def to_json(self) -> dict:
         """The printed summary: the fields in this order, `input_damaged` only when the input was damaged."""
         out = dataclasses.asdict(self)
-        if out["input_damaged"] is None:
-            del out["input_damaged"]
+        for key in ("input_damaged", "field_missing"):
+            if out[key] is None:
+                del out[key]
         return out
 
     def __getitem__(self, key: str):
