@@ -232,7 +232,7 @@ def _tag(args: argparse.Namespace) -> int:
         raise ValueError(f"{len(args.input)} inputs: one at a time, or several (and globs) with --engine ray")
     args.input = args.input[0]
 
-    from flaxner.tagging.reading import MAX_LINE_BYTES, RESUME_STDIN, parse_shard
+    from flaxner.tagging.reading import MAX_LINE_BYTES, MAX_PARTS, RESUME_STDIN, parse_shard
     from flaxner.tagging.writing import check_output, default_output
 
     if args.input != "-" and not Path(args.input).is_file():
@@ -240,8 +240,8 @@ def _tag(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"{args.model}: no such model folder")
     parse_shard(args.shard)
-    if args.processes < 1:
-        raise ValueError(f"--processes {args.processes}: must be at least 1")
+    if not 1 <= args.processes <= MAX_PARTS:
+        raise ValueError(f"--processes {args.processes}: must be in [1, {MAX_PARTS}]")
     if args.max_line_bytes is not None and args.max_line_bytes < 0:
         raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
     if args.commit_every < 0:

@@ -740,3 +740,11 @@ def test_a_corpus_whose_text_is_under_another_key_says_so_once_and_fails(tmp_pat
     rc, _ = _tag(inp, "--model", tiny_ner_dir, "-o", tmp_path / "out2.jsonl", "--text-field", "content",
                  "--no-progress")
     assert rc == 0  # one line without `content` is an error record, not a wrong corpus
+
+
+@pytest.mark.parametrize("opt", [["--processes", str(10 ** 21)], ["--shard", f"5/{10 ** 21}"]])
+def test_huge_part_counts_are_refused_at_once(tmp_path, tiny_ner_dir, opt):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"text": "EU rejects"}) + "\n", encoding="utf-8")
+    rc, err = _tag(inp, "--model", tiny_ner_dir, "-o", tmp_path / "out.jsonl", *opt)
+    assert rc == 2 and "4096" in err and not (tmp_path / "out.jsonl").exists()

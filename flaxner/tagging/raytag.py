@@ -59,7 +59,7 @@ from flaxner.config import Engine, choices
 from flaxner.tagging import outpolicy
 from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
     prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
-from flaxner.tagging.reading import MAX_LINE_BYTES, LineReader, input_format, newlines_between, parse_line
+from flaxner.tagging.reading import MAX_LINE_BYTES, MAX_PARTS, LineReader, input_format, newlines_between, parse_line
 from flaxner.tagging.writing import output_line
 
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
@@ -234,8 +234,8 @@ def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
     node_cpus = [r.get("CPU", 0.0) for _, r in nodes]
     node_gpus = [r.get("GPU", 0.0) for _, r in nodes]
     pool = {"nodes": len(nodes), "cpus": sum(node_cpus), "gpus": sum(node_gpus), "mem_fraction": None}
-    if actors is not None and actors < 1:
-        raise ValueError(f"--actors {actors}: must be at least 1")
+    if actors is not None and not 1 <= actors <= MAX_PARTS:
+        raise ValueError(f"--actors {actors}: must be in [1, {MAX_PARTS}]")
     if gpus_per_actor is None and cpus_per_actor is None and pool["gpus"] > 0:
         gpus_per_actor = 1.0
     if gpus_per_actor is not None:

@@ -30,6 +30,7 @@ _CHUNK = 1 << 24
 # Longest line read (bytes): a 1 MB document is ~250k sub-tokens, ~500 windows; past that a line's memory
 # (its tokens, windows and probabilities at once) grows into gigabytes; 0 lifts the cap.
 MAX_LINE_BYTES = 1_000_000
+MAX_PARTS = 4096  # the most shards, processes or actors: past any machine's cores, small enough to plan at once
 RESUME_STDIN = ("--resume from stdin: a pipe cannot be checked before it is read again; pass --resume-stdin to vouch "
                 "that it gives the same lines (their CRC is then checked as they are skipped)")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -72,12 +73,12 @@ def input_format(path: str, fmt: str = "auto") -> str:
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N; None -> (0, 1)."""
+    """'I/N' -> (I, N) with 0 <= I < N <= MAX_PARTS; None -> (0, 1)."""
     if not spec:
         return 0, 1
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if not m or not 0 <= int(m[1]) < int(m[2]):
-        raise ValueError(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    if not m or not 0 <= int(m[1]) < int(m[2]) or int(m[2]) > MAX_PARTS:
+        raise ValueError(f"--shard {spec!r}: expected I/N with 0 <= I < N <= {MAX_PARTS}, e.g. 0/4")
     return int(m[1]), int(m[2])
 
 
