@@ -1,13 +1,11 @@
 """Reading a corpus for tagging: JSONL or text, gzip (through `gunzip`) or stdin, one shard or byte range of it, from
 a resume point, each line parsed into a `Record` (`parse_line` never raises: a bad line becomes an error record).
 
-Why `reading` (and `writing` beside it): the input and output halves of tagging I/O, once one module, have different
-users and different failure modes, and the names say which half a caller needs. Everything that turns input bytes
-into `Line`s and `Record`s is here, with what identifies an input to `--resume` (size, mtime, CRCs), because a
-resume is checked while the input is read again. `flaxner.tagging.raytag` needs only this module (and
-`writing.output_line`). It imports no JAX: `flaxner tag --processes`' parent (`flaxner.tagging.processes`) uses it before any
-child starts JAX. `TagInputError` lives here because most of what it reports is input; `writing` raises it too, for
-outputs."""
+Everything that turns input bytes into `Line`s and `Record`s is here, with what identifies an input to `--resume`
+(size, mtime, CRCs), because a resume is checked while the input is read again; `writing` is the output half.
+Every engine reads through it (Ray's slices too). It imports no JAX: `flaxner tag --processes`' parent
+(`flaxner.tagging.processes`) uses it before any child starts JAX. `TagInputError` lives here because most of what
+it reports is input; `writing` raises it too, for outputs."""
 
 from __future__ import annotations
 
