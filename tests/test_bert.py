@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification, stack_layers, unstack_layers
-from flaxner.models.bert import to_pytorch_names
+from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification
+from flaxner.models.weights import stack_layers, unstack_layers
+from flaxner.models.weights import to_pytorch_names
 from flaxner.training.step import loss_fn
 
 TINY = "tests/fixtures/tiny-bert/config.json"

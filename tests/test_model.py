@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification, to_pytorch_names
+from flaxner.models.bert import BertConfig, FlaxBertForTokenClassification
+from flaxner.models.weights import to_pytorch_names
 from flaxner.config import ModelConfig
 from flaxner.training.export import save_model
 from flaxner.models.loading import ModelFileError, ModelNotReachable, load_trained, make_model, make_tokenizer, model_folder

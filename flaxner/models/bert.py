@@ -3,14 +3,12 @@
 The parameter tree is transformers' `FlaxBertForTokenClassification` tree (`bert/encoder/layer/0/...`; `roberta/...`
 for RoBERTa), so `flax_model.msgpack` files and orbax checkpoints written with the HF class load unchanged. The
 layers may run as one `nn.scan`ned block (`model.scan_layers`): XLA then compiles one layer instead of
-`num_hidden_layers`. The scanned
-block's stacked parameters exist only inside the traced call (`stack_layers`), so everything outside (optimizer
-state, checkpoints, exports, the compact vocabulary) keeps seeing the per-layer HF tree.
+`num_hidden_layers`; its stacked parameters exist only inside the traced call (`weights.stack_layers`), so everything
+outside (optimizer state, checkpoints, exports, the compact vocabulary) sees the per-layer HF tree.
 
 Why linen rather than nnx: the rest of flaxner treats the model as a pure function of a parameter pytree (optax
 state, orbax checkpoints, the compact-vocabulary table swap, `jax.jit` with shardings); linen's `apply(params, ...)`
-is exactly that, while nnx's stateful objects would have to be split and merged at each of those seams.
-"""
+is exactly that, while nnx's stateful objects would have to be split and merged at each of those seams."""
 
 from __future__ import annotations
 
@@ -25,16 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from flax.linen.attention import dot_product_attention_weights
-from flax.traverse_util import flatten_dict
 
 from flaxner.models.registry import family_of
+from flaxner.models.weights import stack_layers, to_pytorch_names
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # BERT's reference GELU (erf)
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-}
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True), "relu": jax.nn.relu}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,31 +284,6 @@ class TokenClassifierOutput:
     logits: jax.Array  # [batch, seq, num_labels]
 
 
-def _layers(params: dict, prefix: str) -> dict:
-    return params[prefix]["encoder"]["layer"]
-
-
-def _with_layers(params: dict, prefix: str, layers) -> dict:
-    """A shallow copy of `params` with `prefix/encoder/layer` replaced."""
-    backbone = dict(params[prefix])
-    backbone["encoder"] = {**backbone["encoder"], "layer": layers}
-    return {**params, prefix: backbone}
-
-
-def stack_layers(params: dict, prefix: str = "bert") -> dict:
-    """Per-layer HF tree (`layer/0`, `layer/1`, ...) -> scanned tree (`layer/...` with a leading layer axis)."""
-    per = _layers(params, prefix)
-    n = len(per)
-    return _with_layers(params, prefix, jax.tree.map(lambda *xs: jnp.stack(xs), *[per[str(i)] for i in range(n)]))
-
-
-def unstack_layers(params: dict, prefix: str = "bert") -> dict:
-    """Scanned tree -> per-layer HF tree (inverse of `stack_layers`)."""
-    stacked = _layers(params, prefix)
-    n = jax.tree.leaves(stacked)[0].shape[0]
-    return _with_layers(params, prefix, {str(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)})
-
-
 def position_ids_for(input_ids, config: BertConfig):
     """BERT: 0..seq-1. RoBERTa/XLM-R: pad_token_id + running count of non-pad tokens (pads keep pad_token_id)."""
     if config.model_type == "bert":
@@ -376,35 +347,3 @@ class FlaxBertForTokenClassification:
     def resized(self, vocab_size: int) -> FlaxBertForTokenClassification:
         """The same model with a word-embedding table of `vocab_size` rows (no weights)."""
         return type(self)(self.config.replace(vocab_size=vocab_size), self.dtype, self.scan_layers, self.remat)
-
-
-def from_pytorch_names(tensors: dict[str, np.ndarray]) -> dict[tuple[str, ...], np.ndarray]:
-    """PyTorch BERT names/layouts -> HF Flax key paths (Linear weight -> kernel transposed; LayerNorm weight or
-    gamma -> scale, beta -> bias; Embedding weight -> embedding)."""
-    out = {}
-    for name, value in tensors.items():
-        *mod, leaf = name.split(".")
-        if leaf in ("weight", "gamma") and mod and mod[-1] == "LayerNorm":
-            leaf = "scale"
-        elif leaf == "beta" and mod and mod[-1] == "LayerNorm":
-            leaf = "bias"
-        elif leaf == "weight" and mod and mod[-1].endswith("embeddings"):
-            leaf = "embedding"
-        elif leaf == "weight" and value.ndim == 2:
-            value, leaf = value.T, "kernel"
-        out[(*mod, leaf)] = value
-    return out
-
-
-def to_pytorch_names(params: dict) -> dict[str, np.ndarray]:
-    """HF Flax params -> PyTorch names and layouts (the inverse of `from_pytorch_names`), float32, contiguous."""
-    tensors = {}
-    for keys, value in flatten_dict(params).items():
-        value = np.asarray(value, dtype=np.float32)
-        *mod, leaf = keys
-        if leaf == "kernel":
-            value, leaf = value.T, "weight"
-        elif leaf in ("scale", "embedding"):
-            leaf = "weight"
-        tensors[".".join([*mod, leaf])] = np.ascontiguousarray(value)
-    return tensors

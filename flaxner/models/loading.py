@@ -19,7 +19,7 @@ import numpy as np
 
 from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
-from flaxner.models.bert import from_pytorch_names
+from flaxner.models.weights import from_pytorch_names
 from flaxner.models.checks import ModelFileError, check_bounds, check_tokenizer_fits
 from flaxner.models.registry import family_of
 

@@ -58,7 +58,7 @@ def save_pytorch_safetensors(params: dict, path: Path) -> None:
     weight), without needing torch."""
     from safetensors.numpy import save_file
 
-    from flaxner.models.bert import to_pytorch_names
+    from flaxner.models.weights import to_pytorch_names
 
     save_file(to_pytorch_names(params), str(path), metadata={"format": "pt"})
 
