@@ -265,3 +265,20 @@ def test_a_training_line_over_the_cap_is_named_not_read(tmp_path, suffix):
     with pytest.raises(DataError, match=rf"d\.{suffix}\.gz:\d: the line is over data.max_line_bytes=1000"):
         read(p, DataConfig(max_line_bytes=1000))
     assert len(read(p, DataConfig(max_line_bytes=0)).tokens) == 2
+
+
+def test_empty_spans_are_dropped_and_boolean_offsets_refused(tmp_path, caplog):
+    import json
+    import logging
+
+    from flaxner.data.readers import DataError, read_jsonl
+
+    p = tmp_path / "s.jsonl"
+    p.write_text(json.dumps({"text": "Tim Cook visits Paris", "entities": [[0, 8, "PER"], [5, 5, "LOC"]]}) + "\n",
+                 encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        s = read_jsonl(p)
+    assert s.tags == [["B-PER", "I-PER", "O", "O"]] and "1 empty entity spans" in caplog.text
+    p.write_text(json.dumps({"text": "Tim Cook", "entities": [[True, 3, "PER"]]}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"s.jsonl:1: a span must be"):
+        read_jsonl(p)

@@ -123,6 +123,7 @@ class OffWords:
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
+    empty: int = 0  # empty spans [a, a), dropped
 
 
 def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
@@ -160,6 +161,8 @@ def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
             doc = rec.get(cfg.document_column) if cfg.tokens_column in rec else None
             docs.append(("line", lineno) if doc is None else ("id", json.dumps(doc, sort_keys=True)))
     out.documents = _number_documents(docs)
+    if off.empty:
+        log.warning("%s: %d empty entity spans ([a, a): no characters) were dropped", path, off.empty)
     if off.count:
         log.warning("%s: %d entity spans did not fall on word boundaries; their words were split at the span "
                     "edges, e.g. %s", path, off.count, "; ".join(off.examples))
@@ -188,8 +191,8 @@ def _span_list(rec: dict, where: str) -> list[tuple[int, int, str]]:
     for s in raw:
         if isinstance(s, dict):
             s = (s.get("start", s.get("start_offset")), s.get("end", s.get("end_offset")), s.get("label"))
-        if (not isinstance(s, (list, tuple)) or len(s) != 3 or not all(isinstance(x, int) for x in s[:2])
-                or not isinstance(s[2], str)):
+        if (not isinstance(s, (list, tuple)) or len(s) != 3 or not isinstance(s[2], str)
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in s[:2])):  # true is not 1
             raise DataError(f"{where}: a span must be {{start, end, label}} or [start, end, label], got {s!r}")
         spans.append((s[0], s[1], s[2]))
     return sorted(spans)
@@ -200,6 +203,10 @@ def _spans_record(rec: dict, where: str, off: OffWords) -> tuple[list[str], list
     if not isinstance(text, str):
         raise DataError(f"{where}: 'text' must be a string")
     spans = _span_list(rec, where)
+    empty = [sp for sp in spans if sp[0] == sp[1] and 0 <= sp[0] <= len(text)]
+    if empty:  # an empty span labels no character (annotation tools leave them): counted, then dropped
+        off.empty += len(empty)
+        spans = [sp for sp in spans if sp not in empty]
     for (a, b, lab), nxt in zip(spans, spans[1:] + [None], strict=False):  # no spans: the None is left over
         if not 0 <= a < b <= len(text):
             raise DataError(f"{where}: span [{a}, {b}) {lab!r} is outside the text of {len(text)} characters")
