@@ -748,3 +748,14 @@ def test_huge_part_counts_are_refused_at_once(tmp_path, tiny_ner_dir, opt):
     inp.write_text(json.dumps({"text": "EU rejects"}) + "\n", encoding="utf-8")
     rc, err = _tag(inp, "--model", tiny_ner_dir, "-o", tmp_path / "out.jsonl", *opt)
     assert rc == 2 and "4096" in err and not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_processes_say_once_that_the_text_is_under_another_key(tmp_path, tiny_ner_dir):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "content": "Peter Blackburn"}) + "\n" for i in range(40)),
+                   encoding="utf-8")
+    rc, err = _tag(inp, "--model", tiny_ner_dir, "-o", tmp_path / "out.jsonl", "--no-progress", "--processes", "2")
+    assert rc == 1 and "failed" not in err
+    assert "40 of" not in err and "have no 'text' field (keys seen: 'id', 'content')" in err  # one shard's count
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 40  # joined, every line kept

@@ -134,7 +134,8 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
         for k, p in procs.items():
             p.wait()
             err = logs[k].read_bytes()[len(_LOG_HEAD):].decode(errors="replace")
-            if p.returncode:
+            # a finished shard whose lines mostly lacked --text-field exits 1 with its summary: done, said below
+            if p.returncode and not (p.returncode == 1 and _summary(err).get("field_missing")):
                 failed[k] = (p.returncode, err.strip().splitlines()[-1] if err.strip() else "", logs[k])
             else:
                 summaries[k] = _summary(err)
@@ -164,7 +165,13 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
     total.update(output=target, processes=n, seconds=round(seconds, 3),
                  docs_per_s=round(total["lines"] / max(seconds, 1e-9), 1),
                  tokens_per_s=round(total["tokens"] / max(seconds, 1e-9), 1))
+    missing = sum(1 for s in summaries.values() if s.get("field_missing"))
+    if missing * 2 > len(summaries):  # most shards: the corpus keeps its text under another key
+        total["field_missing"] = next(s["field_missing"] for s in summaries.values() if s.get("field_missing"))
     print(json.dumps({"summary": total}), file=sys.stderr)
+    if "field_missing" in total:
+        print(f"flaxner tag: error: {total['field_missing']} (in a shard of {n})", file=sys.stderr)
+        return 1
     return 0
 
 
