@@ -4,15 +4,15 @@ that commits every few seconds, so an interrupted run resumes where it stopped (
 from __future__ import annotations
 
 import signal
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
+from flaxner.tagging.job import count, field_missing, new_counts, tagged_lines
 from flaxner.tagging.reading import MAX_LINE_BYTES, RESUME_STDIN, LineReader, TagInputError, input_format, \
-    parse_line, parse_shard
+    parse_shard
 from flaxner.tagging.summary import TagSummary
-from flaxner.tagging.writing import OutputWriter, Progress, TagInterrupted, check_output, default_output, \
-    output_line
+from flaxner.tagging.writing import OutputWriter, Progress, TagInterrupted, check_output, default_output
 
 
 def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "id", keep_fields: bool = False,
@@ -40,10 +40,9 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
         raise
     before = writer.state.get("counts", {"lines": writer.lines_done, "errors": 0, "warnings": 0,
                                          "entities": 0})
-    counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}  # this run's
+    counts = new_counts()  # this run's
     start_tokens, t0 = tagger.stats.tokens, time.perf_counter()
     bar = Progress(reader, tagger.stats, counts, enabled=progress, t0=t0)
-    records = (parse_line(line, fmt, tagger.text_field, id_field) for line in bar.track(reader))
     last_commit, last = time.monotonic(), None
     no_field: Counter = Counter()  # keys of the objects that lack --text-field; None: how many lack it
 
@@ -54,17 +53,10 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
 
     try:
         with bar:
-            for rec, ents in tagger.stream(records):
-                if rec.error is not None and on_error == "fail":
-                    raise TagInputError(rec.error)
-                writer.write(output_line(rec, ents, keep_fields, id_field))
-                counts["errors"] += rec.error is not None
-                if rec.error is not None and rec.fields is not None and tagger.text_field not in rec.fields:
-                    no_field.update(list(rec.fields)[:20])  # a JSON object without the text's key
-                    no_field[None] += 1
-                counts["entities"] += len(ents) if rec.error is None else 0
-                counts["warnings"] += rec.warning is not None
-                counts["lines"] += 1
+            for rec, ents, line in tagged_lines(tagger, bar.track(reader), fmt, id_field, keep_fields, on_error,
+                                                no_field):
+                writer.write(line)
+                count(counts, rec, ents)
                 last = rec
                 if time.monotonic() - last_commit >= commit_every:
                     commit()
@@ -91,15 +83,6 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
                       docs_per_s=round(counts["lines"] / max(seconds, 1e-9), 1),
                       tokens_per_s=round(tokens / max(seconds, 1e-9), 1), compiles=tagger.compiles,
                       shapes=sorted(tagger.shapes), long_docs=tagger.stats.long_docs,
-                      input_damaged=reader.damage, field_missing=_field_missing(no_field, counts["lines"],
+                      input_damaged=reader.damage, field_missing=field_missing(no_field, counts["lines"],
                                                                                 tagger.text_field))
 
-
-def _field_missing(no_field: Counter, lines: int, text_field: str) -> str | None:
-    """One sentence when most lines lack the text's key (a corpus whose text is under another key), else None."""
-    n = no_field.pop(None, 0)
-    if not lines or n * 2 <= lines:
-        return None
-    keys = ", ".join(repr(k) for k, _ in no_field.most_common(8))
-    return (f"{n} of {lines} lines have no {text_field!r} field (keys seen: {keys}); name the text's key with "
-            f"--text-field")

@@ -59,8 +59,8 @@ from flaxner.config import Engine, choices
 from flaxner.tagging import outpolicy
 from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
     prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
-from flaxner.tagging.reading import MAX_LINE_BYTES, MAX_PARTS, LineReader, input_format, newlines_between, parse_line
-from flaxner.tagging.writing import output_line
+from flaxner.tagging.job import count, new_counts, tagged_lines
+from flaxner.tagging.reading import MAX_LINE_BYTES, MAX_PARTS, LineReader, input_format, newlines_between
 
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
 DRIVER_COUNT_BYTES = 256 << 20  # newlines counted on the driver up to this many bytes, else in Ray tasks
@@ -189,17 +189,13 @@ class _SliceTagger:
         filesystem, out = fs_of(self.out_dir)
         final = f"{out}/{slice_name(index)}"
         tmp = f"{final}.{uuid.uuid4().hex[:12]}.tmp"  # unique: a retry never shares a file with a dying attempt
-        lines = (parse_line(x, fmt, self.tagger.text_field, self.id_field)
-                 for x in iter_slice(uri, int(s["lo"]), int(s["hi"]), int(s["first_line"]), self.max_line_bytes))
-        counts = {"lines": 0, "errors": 0, "warnings": 0, "entities": 0}
+        lines = iter_slice(uri, int(s["lo"]), int(s["hi"]), int(s["first_line"]), self.max_line_bytes)
+        counts = new_counts()
         chunk: list[bytes] = []
-        with create_file(filesystem, tmp) as f:
-            for rec, ents in self.tagger.stream(lines):
-                chunk.append(output_line(rec, ents, self.keep_fields, self.id_field))
-                counts["lines"] += 1
-                counts["errors"] += rec.error is not None
-                counts["warnings"] += rec.warning is not None
-                counts["entities"] += len(ents) if ents else 0
+        with create_file(filesystem, tmp) as f:  # the local engine's loop, into the slice's file
+            for rec, ents, line in tagged_lines(self.tagger, lines, fmt, self.id_field, self.keep_fields):
+                chunk.append(line)
+                count(counts, rec, ents)
                 if len(chunk) >= 1024:
                     f.write(b"".join(chunk))
                     chunk = []
