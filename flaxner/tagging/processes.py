@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from flaxner.tagging.reading import TagInputError, parse_shard
+from flaxner.tagging.summary import TagSummary
 from flaxner.tagging.outpolicy import OutputLock, check_output, is_regular, open_new, open_own, refuse_inputs, \
     refuse_link
 from flaxner.tagging.writing import default_output
@@ -160,19 +161,34 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
         return 1
     _concatenate(outs, target)
     seconds = time.perf_counter() - t0
-    total = {key: sum(s.get(key, 0) for s in summaries.values())
-             for key in ("lines", "errors", "warnings", "entities", "tokens", "long_docs")}
-    total.update(output=target, processes=n, seconds=round(seconds, 3),
-                 docs_per_s=round(total["lines"] / max(seconds, 1e-9), 1),
-                 tokens_per_s=round(total["tokens"] / max(seconds, 1e-9), 1))
-    missing = sum(1 for s in summaries.values() if s.get("field_missing"))
-    if missing * 2 > len(summaries):  # most shards: the corpus keeps its text under another key
-        total["field_missing"] = next(s["field_missing"] for s in summaries.values() if s.get("field_missing"))
+    total = _joined_summary(list(summaries.values()), target, seconds, n)
     print(json.dumps({"summary": total}), file=sys.stderr)
     if "field_missing" in total:
         print(f"flaxner tag: error: {total['field_missing']} (in a shard of {n})", file=sys.stderr)
         return 1
     return 0
+
+
+def _joined_summary(parts: list[dict], target: str, seconds: float, n: int) -> dict:
+    """The shards' summaries as one, in the local engine's shape (`TagSummary`), plus `processes`. Counts cover the
+    shards this run tagged (a resumed run's finished shards are not read again)."""
+    def add(key: str) -> int:
+        return sum(s.get(key, 0) for s in parts)
+
+    tokens, lines = add("tokens"), add("lines")
+    missing = [s["field_missing"] for s in parts if s.get("field_missing")]
+    summary = TagSummary(
+        lines=lines, errors=add("errors"), warnings=add("warnings"), entities=add("entities"), output=target,
+        this_run={k: sum(s.get("this_run", {}).get(k, 0) for s in parts) for k in ("lines", "errors", "warnings",
+                                                                                 "entities")},
+        resumed_lines=add("resumed_lines"), seconds=round(seconds, 3), tokens=tokens,
+        docs_per_s=round(lines / max(seconds, 1e-9), 1), tokens_per_s=round(tokens / max(seconds, 1e-9), 1),
+        compiles=add("compiles"), shapes=sorted({tuple(x) for s in parts for x in s.get("shapes", [])}),
+        long_docs=add("long_docs"), input_damaged=next((s["input_damaged"] for s in parts if s.get("input_damaged")),
+                                                       None),
+        # most shards: the corpus keeps its text under another key
+        field_missing=missing[0] if len(missing) * 2 > len(parts) else None)
+    return {**summary.to_json(), "processes": n}
 
 
 def _summary(stderr: str) -> dict:

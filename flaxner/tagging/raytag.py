@@ -60,6 +60,7 @@ from flaxner.tagging import outpolicy
 from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
     prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
 from flaxner.tagging.job import count, new_counts, tagged_lines
+from flaxner.tagging.summary import TagSummary
 from flaxner.tagging.reading import MAX_LINE_BYTES, MAX_PARTS, LineReader, input_format, newlines_between
 
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
@@ -401,10 +402,12 @@ def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_
     nodes: dict[str, int] = {}
     for r in stats:
         nodes[str(r["node"])] = nodes.get(str(r["node"]), 0) + 1
-    return {**total, "tokens": tokens, "this_run": this_run, "resumed_lines": total["lines"] - this_run["lines"],
-            "output_dir": out_uri, "join": join, "slices": len(slices), "slices_tagged": len(stats),
-            "files": len(files), "seconds": round(seconds, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
-            "nodes": nodes, "pool": pool, "tagged": sorted(tagged)}
+    core = TagSummary(**total, output=join or out_uri, this_run=this_run,
+                      resumed_lines=total["lines"] - this_run["lines"], seconds=round(seconds, 3), tokens=tokens,
+                      docs_per_s=round(this_run["lines"] / max(seconds, 1e-9), 1),
+                      tokens_per_s=round(tokens / max(seconds, 1e-9), 1))
+    return {**core.to_json(), "output_dir": out_uri, "join": join, "slices": len(slices), "slices_tagged": len(stats),
+            "files": len(files), "nodes": nodes, "pool": pool, "tagged": sorted(tagged)}
 
 
 def add_arguments(p) -> None:

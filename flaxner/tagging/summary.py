@@ -1,4 +1,6 @@
-"""What a tagging run reports: one typed `TagSummary` that `tag_file` returns and the CLI prints as JSON.
+"""What a tagging run reports: one typed `TagSummary` that `tag_file` returns and the CLI prints as JSON; the
+`--processes` parent and the Ray driver print the same fields, in the same order, followed by their own (`processes`;
+`output_dir`, `slices`, `nodes`, `pool`, ...).
 
 It imports nothing heavy, so the `--processes` parent (which never imports JAX) and the Ray driver can share it."""
 
