@@ -96,7 +96,7 @@ BOTTOM = {"__init__", "config", "configfile", "rundir", "runtime", "hostmem", "p
 RANK = {"bottom": 0, "data": 1, "models": 2, "training": 3, "tagging": 3, "cli": 4}
 # Modules over the size a newcomer reads in one go; each may only shrink (the house issue's debt, named here).
 MAX_LINES = 350
-OVER = {"flaxner/tagging/reading.py": 356, "flaxner/tagging/raytag.py": 450}
+OVER = {"flaxner/tagging/reading.py": 356}
 
 
 def _room(module: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flaxner.tagging import raytag
+from flaxner.tagging import rayplan, raytag
 from flaxner.tagging.reading import TagInputError
 from helpers import read_jsonl as _read
 
@@ -37,9 +37,9 @@ def _lines_of(data: bytes) -> list[bytes]:
 def test_slices_tile_the_file_with_real_line_numbers(tmp_path, data, slice_bytes):
     path = tmp_path / "f.jsonl"
     path.write_bytes(data)
-    slices = raytag.cut_slices(raytag.expand_inputs([str(path)]), slice_bytes)
-    raytag.number_slices(slices)
-    got = [(x.number, x.raw) for s in slices for x in raytag.iter_slice(s["uri"], s["lo"], s["hi"], s["first_line"])]
+    slices = rayplan.cut_slices(rayplan.expand_inputs([str(path)]), slice_bytes)
+    rayplan.number_slices(slices)
+    got = [(x.number, x.raw) for s in slices for x in rayplan.iter_slice(s["uri"], s["lo"], s["hi"], s["first_line"])]
     assert got == list(enumerate(_lines_of(data), 1))
     assert len(slices) == max(1, -(-len(data) // slice_bytes))
 
@@ -50,16 +50,16 @@ def test_gzip_is_one_slice_and_globs_expand_in_order(tmp_path):
         (tmp_path / "d" / name).write_bytes(b"1\n2\n" * 100)
     with gzip.open(tmp_path / "z.jsonl.gz", "wb") as f:
         f.write(b"x\ny\nz")
-    files = raytag.expand_inputs([str(tmp_path / "z.jsonl.gz"), str(tmp_path / "d" / "*.jsonl")])
+    files = rayplan.expand_inputs([str(tmp_path / "z.jsonl.gz"), str(tmp_path / "d" / "*.jsonl")])
     assert [Path(f["uri"]).name for f in files] == ["z.jsonl.gz", "a.jsonl", "b.jsonl"]
-    slices = raytag.cut_slices(files, 64)
+    slices = rayplan.cut_slices(files, 64)
     assert [s["parts"] for s in slices][:1] == [1] and len(slices) == 1 + 2 * 7
-    assert [(x.number, x.raw) for x in raytag.iter_slice(files[0]["uri"], 0, 0, 1)] == [(1, b"x\n"), (2, b"y\n"),
+    assert [(x.number, x.raw) for x in rayplan.iter_slice(files[0]["uri"], 0, 0, 1)] == [(1, b"x\n"), (2, b"y\n"),
                                                                                          (3, b"z")]
     with pytest.raises(FileNotFoundError, match="no input file matches"):
-        raytag.expand_inputs([str(tmp_path / "d" / "*.ndjson")])
+        rayplan.expand_inputs([str(tmp_path / "d" / "*.ndjson")])
     with pytest.raises(FileNotFoundError, match="no such input file"):
-        raytag.expand_inputs([str(tmp_path / "missing.jsonl")])
+        rayplan.expand_inputs([str(tmp_path / "missing.jsonl")])
 
 
 def test_a_slice_is_read_by_the_local_reader_cap_and_damaged_gzip_included(tmp_path):
@@ -67,12 +67,12 @@ def test_a_slice_is_read_by_the_local_reader_cap_and_damaged_gzip_included(tmp_p
     error, the next lines intact; a truncated .gz gives every readable line, then one error line (no exception)."""
     big = tmp_path / "big.jsonl"
     big.write_bytes(b'{"text": "a"}\n' + b'{"text": "' + b"x" * (3 << 20) + b'"}\n' + b'{"text": "b"}\n')
-    got = list(raytag.iter_slice(str(big), 0, big.stat().st_size, 1, max_line_bytes=1_000_000))
+    got = list(rayplan.iter_slice(str(big), 0, big.stat().st_size, 1, max_line_bytes=1_000_000))
     assert [x.number for x in got] == [1, 2, 3] and got[0].error is None and got[2].raw == b'{"text": "b"}\n'
     assert got[1].raw == b"" and "over the --max-line-bytes cap of 1,000,000" in got[1].error
     data = gzip.compress(b"".join(b'{"id": %d, "text": "Peter Blackburn"}\n' % i for i in range(2000)))
     (tmp_path / "cut.jsonl.gz").write_bytes(data[:len(data) * 2 // 3])
-    got = list(raytag.iter_slice(str(tmp_path / "cut.jsonl.gz"), 0, 0, 1))
+    got = list(rayplan.iter_slice(str(tmp_path / "cut.jsonl.gz"), 0, 0, 1))
     assert all(x.error is None for x in got[:-1]) and len(got) > 100
     assert "damaged after line" in got[-1].error and got[-1].number == len(got)
 
@@ -239,7 +239,7 @@ def test_a_two_cpu_machine_does_not_hang(tiny_ner_dir, corpus, tmp_path):
 @pytest.mark.ray
 def test_every_line_comes_back_equal_to_the_local_tagger_across_nodes(cluster, tiny_ner_dir, corpus, reference,
                                                                       tmp_path, monkeypatch):
-    monkeypatch.setattr(raytag, "DRIVER_COUNT_BYTES", 0)  # the counting pass as Ray tasks
+    monkeypatch.setattr(rayplan, "DRIVER_COUNT_BYTES", 0)  # the counting pass as Ray tasks
     out = tmp_path / "out"
     s = raytag.tag_files([corpus["glob"]], str(tiny_ner_dir), str(out), join=str(tmp_path / "all.jsonl"),
                          slice_bytes=3000, progress=False, **corpus["overrides"])

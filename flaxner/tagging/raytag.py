@@ -7,7 +7,7 @@ Design (Ray Data, the way the issue asks, but not `read_json`):
   `tagging.reading.LineReader._iter_plain` does (a slice owns the lines that *start* in its range). A `.gz` file
   cannot be cut, so it is one slice: split a compressed corpus into many files.
 - Line numbers: a slice's first line number is 1 + the newlines before it. A counting pass (one Ray Data map task
-  per slice of the multi-slice files, in parallel; on the driver when under DRIVER_COUNT_BYTES) counts the newlines
+  per slice of the multi-slice files, in parallel; on the driver when under rayplan.DRIVER_COUNT_BYTES) counts the newlines
   of each slice's range; prefix sums give every slice's first line. Counting is memchr-speed (GB/s) while tagging
   is MB/s, so it costs well under 1% of the run (one more read of the bytes: on object stores a second GET of the
   corpus). Tagging with numbers relative to the slice and fixing them up afterwards would avoid that read, but the
@@ -40,18 +40,14 @@ package folder and readers of tracebacks never meet two modules called `ray`.
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.util
-import io
 import json
-import math
 import os
 import sys
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -61,104 +57,14 @@ from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, i
     prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
 from flaxner.tagging.job import count, new_counts, tagged_lines
 from flaxner.tagging.summary import TagSummary
-from flaxner.tagging.reading import MAX_LINE_BYTES, MAX_PARTS, LineReader, input_format, newlines_between
+from flaxner.tagging.raypool import Placement, choose_pool
+from flaxner.tagging.rayplan import cut_slices, expand_inputs, iter_slice, number_slices
+from flaxner.tagging.reading import MAX_LINE_BYTES, input_format
 
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
-DRIVER_COUNT_BYTES = 256 << 20  # newlines counted on the driver up to this many bytes, else in Ray tasks
 # The TagConfig options of `flaxner tag`, for both engines (the local one reads this tuple too, so they cannot drift)
 OVERRIDES = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype", "words",
              "context", "context_size", "segment_length")
-
-
-def _uri(path: str, like: str) -> str:
-    """The URI the workers reopen a glob match by: a local absolute path, or the scheme of `like` + path (right
-    for s3://, gs://, file://; a URI with a host in it, hdfs://host/..., needs its files named one by one)."""
-    if "://" not in like:
-        return path
-    return like.split("://", 1)[0] + "://" + path
-
-
-def expand_inputs(inputs: list[str]) -> list[dict]:
-    """Files of each input in argument order (a glob's matches sorted): [{"uri", "size"}]; missing -> error."""
-    from pyarrow import fs
-
-    files: list[dict] = []
-    for spec in inputs:
-        if not any(c in spec for c in "*?["):
-            filesystem, path = fs_of(spec)
-            info = filesystem.get_file_info(path)
-            if info.type != fs.FileType.File:
-                raise FileNotFoundError(f"{spec}: no such input file")
-            files.append({"uri": spec if "://" in spec else path, "size": info.size})
-            continue
-        head, _, rest = spec.partition("://") if "://" in spec else ("", "", spec)
-        parts = rest.split("/")
-        k = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
-        base = "/".join(parts[:k]) or ("/" if rest.startswith("/") else ".")
-        filesystem, base_path = fs_of(f"{head}://{base}" if head else base)
-        pattern = base_path.rstrip("/") + "/" + "/".join(parts[k:])
-        recursive = k < len(parts) - 1 or "**" in rest
-        infos = filesystem.get_file_info(fs.FileSelector(base_path, recursive=recursive, allow_not_found=True))
-        found = sorted(i.path for i in infos if i.type == fs.FileType.File and fnmatch.fnmatchcase(i.path, pattern))
-        if not found:
-            raise FileNotFoundError(f"{spec}: no input file matches")
-        files += [{"uri": _uri(p, spec), "size": filesystem.get_file_info(p).size} for p in found]
-    return files
-
-
-def cut_slices(files: list[dict], slice_bytes: int) -> list[dict]:
-    """Nominal slices: `.gz` files whole, plain files in ceil(size / slice_bytes) byte ranges."""
-    if slice_bytes < 1:
-        raise ValueError(f"slice size {slice_bytes}: must be at least 1 byte")
-    slices = []
-    for f in files:
-        n = 1 if f["uri"].endswith(".gz") else max(1, math.ceil(f["size"] / slice_bytes))
-        for k in range(n):
-            slices.append({"index": len(slices), "uri": f["uri"], "part": k, "parts": n,
-                           "lo": f["size"] * k // n, "hi": f["size"] * (k + 1) // n, "first_line": 1})
-    return slices
-
-
-def count_newlines(row: dict) -> dict:
-    """Newlines in bytes [lo - 1, hi - 1) of a slice's file: summed over the slices before a slice k > 0, plus 2,
-    they give its first line number (its first line starts after the first newline at or past lo - 1)."""
-    filesystem, path = fs_of(row["uri"])
-    lo, hi = max(row["lo"] - 1, 0), max(row["hi"] - 1, 0)
-    with filesystem.open_input_file(path) as f:
-        count = newlines_between(f, lo, hi)
-    return {"index": row["index"], "newlines": count}
-
-
-def number_slices(slices: list[dict]) -> None:
-    """Fill in `first_line` of the slices of multi-slice files: a parallel counting pass (Ray Data tasks), or on
-    the driver when there is little to count (a Ray task costs seconds to start; 256 MiB count in a fraction)."""
-    todo = [s for s in slices if s["parts"] > 1 and s["part"] < s["parts"] - 1]
-    nbytes = sum(s["hi"] - s["lo"] for s in todo)
-    if nbytes <= DRIVER_COUNT_BYTES:
-        counts = {r["index"]: r["newlines"] for r in map(count_newlines, todo)}
-    else:
-        import ray
-
-        print(f"tag: counting the lines of {nbytes / 2**30:.1f} GiB in {len(todo)} Ray tasks", file=sys.stderr)
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(count_newlines)
-        counts = {r["index"]: r["newlines"] for r in ds.take_all()}
-    before = 0
-    for s in slices:
-        if s["part"] == 0:
-            before = 0
-            continue
-        before += counts[s["index"] - 1]
-        s["first_line"] = before + 2
-
-
-def iter_slice(uri: str, lo: int, hi: int, first_line: int, max_line_bytes: int = 0) -> Any:
-    """The `tagging.reading.Line`s of one slice, read by the local engine's reader: a plain file's lines starting in
-    [lo, hi), numbered from `first_line`; a `.gz` file's every line (a damaged one: every readable line, then one
-    error line). A line over `max_line_bytes` (0: no cap) comes back unread, with its error."""
-    filesystem, path = fs_of(uri)
-    opener = None if "://" not in uri else lambda: io.BufferedReader(filesystem.open_input_file(path), 1 << 20)
-    reader = LineReader(uri if opener else path, max_line_bytes=max_line_bytes, opener=opener)
-    yield from reader if uri.endswith(".gz") else reader.iter_range(lo, hi, first_line)
 
 
 class _SliceTagger:
@@ -219,71 +125,6 @@ class _SliceTagger:
                 os._exit(1)  # a crash, not a clean exit: Ray restarts the actor and retries the task
 
 
-def choose_pool(actors: int | None = None, cpus_per_actor: float | None = None,
-                gpus_per_actor: float | None = None) -> dict:
-    """The actor pool for the cluster Ray is connected to: {"actors", "num_cpus", "num_gpus", "mem_fraction",
-    "slots" (a node id per actor, nodes interleaved), "nodes", "cpus", "gpus"}. GPU: one actor per `gpus_per_actor`
-    (default 1) of GPU. CPU: every node keeps a CPU free of actors; an explicit request that would not is refused,
-    the default is fitted."""
-    import ray
-
-    nodes = [(n["NodeID"], n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-    node_cpus = [r.get("CPU", 0.0) for _, r in nodes]
-    node_gpus = [r.get("GPU", 0.0) for _, r in nodes]
-    pool = {"nodes": len(nodes), "cpus": sum(node_cpus), "gpus": sum(node_gpus), "mem_fraction": None}
-    if actors is not None and not 1 <= actors <= MAX_PARTS:
-        raise ValueError(f"--actors {actors}: must be in [1, {MAX_PARTS}]")
-    if gpus_per_actor is None and cpus_per_actor is None and pool["gpus"] > 0:
-        gpus_per_actor = 1.0
-    if gpus_per_actor is not None:
-        if gpus_per_actor <= 0:
-            raise ValueError(f"--gpus-per-actor {gpus_per_actor}: must be positive")
-        c = cpus_per_actor or 1.0
-        per_node = [min(math.floor(g / gpus_per_actor + 1e-9), math.floor(cpu / c + 1e-9))
-                    for g, cpu in zip(node_gpus, node_cpus, strict=True)]
-        what = f"{gpus_per_actor:g} GPU"
-        per_gpu = max(1, round(1 / gpus_per_actor))
-        if per_gpu > 1:
-            from flaxner.tagging.processes import child_env
-
-            pool["mem_fraction"] = child_env(per_gpu)["XLA_PYTHON_CLIENT_MEM_FRACTION"]
-        pool.update(num_gpus=gpus_per_actor, num_cpus=c)
-    else:
-        c = cpus_per_actor or 1.0
-        # one CPU per node left to the dataset's other tasks (ray-project/ray#44687)
-        per_node = [math.floor(max(cpu - 1, 0) / c + 1e-9) for cpu in node_cpus]
-        if actors is None and cpus_per_actor is None and not any(per_node) and max(node_cpus, default=0) > 0:
-            c = max(node_cpus) / 2  # one-CPU nodes only: one actor asking half a CPU leaves the rest free
-            per_node = [int(cpu == max(node_cpus)) for cpu in node_cpus]
-        what = f"{c:g} CPU"
-        pool.update(num_gpus=0.0, num_cpus=c)
-    fit = sum(per_node)
-    n = actors or fit
-    if fit == 0 or n > fit:
-        raise ValueError(f"{n} actors × {what} do not fit the cluster while leaving each node a CPU for other tasks "
-                         f"(nodes: {', '.join(f'{x:g}' for x in node_cpus)} CPUs, "
-                         f"{', '.join(f'{x:g}' for x in node_gpus)} GPUs: at most {fit} actors; "
-                         f"ray-project/ray#44687); lower --actors, --cpus-per-actor or --gpus-per-actor")
-    slots = [node for r in range(max(per_node)) for (node, _), k in zip(nodes, per_node, strict=True) if r < k]
-    pool.update(actors=n, slots=slots[:n])
-    return pool
-
-
-class _Placement:
-    """`ray_remote_args_fn` of the actor pool: each new actor on the next slot's node (soft, so a restart after the
-    node is lost goes elsewhere). Ray Data's SPREAD alone can put two actors on one node and leave it no CPU."""
-
-    def __init__(self, slots: list[str]):
-        self.slots, self.next = slots, 0
-
-    def __call__(self) -> dict:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        node = self.slots[self.next % len(self.slots)]
-        self.next += 1
-        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
-
-
 def _plan_key(files: list[dict], model_dir: str, fmt: str, text_field: str, id_field: str, keep_fields: bool,
               slice_bytes: int, overrides: dict) -> dict:
     key = {"files": files, "model": str(Path(model_dir).resolve()), "format": fmt, "text_field": text_field,
@@ -308,7 +149,7 @@ def _tag_dataset(ray, todo: list[dict], pool: dict, model_dir: str, out_uri: str
     return ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
         _SliceTagger, batch_size=1, runtime_env={"env_vars": env} if env else None,
         compute=ray.data.ActorPoolStrategy(size=pool["actors"], max_tasks_in_flight_per_actor=2),
-        num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None, ray_remote_args_fn=_Placement(pool["slots"]),
+        num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None, ray_remote_args_fn=Placement(pool["slots"]),
         fn_constructor_kwargs=dict(model_dir=model_dir, out_dir=out_uri, fmt=fmt, text_field=text_field,
                                    id_field=id_field, keep_fields=keep_fields, overrides=overrides,
                                    mem_fraction=pool["mem_fraction"], max_line_bytes=max_line_bytes))
