@@ -111,61 +111,62 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# The options of `flaxner tag`: (flags, argparse keywords, passed on to the children of --processes).
-TAG_OPTIONS: list[tuple[tuple[str, ...], dict, bool]] = [
+# The options of `flaxner tag`: (flags, argparse keywords, engines). Engines: l the local engine, p passed on to
+# each child of --processes, r --engine ray (an option without r is refused there).
+TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
     (("--model",), dict(required=True, help="run folder of `flaxner train`, or an HF BERT token-classification "
-                                            "folder"), False),
+                                            "folder"), "lr"),
     (("-o", "--output"), dict(default=None, help="output file (.gz: gzip); default: INPUT with .entities.jsonl "
-                                                 "(stdout for stdin); - for stdout"), False),
-    (("--overwrite",), dict(action="store_true", help="replace an existing output (refused otherwise)"), False),
-    (("--text-field",), dict(default="text", help="the JSONL field holding the text (default: text)"), True),
-    (("--id-field",), dict(default="id", help="copied as `id`; the line number when absent"), True),
+                                                 "(stdout for stdin); - for stdout"), "lr"),
+    (("--overwrite",), dict(action="store_true", help="replace an existing output (refused otherwise)"), "lr"),
+    (("--text-field",), dict(default="text", help="the JSONL field holding the text (default: text)"), "lpr"),
+    (("--id-field",), dict(default="id", help="copied as `id`; the line number when absent"), "lpr"),
     (("--keep-fields",), dict(action="store_true", help="copy the input fields into each output line (an input "
                                                          "id/entities/error/warning is kept as input_<name>)"),
-     True),
+     "lpr"),
     (("--format",), dict(default="auto", choices=choices(InputFormat),
-                         help="input format (auto: .txt/.txt.gz is text, one document a line; else JSONL)"), True),
+                         help="input format (auto: .txt/.txt.gz is text, one document a line; else JSONL)"), "lpr"),
     (("--aggregation",), dict(choices=choices(Aggregation), default=None,
-                              help="sub-token predictions -> word label (default: first, as trained)"), True),
+                              help="sub-token predictions -> word label (default: first, as trained)"), "lpr"),
     (("--words",), dict(choices=choices(Words), default=None,
                         help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
-                             "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), True),
+                             "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), "lpr"),
     (("--context",), dict(choices=choices(Context), default=None,
                           help="what a row sees (default: what the run trained on): none: each sentence of a text "
                                "on its own; neighbours: with --context-size sub-tokens each side; document: windows "
-                               "across sentences"), True),
+                               "across sentences"), "lpr"),
     (("--context-size",), dict(type=int, default=None, help="sub-tokens of context each side for neighbours"),
-     True),
+     "lpr"),
     (("--segment-length",), dict(type=int, default=None,
                                  help="none/neighbours: most sub-tokens a row predicts; a longer sentence is windowed "
-                                      "(default: what the run's training sentences held)"), True),
-    (("--max-length",), dict(type=int, default=None, help="sub-tokens per window, specials included"), True),
-    (("--stride",), dict(type=int, default=None, help="sub-tokens shared by neighbouring windows"), True),
-    (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), True),
+                                      "(default: what the run's training sentences held)"), "lpr"),
+    (("--max-length",), dict(type=int, default=None, help="sub-tokens per window, specials included"), "lpr"),
+    (("--stride",), dict(type=int, default=None, help="sub-tokens shared by neighbouring windows"), "lpr"),
+    (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), "lpr"),
     (("--batch-tokens",), dict(type=int, default=None, help="padded tokens per batch (rows = this / length)"),
-     True),
-    (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), True),
+     "lpr"),
+    (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), "lpr"),
     (("--dtype",), dict(default=None, choices=choices(TagDtype),
-                        help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU)"), True),
+                        help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU)"), "lpr"),
     (("--max-line-bytes",), dict(type=int, default=None, metavar="BYTES",
                                  help="a longer line gets an error record, unread (default 1000000; 0: no cap)"),
-     True),
-    (("--shard",), dict(default=None, metavar="I/N", help="tag only slice I of N (outputs concatenate)"), False),
+     "lpr"),
+    (("--shard",), dict(default=None, metavar="I/N", help="tag only slice I of N (outputs concatenate)"), "l"),
     (("--resume",), dict(action="store_true", help="continue an interrupted run from its last committed line "
-                                                   "(refused if the input has changed)"), False),
+                                                   "(refused if the input has changed)"), "lr"),
     (("--resume-stdin",), dict(action="store_true", help="with --resume and stdin input: vouch that stdin gives "
-                                                         "the same lines again (their CRC is checked)"), False),
+                                                         "the same lines again (their CRC is checked)"), "l"),
     (("--commit-every",), dict(type=float, default=5.0, metavar="SECONDS",
                                help="make the written lines durable (and resumable) this often (default 5; 0: "
-                                    "after every line)"), True),
+                                    "after every line)"), "lp"),
     (("--on-error",), dict(default="record", choices=choices(OnError),
-                           help="record: bad lines get an `error` field; fail: stop at the first"), True),
+                           help="record: bad lines get an `error` field; fail: stop at the first"), "lp"),
     (("--no-progress",), dict(action="store_true", help="no progress bar on stderr (it is off anyway when the "
-                                                        "output is a terminal's stdout)"), False),
+                                                        "output is a terminal's stdout)"), "lr"),
     (("--processes",), dict(type=int, default=1, metavar="N",
                             help="tag in N processes at once, one slice of the input each, then join their outputs "
                                  "in order (one process' Python work caps it well below a GPU's pace; see "
-                                 "flaxner/tagging/processes.py)"), False),
+                                 "flaxner/tagging/processes.py)"), "l"),
 ]
 
 
@@ -182,9 +183,9 @@ def _tag_args(p: argparse.ArgumentParser) -> None:
 def tag_child_args(args: argparse.Namespace) -> list[str]:
     """The options a child of --processes gets from its parent's command line, as given."""
     out: list[str] = []
-    for flags, kw, passed in TAG_OPTIONS:
+    for flags, kw, engines in TAG_OPTIONS:
         value = getattr(args, flags[-1].lstrip("-").replace("-", "_"), None)
-        if not passed or value is None or value is False:
+        if "p" not in engines or value is None or value is False:
             continue
         out += [flags[-1]] if kw.get("action") == "store_true" else [flags[-1], str(value)]
     return out
@@ -219,11 +220,16 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def _tag(args: argparse.Namespace) -> int:
     """Check the input, the output and the model before any work, tag, print the summary (one JSON line)."""
     import signal
+    import threading
     from pathlib import Path
 
     from flaxner.tagging.checks import tag_overrides
 
     overrides = tag_overrides(args.model, vars(args))
+    for flags, kw, engines in TAG_OPTIONS:  # what this engine does not take is refused, not ignored
+        given = getattr(args, flags[-1].lstrip("-").replace("-", "_")) != kw.get("default", kw.get("action") and False)
+        if args.engine == "ray" and "r" not in engines and given:
+            raise ValueError(f"{flags[-1]} does not go with --engine ray (it slices, commits and retries by itself)")
     if args.engine == "ray":
         from flaxner.tagging import raytag
 
@@ -254,7 +260,7 @@ def _tag(args: argparse.Namespace) -> int:
         from flaxner.tagging.processes import run_processes
 
         return run_processes(args, tag_child_args(args))
-    if threading_main():
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
     from flaxner.tagging.tagger import Tagger
 
@@ -274,12 +280,6 @@ def _tag(args: argparse.Namespace) -> int:
         print(f"flaxner tag: error: {summary.field_missing}", file=sys.stderr)
         return 1
     return 0
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,3 +98,16 @@ def test_train_refuses_windows_longer_than_the_model_s_positions(tmp_path, capsy
 def test_eval_options_are_validated_before_loading(tmp_path, capsys, options, message):
     assert main(["eval", "--model", str(tmp_path), *options]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"flaxner eval: error: {message}"]
+
+
+@pytest.mark.parametrize("opt", [["--shard", "0/2"], ["--processes", "2"], ["--on-error", "fail"],
+                                  ["--commit-every", "1"], ["--resume-stdin"]])
+def test_options_the_ray_engine_does_not_take_are_refused_by_the_table(tmp_path, opt, capsys):
+    from flaxner.cli import TAG_OPTIONS, main
+
+    assert all("r" not in e for f, _, e in TAG_OPTIONS if f[-1] == opt[0])
+    (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
+    rc = main(["tag", str(tmp_path / "in.jsonl"), "--engine", "ray", "--model", str(tmp_path), "-o",
+               str(tmp_path / "out"), *opt])
+    assert rc == 2 and f"{opt[0]} does not go with --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -270,10 +270,7 @@ def run_cli(args) -> int:
     inputs = args.input if isinstance(args.input, list) else [args.input]
     if not args.output:
         raise ValueError("--engine ray needs -o OUT_DIR (a folder every node can reach)")
-    for opt, bad in (("--shard", args.shard), ("--processes", getattr(args, "processes", 1) != 1),
-                     ("--on-error fail", args.on_error == "fail")):
-        if bad:
-            raise ValueError(f"{opt} does not go with --engine ray (it slices and retries by itself)")
+    # the options this engine does not take were refused by cli.TAG_OPTIONS (engines without "r")
     if sys.modules.get("ray") is None and importlib.util.find_spec("ray") is None:  # before any work
         raise ValueError("--engine ray needs Ray: pip install 'flaxner[ray]'")
     if args.max_line_bytes is not None and args.max_line_bytes < 0:
