@@ -759,3 +759,20 @@ def test_processes_say_once_that_the_text_is_under_another_key(tmp_path, tiny_ne
     assert rc == 1 and "failed" not in err
     assert "40 of" not in err and "have no 'text' field (keys seen: 'id', 'content')" in err  # one shard's count
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 40  # joined, every line kept
+
+
+def test_resume_refuses_other_rows_than_the_output_was_started_with(tagger, tiny_ner_dir, tmp_path, monkeypatch):
+    """Context and segment length change what each row sees: a resume under other values would mix two outputs."""
+    from flaxner.tagging.tagger import Tagger
+
+    src = _write_jsonl(tmp_path / "c.jsonl", _corpus(30, seed=2))
+    out = tmp_path / "o.jsonl"
+    _interrupt_after(monkeypatch, 10)
+    with pytest.raises(TagInterrupted):
+        tagger.tag_file(str(src), str(out), progress=False, commit_every=0.0)
+    monkeypatch.undo()
+    for change in ({"segment_length": 12}, {"context": "neighbours", "context_size": 4}):
+        other = Tagger.from_pretrained(tiny_ner_dir, tagger.cfg, **change)
+        with pytest.raises(ValueError, match="--resume: .* was written for"):
+            other.tag_file(str(src), str(out), progress=False, resume=True)
+    assert tagger.tag_file(str(src), str(out), progress=False, resume=True)["lines"] == 30

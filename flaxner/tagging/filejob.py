@@ -30,6 +30,7 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
            "text_field": tagger.text_field, "id_field": id_field, "keep_fields": keep_fields,
            "model": tagger.model_dir, "aggregation": tagger.cfg.aggregation, "max_length": tagger.cfg.max_length,
            "stride": tagger.cfg.stride, "words": tagger.cfg.words, "context": tagger.cfg.context,
+           "context_size": tagger.cfg.context_size, "segment_length": tagger.cfg.segment_length,
            "max_line_bytes": max_line_bytes}
     writer = OutputWriter(output, key, resume, overwrite)
     try:
@@ -38,8 +39,7 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
     except BaseException:
         writer.close()
         raise
-    before = writer.state.get("counts", {"lines": writer.lines_done, "errors": 0, "warnings": 0,
-                                         "entities": 0})
+    before = writer.state.get("counts", {**new_counts(), "lines": writer.lines_done})
     counts = new_counts()  # this run's
     start_tokens, t0 = tagger.stats.tokens, time.perf_counter()
     bar = Progress(reader, tagger.stats, counts, enabled=progress, t0=t0)
