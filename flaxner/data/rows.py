@@ -33,6 +33,16 @@ class Window(NamedTuple):
     own_end: int
 
 
+def cuts_sentences(context: str) -> bool:
+    """Whether rows under this context policy keep to the sentences of a text (every policy but `document`)."""
+    return context != "document"
+
+
+def side_context(context: str, size: int) -> int:
+    """Sub-tokens a row sees on each side of what it predicts under this context policy (`size` for neighbours)."""
+    return size if context == "neighbours" else 0
+
+
 def plan_windows(n: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
     """Cover `n` sub-tokens with windows of at most `size` tokens overlapping by `stride`; each token is owned by
     the window whose centre is nearest (the one where it has the most context on both sides).

@@ -15,7 +15,7 @@ from flaxner.data.labels import CONLL_LABELS, IGNORE, align_labels, b_to_i, dete
     label2id, to_iob2
 from flaxner.data.readers import DataError, Sentences, drop_empty, group_sentences, name_ids, read_file, read_hf
 from flaxner.data.readers import read_conll as read_conll_sentences
-from flaxner.data.rows import Window, plan_rows, widen
+from flaxner.data.rows import Window, plan_rows, side_context, widen
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
     bmap = b_to_i(labels)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     budget = cfg.max_length - 2
-    context = cfg.context_size if cfg.context == "neighbours" else 0
+    context = side_context(cfg.context, cfg.context_size)
     # Each sentence's place in its document's sub-token stream, for the context around its rows.
     stream, offset = _document_streams(enc["input_ids"], cols.get("document"), context)
     ids_out, lab_out, words_out, src, own = [], [], [], [], []

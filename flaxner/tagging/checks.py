@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from flaxner.config import ConfigError, TagConfig, as_options, check_positions, validate_tag
+from flaxner.config import Config, ConfigError, DataConfig, TagConfig, as_options, check_positions, validate_tag
 
 _IOB2 = re.compile(r"O|[BI]-.+")
 
@@ -41,12 +41,18 @@ def resolve_dtype(dtype: str) -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def run_tag_config(model_dir: str | Path) -> TagConfig:
-    """The `tag:` section of a run folder's config.yaml (how it was trained to be used), else the defaults."""
+def run_config(model_dir: str | Path) -> Config | None:
+    """A run folder's saved config.yaml (how its model was trained and is to be used), else None."""
     from flaxner.config import load_config
 
     saved = Path(model_dir) / "config.yaml"
-    return load_config(saved).tag if saved.is_file() else TagConfig()
+    return load_config(saved) if saved.is_file() else None
+
+
+def run_tag_config(model_dir: str | Path) -> TagConfig:
+    """The `tag:` section of a run folder's config.yaml, else the defaults."""
+    saved = run_config(model_dir)
+    return saved.tag if saved else TagConfig()
 
 
 def tag_overrides(model_dir: str | Path, options: dict) -> dict:
@@ -60,16 +66,12 @@ def tag_overrides(model_dir: str | Path, options: dict) -> dict:
     return given
 
 
-def resolve_context(cfg: TagConfig, model_dir: str | Path) -> TagConfig:
-    """`context: auto` and `context_size: 0` made concrete from the run's data config: the rows its model was
-    trained on (a folder without a run config, and every run before contexts existed, trained on sentences)."""
-    import dataclasses
-
-    from flaxner.config import DataConfig, load_config
-
+def resolve_context(cfg: TagConfig, run: Config | None) -> TagConfig:
+    """`context: auto` and `context_size: 0` made concrete from the run's data config (`run_config`): the rows its
+    model was trained on (a folder without a run config, and every run before contexts existed, trained on
+    sentences)."""
     if cfg.context != "auto" and cfg.context_size:
         return cfg
-    saved = Path(model_dir) / "config.yaml"
-    data = load_config(saved).data if saved.is_file() else DataConfig()
+    data = run.data if run else DataConfig()
     return dataclasses.replace(cfg, context=data.context if cfg.context == "auto" else cfg.context,
                                context_size=cfg.context_size or data.context_size)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flaxner.config import TagConfig
+from flaxner.data.rows import side_context
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.reading import Record
 from flaxner.tagging.windows import DocState, Row, collate, encode, entities_many, pack, rows_for
@@ -144,8 +145,7 @@ class Pipeline:
                 for _, doc in docs:
                     if doc is not None:
                         doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride,
-                                            cfg.context_size if cfg.context == "neighbours" else 0,
-                                            cfg.segment_length)
+                                            side_context(cfg.context, cfg.context_size), cfg.segment_length)
                         doc.pending = len(doc_rows)
                         rows.extend(doc_rows)
                         stats.tokens += len(doc.ids)

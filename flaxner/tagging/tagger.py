@@ -14,7 +14,7 @@ import numpy as np
 
 from flaxner.config import TagConfig, validate_tag
 from flaxner.tagging.checks import check_iob2, check_tag_config, check_tokenizer, resolve_context, resolve_dtype, \
-    run_tag_config
+    run_config, run_tag_config
 from flaxner.tagging.filejob import tag_file
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.pipeline import Pipeline, TagStats, Tokens
@@ -38,11 +38,12 @@ class Tagger:
         from flaxner.models.registry import family_of
         from flaxner.runtime import enable_compilation_cache
 
-        cfg = dataclasses.replace(config or run_tag_config(model_dir), **overrides)
+        run = run_config(model_dir)  # read once: the tag section and the rows the model was trained on
+        cfg = dataclasses.replace(config or (run.tag if run else TagConfig()), **overrides)
         validate_tag(cfg)  # before loading: the model's positions are checked once it is loaded
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
-        cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), model_dir)
+        cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), run)
         model, params, tokenizer, labels = load_trained(model_dir, cfg.dtype)
         check_iob2(labels)
         check_tag_config(cfg, family_of(model.config.model_type).max_positions(model.config))

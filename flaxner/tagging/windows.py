@@ -12,7 +12,7 @@ from tokenizers import Encoding
 
 from flaxner.data.batching import bucket_for
 from flaxner.data.labels import spans_from_ids
-from flaxner.data.rows import plan_rows, sentence_token_starts
+from flaxner.data.rows import cuts_sentences, plan_rows, sentence_token_starts
 
 
 @dataclass(slots=True)
@@ -31,7 +31,7 @@ class DocState:
     # Start of each word in `text` when the text was split into words before tokenizing (the Encoding's offsets
     # are then within each word); None: the Encoding's offsets are into `text`.
     word_starts: np.ndarray | None = None
-    # First sub-token of each sentence, when rows must not cross sentences (context `none`); None: one segment.
+    # First sub-token of each sentence, when rows must keep to sentences (`rows.cuts_sentences`); None: one segment.
     segments: list[int] | None = None
 
     def token_chars(self, t: int) -> tuple[int, int]:
@@ -213,8 +213,8 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
 
     `words`: "tokenizer" reads labels from the tokenizer's pre-tokenizer words (as HF's pipeline does); "conll"
     splits each text with `flaxner.data.words.split_words` first, the words CoNLL-style training data has.
-    `context`: "none" or "neighbours" finds each text's sentences (`DocState.segments`), so that no row owns
-    tokens of two."""
+    `context`: under a policy that keeps rows to sentences (`rows.cuts_sentences`), each text's sentences are found
+    (`DocState.segments`), so that no row owns tokens of two."""
     todo = [r for r in chunk if r.error is None]
     if words == "conll":
         from flaxner.data.words import split_words
@@ -249,7 +249,7 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         a = 0
         for (r, e, st, sp), b in zip(good, ends, strict=True):
             doc = docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
-            if context != "document":  # the other policies cut at sentences
+            if cuts_sentences(context):
                 doc.segments = _sentence_segments(doc, sp)
             a = b
     return [(r, docs.get(id(r))) for r in chunk]
