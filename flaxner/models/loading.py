@@ -199,8 +199,9 @@ def weights_file(folder: Path, prefer_pt: bool = False) -> Path:
     raise ModelFileError(f"{folder}: no weights ({SAFETENSORS}, {FLAX} or {TORCH_BIN})")
 
 
-def read_weights(path: Path) -> dict[tuple[str, ...], np.ndarray]:
-    """Flat {key path: float32 array} in the HF Flax naming, from any of the three formats."""
+def read_weights(path: Path, convert=from_pytorch_names) -> dict[tuple[str, ...], np.ndarray]:
+    """Flat {key path: float32 array} in the HF Flax naming, from any of the three formats (`convert`: PyTorch
+    names -> Flax key paths, a family's `from_pytorch_names`)."""
     if path.name == FLAX:
         return _read_msgpack(path)
     if path.name == SAFETENSORS_INDEX:
@@ -211,10 +212,10 @@ def read_weights(path: Path) -> dict[tuple[str, ...], np.ndarray]:
         tensors = {}
         for shard in shards:
             tensors.update(_read_safetensors(path.parent / shard))
-        return from_pytorch_names(tensors)
+        return convert(tensors)
     if path.name == TORCH_BIN:
-        return from_pytorch_names(_read_torch_bin(path))
-    return from_pytorch_names(_read_safetensors(path))
+        return convert(_read_torch_bin(path))
+    return convert(_read_safetensors(path))
 
 
 def _read_msgpack(path: Path) -> dict[tuple[str, ...], np.ndarray]:
@@ -272,10 +273,10 @@ def load_params(folder: Path, model, prefer_pt: bool = False, seed: int = 0,
     from flax.traverse_util import flatten_dict, unflatten_dict
 
     path = weights_file(folder, prefer_pt)
-    found = read_weights(path)
-    prefix = family_of(model.config.model_type).prefix
+    family = family_of(model.config.model_type)
+    found = read_weights(path, family.from_pytorch_names)
     # A bare encoder checkpoint (BertModel) names its weights without the `bert.` prefix.
-    found = {((prefix, *k) if k[0] in ("embeddings", "encoder", "pooler") else k): v for k, v in found.items()}
+    found = {((family.prefix, *k) if k[0] in family.bare_keys else k): v for k, v in found.items()}
     want = flatten_dict(model.params_shape())
     labels = tuple(model.config.labels)
     keep_classifier = tuple(checkpoint_labels) == labels and all(

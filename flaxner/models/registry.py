@@ -25,12 +25,23 @@ class Family:
     embed_path: tuple[str, ...]  # the word-embedding table in the parameter tree (the compact vocabulary's)
     pytorch_architecture: str  # config.json `architectures` on export: the class transformers loads it into
     max_positions_field: str = "max_position_embeddings"
+    # Top-level names of a bare encoder's checkpoint (BertModel's `embeddings.`, `encoder.`, ...): they load under
+    # `prefix` (a token-classification checkpoint names them `prefix.embeddings....`).
+    bare_keys: tuple[str, ...] = ("embeddings", "encoder", "pooler")
 
     def config_class(self) -> type:
         return getattr(importlib.import_module(self.module), self.config)
 
     def model_class(self) -> type:
         return getattr(importlib.import_module(self.module), self.model)
+
+    def from_pytorch_names(self, tensors: dict) -> dict:
+        """PyTorch names/layouts -> this family's Flax key paths: its module's `from_pytorch_names` if it has one,
+        else the generic mapping of `flaxner.models.weights` (Linear -> kernel transposed, LayerNorm -> scale)."""
+        from flaxner.models import weights
+
+        own = getattr(importlib.import_module(self.module), "from_pytorch_names", None)
+        return (own or weights.from_pytorch_names)(tensors)
 
     def max_positions(self, config) -> int:
         """The longest row (in tokens, specials included) that `config`'s position table allows."""
