@@ -82,8 +82,9 @@ def max_diff_on_tokens(a, b, mask):
     return float(np.abs(np.asarray(a) - np.asarray(b))[mask > 0].max())
 
 
-@pytest.mark.parametrize("name,scan", [(n, False) for n in sorted(CONFIGS)] + [("distilbert", True),
-                                                                               ("electra", True)])
+# scanned layers: here under `slow`; the default suite checks them through the gradients test (scan + remat)
+@pytest.mark.parametrize("name,scan", [(n, False) for n in sorted(CONFIGS)] + [
+    pytest.param("distilbert", True, marks=pytest.mark.slow), pytest.param("electra", True, marks=pytest.mark.slow)])
 def test_logits_equal_pytorch(name, scan):
     model = tiny_model(name, scan)
     params = noisy_params(model)
