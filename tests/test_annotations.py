@@ -60,7 +60,9 @@ def test_label_studio_json_min_export(tmp_path):
              "annotator": 1, "annotation_id": 30, "created_at": "x", "updated_at": "x", "lead_time": 2.0},
             {"text": TEXT, "id": 7, "label": [{"start": 0, "end": 5, "text": "Peter", "labels": ["ORG"]}],
              "annotator": 2, "annotation_id": 29, "created_at": "x", "updated_at": "x", "lead_time": 2.0},
-            {"text": "Nothing here .", "id": 8, "annotator": 1, "annotation_id": 31}]
+            {"text": "Nothing here .", "id": 8, "annotator": 1, "annotation_id": 31},
+            {"text": "Nothing here .", "id": 8, "annotator": 2, "annotation_id": 32,
+             "label": [{"start": 0, "end": 7, "text": "Nothing", "labels": ["ORG"]}]}]
     path = tmp_path / "min.json"
     path.write_text(json.dumps(recs))
     tokens, tags = _read(path)

@@ -160,10 +160,13 @@ def test_resume_after_a_crash_writes_what_a_clean_run_writes(conll_tagger, refer
     assert not out.exists() and Path(f"{out}.part").exists()
     with pytest.raises(ValueError, match="--resume.*was written for"):  # the same output in another format
         conll_tagger.tag_file(str(src), str(out), progress=False, resume=True, output_format="jsonl")
+    (tmp_path / "crash.0123456789ab.assembling").write_text("[")  # an assembly killed halfway (whole files)
+    (tmp_path / "crash.mine.assembling").write_text("the user's")
     s = conll_tagger.tag_file(str(src), str(out), progress=False, resume=True, output_format=fmt)
     assert 0 < s.resumed_lines < s.lines == len(TEXTS) + 1
     assert _rounded(out.read_text()) == _rounded(clean.read_text())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "crash"]
+    left = ["crash.mine.assembling"] + (["crash.0123456789ab.assembling"] if not formats.is_whole(fmt) else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clean", "crash", *left])
     with pytest.raises(TagInputError, match="exists; pass --overwrite"):
         conll_tagger.tag_file(str(src), str(out), progress=False, output_format=fmt)
 
@@ -196,3 +199,52 @@ def test_staged_lines_round_trip_every_record_kind():
         assert (back.line, back.id, back.text, back.error, back.warning, back_ents) == \
                (rec.line, rec.id, rec.text, rec.error, rec.warning, ents)
         assert formats.jsonl_line(back, back_ents, spec) == formats.jsonl_line(rec, ents, spec)
+
+
+def _same_output(fmt: str, got: Path, want: Path) -> None:
+    """The same file, scores to 3 decimals (engines batch differently); a DocBin compared through spaCy."""
+    if fmt != "spacy":
+        assert _rounded(got.read_text()) == _rounded(want.read_text())
+        return
+    from spacy.tokens import DocBin
+    from spacy.vocab import Vocab
+
+    def docs(p):
+        return [(d.text, [(e.start_char, e.end_char, e.label_) for e in d.ents], d.user_data["flaxner"]["id"])
+                for d in DocBin().from_disk(p).get_docs(Vocab())]
+
+    assert docs(got) == docs(want)
+
+
+def _formats() -> list[str]:
+    import importlib.util
+
+    return [f for f in formats.FORMATS if f != "jsonl" and (not formats.FORMATS[f].extra
+                                                           or importlib.util.find_spec(formats.FORMATS[f].extra))]
+
+
+@pytest.mark.slow
+def test_processes_write_every_format_as_one_process_and_resume(tiny_ner_dir, reference, tmp_path, capsys):
+    """`--processes 2` writes each format as one process does (whole files assembled from the shards' staged
+    records); an interrupted run (one shard finished) resumes to the same file; an existing output is refused."""
+    from flaxner.cli import main
+
+    src, _ = reference
+    common = ["--model", str(tiny_ner_dir), "--no-progress", "--max-length", "64", "--stride", "16"]
+    for fmt in _formats():
+        one, two, three = (tmp_path / f"{k}-{fmt}.out" for k in ("one", "two", "three"))
+        assert main(["tag", str(src), "-o", str(one), "--format", fmt, *common]) == 0
+        assert main(["tag", str(src), "-o", str(two), "--format", fmt, "--processes", "2", *common]) == 0
+        _same_output(fmt, two, one)
+        assert main(["tag", str(src), "-o", str(two), "--format", fmt, "--processes", "2", *common]) == 2
+        assert "exists; pass --overwrite" in capsys.readouterr().err
+        # shard 2 of 2 finished before an interruption, as its child writes it; shard 1 never started
+        staged = ["--staged"] if formats.is_whole(fmt) else []
+        assert main(["tag", str(src), "-o", f"{three}.shard1of2", "--shard", "1/2", "--format", fmt, *staged,
+                     *common]) == 0
+        assert main(["tag", str(src), "-o", str(three), "--format", fmt, "--processes", "2", "--resume",
+                     *common]) == 0
+        assert "1 of 2 shard processes started (1 already complete)" in capsys.readouterr().err
+        _same_output(fmt, three, one)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{k}-{f}.out" for f in _formats()
+                                                               for k in ("one", "two", "three"))

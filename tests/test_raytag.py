@@ -393,3 +393,35 @@ def test_every_engine_gives_the_same_lines(cluster, tiny_ner_dir, corpus, tmp_pa
                          slice_bytes=2000, progress=False, **{("fmt" if k == "format" else k): v
                                                               for k, v in {**tag_opts, **file_opts}.items()})
         _assert_same(_read(joined), _read(local))
+
+
+@pytest.mark.ray
+def test_ray_writes_every_format_as_the_local_engine(cluster, tiny_ner_dir, corpus, tmp_path):
+    """--engine ray with --join writes each output format as `flaxner tag` does (slices of staged records, the
+    format written at the join), resumes a run whose slices were partly committed, and refuses a format without
+    --join or a run of another format in the same folder."""
+    from flaxner.tagging import formats
+    from flaxner.tagging.tagger import Tagger
+    from test_formats import _formats, _same_output
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(corpus["files"][0].read_bytes()[:6000] + b"\n".join(BAD) + b"\n")
+    tagger = Tagger.from_pretrained(tiny_ner_dir, **corpus["overrides"])
+    kw = dict(slice_bytes=1500, progress=False, **corpus["overrides"])
+    for fmt in _formats():
+        local, out, join = tmp_path / f"local-{fmt}", tmp_path / f"ray-{fmt}", tmp_path / f"joined-{fmt}"
+        tagger.tag_file(str(src), str(local), progress=False, output_format=formats.OutputSpec(fmt,
+                                                                                              model_version="v1"))
+        first = raytag.tag_files([str(src)], str(tiny_ner_dir), str(out), join=str(join), output_format=fmt,
+                                 model_version="v1", **kw)
+        _same_output(fmt, join, local)
+        (out / raytag.slice_name(1)).unlink()  # as if the driver had died before this slice was committed
+        again = raytag.tag_files([str(src)], str(tiny_ner_dir), str(out), join=str(join), output_format=fmt,
+                                 model_version="v1", resume=True, **kw)
+        assert again["tagged"] == [1] and again["lines"] == first["lines"]
+        _same_output(fmt, join, local)
+    with pytest.raises(ValueError, match="needs --join FILE"):
+        raytag.tag_files([str(src)], str(tiny_ner_dir), str(tmp_path / "nojoin"), output_format="conll", **kw)
+    with pytest.raises(ValueError, match="--resume"):
+        raytag.tag_files([str(src)], str(tiny_ner_dir), str(tmp_path / "ray-conll"), join=str(tmp_path / "j"),
+                         output_format="html", resume=True, **kw)

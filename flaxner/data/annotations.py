@@ -33,9 +33,9 @@ class AnnotationError(ValueError):
 
 
 def json_records(path: Path, cfg: DataConfig, lines) -> Iterator[tuple[str, int, dict]]:
-    """(where, line or task index, record) of a JSON array file (Label Studio's exports) or of JSON Lines (`lines`:
-    the (line number, text) of `readers.text_lines`)."""
-    if _starts_with(path, b"["):
+    """(where, line or task index, record) of a JSON array file (Label Studio's exports: `is_json_array`) or of JSON
+    Lines (`lines`: the (line number, text) of `readers.text_lines`)."""
+    if is_json_array(path):
         import gzip
 
         opener = gzip.open if path.suffix == ".gz" else open
@@ -64,13 +64,14 @@ def json_records(path: Path, cfg: DataConfig, lines) -> Iterator[tuple[str, int,
         yield f"{path}:{lineno}", lineno, rec
 
 
-def _starts_with(path: Path, mark: bytes) -> bool:
+def is_json_array(path: Path) -> bool:
+    """Whether the file's first character (past a BOM and whitespace) opens a JSON array."""
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head[:1] == mark
+    return head[:1] == b"["
 
 
 def detect(rec: dict) -> str:
@@ -79,7 +80,7 @@ def detect(rec: dict) -> str:
         return "label-studio"
     if isinstance(rec.get("spans"), list) and ("tokens" in rec or "answer" in rec or "_input_hash" in rec):
         return "prodigy"
-    if _min_key(rec) is not None:
+    if _min_key(rec) is not None or {"annotation_id", "annotator"} <= rec.keys():  # JSON-MIN, with or without spans
         return "label-studio-min"
     return "jsonl"
 

@@ -138,7 +138,7 @@ def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     boundaries splits the word at its edge, and is counted and reported (never shifted); overlapping spans are an
     error naming the line."""
     path = Path(path)
-    out = Sentences(str(path))
+    out = Sentences(str(path), unit="task " if annotations.is_json_array(path) else "")
     off = OffWords()
     docs: list = []
     skipped: Counter = Counter()
@@ -146,7 +146,6 @@ def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
     records = annotations.json_records(path, cfg, text_lines(path, cfg.encoding, cfg.max_line_bytes))
     try:
         for where, lineno, rec in records:
-            out.unit = "task " if " task " in where else ""
             fmt = annotations.detect(rec) if cfg.format in ("auto", "jsonl", "doccano") else cfg.format
             if fmt == "label-studio-min" and "id" in rec:
                 seen[json.dumps(rec["id"])] += 1

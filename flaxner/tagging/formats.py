@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -236,16 +238,21 @@ def write_from_staged(spec: OutputSpec, lines: Iterable[bytes], out: BinaryIO) -
 
 
 def assemble_file(spec: OutputSpec, staged: list[Path], target: str) -> None:
-    """Write `target` from the staged files, in order, through `target.assembling` and a rename (under the output's
-    lock: a leftover of an interrupted assembly is replaced)."""
-    tmp = Path(f"{target}.assembling")
+    """Write `target` from the staged files, in order, through `target.<random>.assembling` (created exclusively)
+    and a rename; the leftovers of interrupted assemblies (their names prove them flaxner's) are removed first."""
+    folder, name = Path(target).parent, Path(target).name
+    ours = re.compile(re.escape(name) + r"\.[0-9a-f]{12}\.assembling")
+    for old in folder.iterdir():
+        if ours.fullmatch(old.name) and not old.is_symlink() and old.is_file():
+            old.unlink()
+    tmp = folder / f"{name}.{uuid.uuid4().hex[:12]}.assembling"
 
     def lines() -> Iterator[bytes]:
         for path in staged:
             with open_own(path) as src:
                 yield from src
 
-    with open_new(tmp, stale=lambda p: True) as out:
+    with open_new(tmp) as out:
         write_from_staged(spec, lines(), out)
         out.flush()
         os.fsync(out.fileno())
