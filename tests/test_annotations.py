@@ -143,3 +143,18 @@ def test_a_record_of_no_known_shape_lists_the_shapes(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert len(read_file(path).tokens) == 1
     assert "1 records skipped: prodigy answer 'reject'" in caplog.text
+
+
+def test_a_format_named_in_the_config_is_insisted_on(tmp_path):
+    path = tmp_path / "spans.jsonl"
+    path.write_text(json.dumps({"text": TEXT, "entities": [{"start": 0, "end": 5, "label": "PER"}]}) + "\n")
+    assert _read(path)[1] == [["B-PER", "O", "O", "O", "O", "O"]]  # auto: the generic spans form
+    with pytest.raises(DataError, match=r"spans.jsonl:1: 'data' must be an object; expected a task \{\"data\""):
+        read_file(path, DataConfig(format="label-studio"))
+    with pytest.raises(DataError, match=r"x.jsonl:1: no 'text' string.*expected \{\"text\": \.\.\., \"label\""):
+        read_file(_write(tmp_path / "x.jsonl", {"body": TEXT, "title": "T"}), DataConfig(format="label-studio-min"))
+
+
+def _write(path, rec):
+    path.write_text(json.dumps(rec) + "\n")
+    return path

@@ -360,7 +360,7 @@ def test_ray_resume_counts_the_whole_output_and_overwrite_replaces_only_its_own(
 @pytest.mark.parametrize("opts", [
     {"words": "tokenizer", "aggregation": "max", "max_line_bytes": 400},
     {"context": "document", "keep_fields": True, "id_field": "doc"},
-    {"format": "jsonl", "context": "neighbours", "context_size": 8, "segment_length": 20, "max_length": 64,
+    {"input_format": "jsonl", "context": "neighbours", "context_size": 8, "segment_length": 20, "max_length": 64,
      "stride": 16, "batch_size": 4, "batch_tokens": 0, "lookahead": 7, "dtype": "float32"},
 ], ids=["words-aggregation-cap", "context-keep-fields", "shapes-and-context"])
 def test_every_engine_gives_the_same_lines(cluster, tiny_ner_dir, corpus, tmp_path, opts):
@@ -374,13 +374,14 @@ def test_every_engine_gives_the_same_lines(cluster, tiny_ner_dir, corpus, tmp_pa
                     json.dumps({"doc": "long", "text": "Peter " * 200}).encode() + b"\n")
     data = gzip.compress(src.read_bytes())
     (tmp_path / "cut.jsonl.gz").write_bytes(data[:len(data) * 3 // 4])
-    file_opts = {k: opts[k] for k in ("keep_fields", "id_field", "max_line_bytes", "format") if k in opts}
+    file_opts = {k: opts[k] for k in ("keep_fields", "id_field", "max_line_bytes", "input_format") if k in opts}
     tag_opts = {**corpus["overrides"], **{k: v for k, v in opts.items() if k not in file_opts}}
     flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
     for inp in (src, tmp_path / "cut.jsonl.gz"):
         local = tmp_path / f"{inp.name}.local.jsonl"
         Tagger.from_pretrained(tiny_ner_dir, **tag_opts).tag_file(
-            str(inp), str(local), progress=False, **{("fmt" if k == "format" else k): v for k, v in file_opts.items()})
+            str(inp), str(local), progress=False, **{("fmt" if k == "input_format" else k): v
+                                                     for k, v in file_opts.items()})
         procs = tmp_path / f"{inp.name}.procs.jsonl"
         argv = ["tag", str(inp), "--model", str(tiny_ner_dir), "-o", str(procs), "--no-progress", "--processes", "2",
                 "--dtype", "float32", "--batch-tokens", "512", "--max-length", "128", "--stride", "32",
@@ -390,7 +391,7 @@ def test_every_engine_gives_the_same_lines(cluster, tiny_ner_dir, corpus, tmp_pa
             _assert_same(_read(procs), _read(local))
         joined = tmp_path / f"{inp.name}.ray.jsonl"
         raytag.tag_files([str(inp)], str(tiny_ner_dir), str(tmp_path / f"{inp.name}.ray"), join=str(joined),
-                         slice_bytes=2000, progress=False, **{("fmt" if k == "format" else k): v
+                         slice_bytes=2000, progress=False, **{("fmt" if k == "input_format" else k): v
                                                               for k, v in {**tag_opts, **file_opts}.items()})
         _assert_same(_read(joined), _read(local))
 
