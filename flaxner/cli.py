@@ -74,15 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 128 + e.signum
-    from flaxner.training.export import epoch_table
+    from flaxner.training.export import final_report
 
-    print("\n" + epoch_table(summary.history))
-    if summary.test:
-        t = summary.test
-        print(f"\ntest: precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} "
-              f"accuracy {t['accuracy']:.4f}")
-    print(f"\nrun folder: {summary.run_dir}  (model in {summary.run_dir}/model)  "
-          f"compiled train shapes: {len(summary.compiled_train_shapes)}  total {summary.total_s:.0f}s")
+    print(final_report(summary))
     return 0
 
 
@@ -97,6 +91,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ConfigError as e:
         given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
         raise as_options(e, {k: v for k, v in given.items() if v}) from None
+    from flaxner.training.export import per_type_table
+
+    print(f"{args.split}: {len(out.gold)} sentences\n{per_type_table(out.metrics)}", file=sys.stderr)
     print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
                      indent=2))
     return 0
@@ -333,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax._src", "orbax"):
+    for noisy in ("absl", "jax._src", "orbax", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -308,7 +308,10 @@ def test_loop_state_reads_an_old_checkpoints_meta():
     old = {"epoch": 1, "batch": 0, "best_f1": 0.5, "history": [{"epoch": 1, "f1": 0.5}], "labels": ["O", "B-PER"],
            "epoch_loss": 0.0, "epoch_batches": 0}
     loop = LoopState.from_json(old)
-    assert loop.to_json() == old and loop.labels == ["O", "B-PER"] and loop.best_f1 == 0.5
+    saved = loop.to_json()
+    assert {k: saved[k] for k in old} == old and loop.labels == ["O", "B-PER"] and loop.best_f1 == 0.5
+    # what older runs did not save starts as a run without eval_every or patience would have it
+    assert (loop.last_eval, loop.bad_evals, loop.best_per_type) == (-1, 0, {})
 
 
 def test_card_names_the_data_and_base_model_used(small_run, snippet_data):

@@ -38,9 +38,13 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 @contextlib.contextmanager
 def progress(total: int, initial: int = 0):
+    """The optimizer steps' bar; log lines written meanwhile go above it, each on its own line."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
     try:
-        yield bar
+        with logging_redirect_tqdm():
+            yield bar
     finally:
         bar.close()
 
@@ -67,6 +71,18 @@ def format_scores(m: dict) -> str:
     return " ".join(f"{k}={m[k]:.4f}" for k in ("loss", "precision", "recall", "f1", "accuracy") if k in m)
 
 
+def per_type_table(scores: dict) -> str:
+    """seqeval's per-type report as Markdown: precision, recall, F1 and support of each entity type, then the
+    micro average (the scores' own precision, recall and F1)."""
+    per = scores.get("per_type") or {}
+    rows = ["| Type | Precision | Recall | F1 | Support |", "|:---|---:|---:|---:|---:|"]
+    rows += [f"| {k} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+             for k, v in sorted(per.items())]
+    rows.append(f"| micro avg | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
+                f"{sum(v['support'] for v in per.values())} |")
+    return "\n".join(rows)
+
+
 def epoch_table(history: list[dict]) -> str:
     """The seed card's per-epoch table as Markdown."""
     head = "| Training Loss | Epoch | Step | Validation Loss | Precision | Recall | F1 | Accuracy |"
@@ -75,6 +91,26 @@ def epoch_table(history: list[dict]) -> str:
         rows.append(f"| {h['train_loss']:.4f} | {h['epoch']:.1f} | {h['step']} | {h['loss']:.4f} | "
                     f"{h['precision']:.4f} | {h['recall']:.4f} | {h['f1']:.4f} | {h['accuracy']:.4f} |")
     return "\n".join(rows)
+
+
+def final_report(summary) -> str:
+    """What `flaxner train` prints at the end: the per-evaluation table, the per-type reports of the exported
+    model (validation, and test when scored), and where the run is."""
+    out = ["", epoch_table(summary.history)]
+    if summary.best_per_type:
+        best = next((h for h in summary.history if h["step"] == summary.best_step), None)
+        if best:
+            out += ["", f"validation, per type (step {summary.best_step}, the exported model):",
+                    per_type_table({**best, "per_type": summary.best_per_type})]
+    if summary.test:
+        t = summary.test
+        out += ["", f"test: precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} "
+                    f"accuracy {t['accuracy']:.4f}; per type:", per_type_table(t)]
+    if summary.stopped_early:
+        out += ["", f"stopped early (train.patience) at step {summary.steps}; the model is step {summary.best_step}'s"]
+    out += ["", f"run folder: {summary.run_dir}  (model in {summary.run_dir}/model)  compiled train shapes: "
+                f"{len(summary.compiled_train_shapes)}  total {summary.total_s:.0f}s"]
+    return "\n".join(out)
 
 
 def _versions() -> str:
