@@ -67,6 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = RunDir(args.output_dir).config
         path = saved if saved.is_file() else path
     cfg = load_config(resolve_config_path(path), args.overrides + _launch_overrides(args))
+    from flaxner.training.setup import check_inputs
+
+    check_inputs(cfg, args.resume)  # before the heavy imports below
     from flaxner.training.train import Interrupted, train
 
     try:

@@ -6,8 +6,11 @@ report; and a failed start leaving no run folder."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,8 @@ from flaxner.training.step import make_schedule
 from flaxner.training.train import Interrupted, train
 from helpers import assert_same_run, interrupt_at
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 PATIENCE = 2
 
 
@@ -184,18 +188,32 @@ def test_a_missing_reporter_package_is_one_line_before_anything_is_written(monke
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("bad", ["missing", "line"])
-def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys, bad, compile_cache):
+@pytest.mark.parametrize("bad, message", [("missing", "no such folder"), ("line", "train.txt:4: tag 'line'"),
+                                          ("tag", "valid.txt:1: tag 'B-NEW' is not in the label set")])
+def test_bad_data_is_reported_before_jax_loads_and_leaves_no_run_folder(tmp_path, bad, message):
     data = tmp_path / "data"
-    if bad == "line":
+    if bad != "missing":
         data.mkdir()
-        (data / "train.txt").write_text("EU B-ORG\nrejects O extra-column-is-fine\n\nbroken\n")
-        shutil.copy(FIXTURES / "snippet.txt", data / "valid.txt")
+        (data / "train.txt").write_text("EU B-ORG\nrejects O\n\nbroken line\n" if bad == "line" else "EU B-ORG\n")
+        (data / "valid.txt").write_text("EU B-NEW\n")
     out = tmp_path / "runs" / "new"
-    assert main(["train", "--config", "tiny", "--output-dir", str(out), f"data.source={data}",
-                 f"train.compilation_cache={compile_cache}"]) == 2
-    assert ("no such folder" if bad == "missing" else "train.txt:4") in capsys.readouterr().err
+    code = ("import sys\nfrom flaxner.cli import main\n"
+            f"rc = main(['train', '--config', 'tiny', '--output-dir', {str(out)!r}, 'data.source={data}'])\n"
+            "print('rc', rc, 'jax' in sys.modules, 'datasets' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.split() == ["rc", "2", "False", "False"], done.stdout + done.stderr
+    assert message in done.stderr and not out.exists()
+
+
+def test_a_start_that_fails_later_leaves_no_run_folder_but_keeps_the_users(tiny_cfg, tmp_path):
+    bad = replace(tiny_cfg, model={"name": str(tmp_path / "no-model"), "random_init": False})
+    out = tmp_path / "runs" / "new"
+    with pytest.raises(OSError):
+        train(bad, out)
     assert not out.exists()
     out.mkdir(parents=True)  # a folder the user made is theirs: kept
-    assert main(["train", "--config", "tiny", "--output-dir", str(out), f"data.source={data}"]) == 2
-    assert out.is_dir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OSError):
+        train(bad, out)
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
