@@ -84,10 +84,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flaxner.training.evaluate import predict_split
+    from flaxner.training.setup import check_split
     from flaxner.config import DataConfig
 
     data = DataConfig(source=args.data) if args.data else None
+    check_split(args.model, args.split, data)  # a misspelt split or a bad line: said before JAX and the model load
+    from flaxner.training.evaluate import predict_split
     # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
     try:
         out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)

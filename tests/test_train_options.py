@@ -85,6 +85,15 @@ def test_patience_stops_after_that_many_evaluations_without_improvement(habits_r
     assert "| Training Loss | Epoch | Step |" in card
 
 
+def test_the_card_title_names_model_and_data_and_the_card_the_limit_and_labels(habits_run, snippet_data):
+    card = (Path(habits_run.run_dir) / "README.md").read_text()
+    assert f"\n# randomly initialised BERT fine-tuned for NER on {snippet_data.name}\n" in card
+    labels = habits_run.labels
+    assert labels[0] == "O" and {"B-PER", "I-ORG"} <= set(labels) and habits_run.train_sentences == 6
+    assert (f"Trained on 6 sentences of its train split (data.limit: the first 48 of each split), with "
+            f"{len(labels)} labels: {', '.join(labels)}.") in card
+
+
 def _tensorboard(run_dir) -> dict[tuple[str, int], float]:
     """(tag, step) -> value of the scalars in a run's event files, as TensorBoard shows them: a session that
     starts at step s (a resumed run: purge_step) drops what earlier sessions wrote from step s on."""

@@ -67,6 +67,8 @@ class Summary:
     best_step: int = 0  # the evaluation whose model was exported (model/) and scored on test
     best_per_type: dict = dataclasses.field(default_factory=dict)  # its validation scores per entity type
     stopped_early: bool = False  # train.patience ended the run
+    labels: list[str] = dataclasses.field(default_factory=list)  # the label inventory, in id order
+    train_sentences: int = 0  # sentences the train split held (after data.limit)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

@@ -138,6 +138,15 @@ def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None
                  None if m.random_init or Path(m.name).expanduser().exists() else m.name)
     base = f"[{describe_model(m)}](https://huggingface.co/{hub_model})" if hub_model else describe_model(m)
     t, hist = cfg.train, summary["history"]
+    def short(text: str) -> str:  # the name without its explanation in brackets
+        return text.split(" (")[0]
+
+    title = f"{short(describe_model(m)).rsplit('/', 1)[-1]} fine-tuned for NER on {short(describe_source(d))}"
+    labels = summary.get("labels") or list(d.labels)
+    n = summary.get("train_sentences")
+    data_line = (f"Trained on {n if n is not None else 'the'} sentences of its train split"
+                 f"{f' (data.limit: the first {d.limit} of each split)' if d.limit else ''}, "
+                 f"with {len(labels)} labels: {', '.join(labels)}.\n" if labels else "")
     best = max(hist, key=lambda h: h["f1"]) if hist else None
     results = "" if best is None else (
         f"It achieves the following results on the evaluation set (epoch {best['epoch']:.0f}):\n"
@@ -155,9 +164,10 @@ tags:
 - generated_from_flaxner
 {f"datasets:{chr(10)}- {hub_data}{chr(10)}" if hub_data else ""}---
 
-# {cfg.name}
+# {title}
 
 This model is a fine-tuned version of {base} on {describe_source(d)}, trained with flaxner (JAX/Flax).
+{data_line}
 {results}
 ## Training procedure
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import Config, ConfigError, TagConfig, TrainConfig, absolute_paths, load_config, to_dict
+from flaxner.config import Config, ConfigError, DataConfig, TagConfig, TrainConfig, absolute_paths, load_config, to_dict
 from flaxner.data.report import data_report, log_report
 from flaxner.data.splits import Encoded, encode, load_dataset_splits
 from flaxner.data.labels import IGNORE
@@ -89,12 +89,24 @@ def check_inputs(cfg: Config, resume: bool = False) -> None:
     d = cfg.data
     if resume or (d.source == "builtin" and not any((d.train_file, d.validation_file, d.test_file))):
         return
+    _check_only(d, *_needed(cfg))
+
+
+def _check_only(data: DataConfig, splits: list[str], optional: list[str] = ()) -> None:
+    """`load_dataset_splits(check_only=True)` without its log lines (the real read logs what it finds)."""
     quiet = logging.getLogger("flaxner.data")
-    level, _ = quiet.level, quiet.setLevel(logging.ERROR)  # the real read logs what it finds
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
     try:
-        load_dataset_splits(d, *_needed(cfg), check_only=True)
+        load_dataset_splits(data, splits, optional, check_only=True)
     finally:
         quiet.setLevel(level)
+
+
+def check_split(model: str | Path, split: str, data=None) -> None:
+    """`flaxner eval`'s check before its model loads: the split is in the data (`data`, else the run's) and its
+    local file reads; a split the data lacks is one line listing those it has."""
+    saved = Path(model) / "config.yaml"
+    _check_only(data or (load_config(saved).data if saved.is_file() else DataConfig()), [split])
 
 
 def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[str, Split], tuple[str, ...]]:

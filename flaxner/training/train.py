@@ -281,7 +281,8 @@ def _summary(run: Run) -> Summary:
                    xla_compiles=compile_stats()["count"] - run.compiles0["count"],
                    compile_s=compile_stats()["seconds"] - run.compiles0["seconds"], compile_workers=pre.workers,
                    compiled_ahead=len(pre.done), devices=run.rt.n_devices, best_step=run.loop.best_step,
-                   best_per_type=run.loop.best_per_type, stopped_early=run.stopped, **dataclasses.asdict(t))
+                   best_per_type=run.loop.best_per_type, stopped_early=run.stopped, labels=list(run.labels),
+                   train_sentences=len(run.splits["train"].gold), **dataclasses.asdict(t))
 
 
 def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
