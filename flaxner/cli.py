@@ -273,7 +273,7 @@ def _tag(args: argparse.Namespace) -> int:
                               resume_stdin=args.resume_stdin, on_error=args.on_error, progress=progress,
                               commit_every=args.commit_every,
                               max_line_bytes=MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes)
-    print(json.dumps({"summary": summary.to_json()}), file=sys.stderr)
+    print(summary.printed(sys.stderr.isatty()), file=sys.stderr)
     if summary.input_damaged:
         print(f"flaxner tag: error: {summary.input_damaged} ({summary.lines} lines tagged into {output})",
               file=sys.stderr)

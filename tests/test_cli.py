@@ -35,9 +35,11 @@ def test_train_cli_runs_and_prints_table(tmp_path, capsys, compile_cache):
     (["train", "--config", "tiny", "data.source=/no/such/folder"], "no such folder"),
     (["train", "--resume"], "--resume needs --output-dir"),
 ])
-def test_errors_are_clear_and_early(args, message, capsys):
+def test_errors_are_clear_and_early(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default run folder (runs/tiny-<time>) would go
     assert main(args) == 2
     assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no empty run folder left behind
 
 
 def test_script_entry_point_help():

@@ -147,9 +147,10 @@ def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None
     data_line = (f"Trained on {n if n is not None else 'the'} sentences of its train split"
                  f"{f' (data.limit: the first {d.limit} of each split)' if d.limit else ''}, "
                  f"with {len(labels)} labels: {', '.join(labels)}.\n" if labels else "")
-    best = max(hist, key=lambda h: h["f1"]) if hist else None
+    best = next((h for h in hist if h["step"] == summary.get("best_step")), None) or \
+        (max(hist, key=lambda h: h["f1"]) if hist else None)  # the exported model's evaluation
     results = "" if best is None else (
-        f"It achieves the following results on the evaluation set (epoch {best['epoch']:.0f}):\n"
+        f"It achieves the following results on the evaluation set (epoch {best['epoch']:g}, step {best['step']}):\n"
         f"- Loss: {best['loss']:.4f}\n- Precision: {best['precision']:.4f}\n- Recall: {best['recall']:.4f}\n"
         f"- F1: {best['f1']:.4f}\n- Accuracy: {best['accuracy']:.4f}\n")
     test = summary.get("test")
@@ -180,7 +181,9 @@ The following hyperparameters were used during training:
 - seed: {t.seed}
 - optimizer: Adam with betas=({t.adam_b1},{t.adam_b2}) and epsilon={t.adam_eps:g}, weight decay {t.weight_decay:g}
 - max_grad_norm: {t.max_grad_norm:g}
-- lr_scheduler_type: linear (warm-up steps: {t.warmup_steps})
+- lr_scheduler_type: linear (warm-up {f"ratio: {t.warmup_ratio:g}" if t.warmup_ratio else f"steps: {t.warmup_steps}"})
+{f"- gradient_accumulation_steps: {t.grad_accum}{chr(10)}- total_train_batch_size: {t.batch_size * t.grad_accum}{chr(10)}" if t.grad_accum > 1 else ""}\
+{f"- early stopping: patience {t.patience} evaluations{' (stopped early)' if summary.get('stopped_early') else ''}{chr(10)}" if t.patience else ""}\
 - num_epochs: {t.epochs}
 - batching: {t.batching}, loss divided per {summary.get('loss_norm', t.loss_norm)}
 - padded lengths: {summary.get('buckets', list(cfg.data.buckets))}
