@@ -233,9 +233,12 @@ def test_resume_refuses_changed_training_keys_and_allows_harmless_ones(small_cfg
     assert (out / "config.yaml").read_text() == before
     with pytest.raises(ConfigError, match="model.name"):
         train(replace(small_cfg, model={"name": "minilm"}), out, resume=True)
-    # log_every, save_every, compile_workers...: the same steps and weights, so a resume may change them
-    assert train(replace(small_cfg, train={"log_every": 5, "save_every": 7, "compile_workers": 0}), out,
-                 resume=True).steps == 6
+    # which steps are taken and evaluated, and when the run stops, are the run's own
+    with pytest.raises(ConfigError, match="train.eval_every, train.grad_accum, train.patience"):
+        train(replace(small_cfg, train={"grad_accum": 2, "eval_every": 1, "patience": 1}), out, resume=True)
+    # log_every, save_every, compile_workers, report_to...: the same steps and weights, so a resume may change them
+    assert train(replace(small_cfg, train={"log_every": 5, "save_every": 7, "compile_workers": 0,
+                                           "report_to": ("tensorboard",)}), out, resume=True).steps == 6
 
 
 def test_run_folder_misuse_is_refused_before_loading(small_cfg, small_run, tmp_path, monkeypatch, capsys):

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: they do not alter the steps it takes or the weights it reaches.
 RESUME_HARMLESS = ("name", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile_workers",
-                   "train.compilation_cache", "train.eval_test", "tag.",
+                   "train.compilation_cache", "train.eval_test", "train.report_to", "tag.",
                    # where the run is launched (per launch, never saved), not what it computes
                    "train.distributed", "train.coordinator_address", "train.num_processes", "train.process_id")
 
