@@ -67,6 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = RunDir(args.output_dir).config
         path = saved if saved.is_file() else path
     cfg = load_config(resolve_config_path(path), args.overrides + _launch_overrides(args))
+    from flaxner.training.setup import check_inputs
+
+    check_inputs(cfg, args.resume)  # before the heavy imports below
     from flaxner.training.train import Interrupted, train
 
     try:
@@ -74,29 +77,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 128 + e.signum
-    from flaxner.training.export import epoch_table
+    from flaxner.training.export import final_report
 
-    print("\n" + epoch_table(summary.history))
-    if summary.test:
-        t = summary.test
-        print(f"\ntest: precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} "
-              f"accuracy {t['accuracy']:.4f}")
-    print(f"\nrun folder: {summary.run_dir}  (model in {summary.run_dir}/model)  "
-          f"compiled train shapes: {len(summary.compiled_train_shapes)}  total {summary.total_s:.0f}s")
+    print(final_report(summary))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flaxner.training.evaluate import predict_split
+    from flaxner.training.setup import check_split
     from flaxner.config import DataConfig
 
     data = DataConfig(source=args.data) if args.data else None
+    check_split(args.model, args.split, data)  # a misspelt split or a bad line: said before JAX and the model load
+    from flaxner.training.evaluate import predict_split
     # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
     try:
         out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
     except ConfigError as e:
         given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
         raise as_options(e, {k: v for k, v in given.items() if v}) from None
+    from flaxner.training.export import per_type_table
+
+    print(f"{args.split}: {len(out.gold)} sentences\n{per_type_table(out.metrics)}", file=sys.stderr)
     print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
                      indent=2))
     return 0
@@ -277,7 +279,7 @@ def _tag(args: argparse.Namespace) -> int:
                               resume_stdin=args.resume_stdin, on_error=args.on_error, progress=progress,
                               commit_every=args.commit_every, output_format=spec,
                               max_line_bytes=MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes)
-    print(json.dumps({"summary": summary.to_json()}), file=sys.stderr)
+    print(summary.printed(sys.stderr.isatty()), file=sys.stderr)
     if summary.input_damaged:
         print(f"flaxner tag: error: {summary.input_damaged} ({summary.lines} lines tagged into {output})",
               file=sys.stderr)
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax._src", "orbax"):
+    for noisy in ("absl", "jax._src", "orbax", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

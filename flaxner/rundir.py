@@ -7,6 +7,7 @@
     checkpoints/    orbax checkpoints: last/ (rolling) and best/
     model/          the best epoch's HF-format model
     README.md       the model card (also model/README.md)
+    tensorboard/    TensorBoard event files, with train.report_to: [tensorboard]
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class RunDir:
     def card(self) -> Path:
         return self.path / "README.md"
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
     def has_run(self) -> bool:
         """True when a run was started here (its config, metrics or checkpoints are present)."""
         return any(p.exists() for p in (self.config, self.metrics, self.checkpoints))
@@ -63,7 +68,7 @@ class RunDir:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
         found there first (where `delete`: on one host of several sharing the folder)."""
         for p in (self.config, self.metrics, self.summary, self.card, self.checkpoints, self.model,
-                  self.checkpoints / "last", self.checkpoints / "best"):
+                  self.tensorboard, self.checkpoints / "last", self.checkpoints / "best"):
             if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
                 raise RunDirError(f"{p}: is a symlink; flaxner writes no run file through a link it did not make: "
                                   f"remove the link (its target is kept) and run again")
@@ -80,6 +85,18 @@ class RunDir:
             if delete:
                 for p in (self.config, self.metrics, self.summary, self.card):
                     p.unlink(missing_ok=True)
-                for p in (self.checkpoints, self.model):
+                for p in (self.checkpoints, self.model, self.tensorboard):
                     shutil.rmtree(p, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def discard(self) -> None:
+        """Remove what a run that failed to start wrote into this folder, which it created, and the folder when
+        nothing else is left in it."""
+        for p in (self.config, self.metrics, self.summary, self.card):
+            p.unlink(missing_ok=True)
+        for p in (self.checkpoints, self.model, self.tensorboard):
+            shutil.rmtree(p, ignore_errors=True)
+        try:
+            self.path.rmdir()
+        except OSError:  # something else is in it: keep it
+            pass
