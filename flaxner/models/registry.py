@@ -57,6 +57,10 @@ FAMILIES = (
            pytorch_architecture="RobertaForTokenClassification"),
     Family(name="xlm-roberta", model_types=("xlm-roberta",), **_BERT, prefix="roberta",
            embed_path=("roberta", *_WORDS), pytorch_architecture="XLMRobertaForTokenClassification"),
+    Family(name="modernbert", model_types=("modernbert",), module="flaxner.models.modernbert",
+           config="ModernBertConfig", model="FlaxModernBertForTokenClassification", prefix="model",
+           embed_path=("model", "embeddings", "tok_embeddings", "embedding"),
+           pytorch_architecture="ModernBertForTokenClassification", bare_keys=("embeddings", "layers", "final_norm")),
 )
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
