@@ -20,6 +20,7 @@ import numpy as np
 from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
 from flaxner.models.weights import from_pytorch_names
+from flaxner.models import bytelevel
 from flaxner.models.checks import ModelFileError, check_bounds, check_tokenizer_fits
 from flaxner.models.registry import family_of
 
@@ -96,7 +97,7 @@ def load_tokenizer(folder: Path):
     if not tok.is_fast:
         raise ModelFileError(f"{folder}: a fast tokenizer (tokenizer.json) is needed for word ids and character "
                              f"offsets")
-    return tok
+    return bytelevel.for_words(tok)
 
 
 def read_config(folder: Path):
