@@ -194,3 +194,109 @@ def test_config_reads_both_transformers_spellings():
     assert ModernBertConfig.from_dict(c.to_dict()) == c
     v4 = ModernBertConfig.from_dict(TINY)
     assert v4.layer_types == () and v4.replace(num_hidden_layers=7).attention_types[6] == "full_attention"
+
+
+# --- the rest of flaxner with a ModernBERT: long windows, its tokenizer, a run end to end -----------------------
+
+
+def tiny_base(d, max_positions=2048):
+    """A folder with the offline ModernBERT-shaped tokenizer and a tiny ModernBERT config.json fitted to it."""
+    from test_bytelevel import modernbert_tokenizer
+
+    from flaxner.models.loading import load_tokenizer
+
+    tok = load_tokenizer(modernbert_tokenizer(d))
+    ids = {k: getattr(tok, f"{t}_token_id") for k, t in (("pad_token_id", "pad"), ("cls_token_id", "cls"),
+                                                         ("sep_token_id", "sep"), ("bos_token_id", "cls"),
+                                                         ("eos_token_id", "sep"))}
+    conf = {**TINY, **ids, "vocab_size": len(tok), "max_position_embeddings": max_positions}
+    (d / "config.json").write_text(json.dumps(conf))
+    return d
+
+
+def save_tiny_ner(base, out):
+    """A random tiny ModernBERT NER folder whose classifier is scaled up (confident, varied entities)."""
+    from transformers import AutoTokenizer
+
+    from flaxner.config import ModelConfig
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import make_model
+
+    model, params = make_model(ModelConfig(name=str(base), random_init=True), CONLL_LABELS, seed=0)
+    params["classifier"]["kernel"] = params["classifier"]["kernel"] * 8
+    model.save_pretrained(out, params=params)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(out)
+    return out
+
+
+def assert_entities_slice_back(text, entities):
+    from flaxner.data.words import split_words
+
+    starts, ends = zip(*split_words(text))
+    assert entities
+    for e in entities:
+        assert e["text"] == text[e["start"]:e["end"]] == e["text"].strip() != ""
+        assert e["start"] in starts and e["end"] in ends, e  # whole CoNLL-style words
+
+
+def test_the_tagger_and_training_take_the_models_positions(tmp_path):
+    """max_position_embeddings 2048: data.max_length and tag.max_length may be 2048, one window tags a 1,500
+    sub-token line, and 2049 is refused naming the model's positions."""
+    from helpers import tag_config
+
+    from flaxner.config import ConfigError, ModelConfig, check_positions
+    from flaxner.models.loading import model_positions
+    from flaxner.tagging.tagger import Tagger
+
+    from test_bytelevel import TEXTS
+
+    base = tiny_base(tmp_path / "base")
+    assert model_positions(ModelConfig(name=str(base), random_init=True)) == 2048
+    ner = save_tiny_ner(base, tmp_path / "ner")
+    assert model_positions(ModelConfig(name=str(ner))) == 2048
+    check_positions("data.max_length", 2048, 2048)
+    tagger = Tagger(ner, tag_config(buckets=(64, 2048), max_length=2048, stride=32, batch_tokens=2048,
+                                    context="document", words="conll"))
+    words = " ".join(TEXTS).split()
+    text = " ".join(words[i % len(words)] for i in range(600))
+    n = len(tagger.backend.encode(text, add_special_tokens=False).ids)
+    assert 1400 <= n <= 2046, n
+    entities = tagger.tag(text)
+    assert tagger.stats.windows == 1 and tagger.shapes == {(1, 2048)}
+    assert_entities_slice_back(text, entities)
+    with pytest.raises(ConfigError, match="tag.max_length 2049 is more than the model's max_position_embeddings 2048"):
+        Tagger(ner, tag_config(buckets=(64, 2049), max_length=2049, stride=32))
+
+
+@pytest.mark.slow
+def test_train_resume_eval_and_tag_end_to_end(tmp_path, monkeypatch):
+    """A tiny ModernBERT with the offline tokenizer: train on CoNLL sentences, interrupt and resume to the same
+    run, evaluate, export (PyTorch loads it), tag with offsets that slice back."""
+    from helpers import ROOT, assert_same_run, interrupt_at, tag_config
+    from transformers import AutoModelForTokenClassification
+
+    from flaxner.config import load_config
+    from flaxner.tagging.tagger import Tagger
+    from flaxner.training.train import Interrupted, train
+
+    from test_bytelevel import TEXTS
+
+    base = tiny_base(tmp_path / "base")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"model.name={base}", "data.limit=24", "train.epochs=2",
+                                                       "train.learning_rate=3e-3"])
+    ref = train(cfg, tmp_path / "straight")
+    assert ref.steps == 6 and ref.history[-1]["loss"] < ref.history[0]["train_loss"]
+    with monkeypatch.context() as m:
+        interrupt_at(m, 2)
+        with pytest.raises(Interrupted, match="at step 2"):
+            train(cfg, tmp_path / "resumed")
+    summary = train(cfg, tmp_path / "resumed", resume=True)
+    assert_same_run(summary, ref, tmp_path / "resumed")
+    assert 0 <= summary.history[-1]["f1"] <= 1
+    assert type(AutoModelForTokenClassification.from_pretrained(tmp_path / "resumed" / "model")).__name__ == \
+        "ModernBertForTokenClassification"
+    tagger = Tagger(tmp_path / "resumed", tag_config(words="conll"))
+    texts = [*TEXTS, "Peter Blackburn lives in Zürich ."]
+    for text, entities in zip(texts, tagger.tag(texts), strict=True):
+        for e in entities:
+            assert e["text"] == text[e["start"]:e["end"]] == e["text"].strip() != ""
