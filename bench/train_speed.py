@@ -12,6 +12,7 @@ bucket shape, which compiles), then runs `--repeats` timed passes over its batch
 
     python -m bench.train_speed --model minilm
     python -m bench.train_speed --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
+    python -m bench.train_speed --model ModernBERT-base   # ModernBERT-base shape (22 layers, 8,192 positions), random
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ MODELS = {
     "mbert": ("minilm-conll2003", ["model.name=bert-base-multilingual-cased", "model.random_init=true",
                                    "model.from_pt=false", "model.tokenizer=minilm"], True),
     "tiny": ("tiny", [], False),
+    # ModernBERT-base's shape (flaxner/resources/configs), random weights; MiniLM's WordPiece ids fit its table
+    "ModernBERT-base": ("minilm-conll2003", ["model.name=answerdotai/ModernBERT-base", "model.random_init=true",
+                                             "model.from_pt=false", "model.tokenizer=minilm"], True),
 }
-DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "tiny": 3}
+DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "tiny": 3, "ModernBERT-base": 20}
 CONTENDERS = {"a": "flaxner (bucketed, grouped)", "b": "PyTorch + HF Trainer step (random, dynamic pad)",
               "c": "PyTorch + HF Trainer step (grouped, dynamic pad)"}
 
@@ -139,9 +143,9 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 
 
 def torch_model(cfg, vocab, names=None):
-    """BertForTokenClassification from the same folder as flaxner (or the same random shape), with a classifier
-    for `names` (default CoNLL-2003's labels)."""
-    from transformers import BertConfig, BertForTokenClassification
+    """The PyTorch token classifier of the model's family (BertForTokenClassification for BERT) from the same folder
+    as flaxner (or the same random shape), with a classifier for `names` (default CoNLL-2003's labels)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
     from flaxner.data.labels import CONLL_LABELS
     from flaxner.models.loading import base_config, resolve_name
@@ -150,15 +154,15 @@ def torch_model(cfg, vocab, names=None):
     labels = {"id2label": dict(enumerate(names)), "label2id": {t: i for i, t in enumerate(names)}}
     name = resolve_name(cfg.model.name)
     if not cfg.model.random_init:
-        return BertForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
-    # flaxner's BertConfig is frozen: change the shape on a copy, then give transformers its config.json dict
+        return AutoModelForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
+    # flaxner's configs are frozen: change the shape on a copy, then give transformers its config.json dict
     shape = {attr: getattr(cfg.model, field) for field, attr in (
         ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
         ("intermediate_size", "intermediate_size")) if getattr(cfg.model, field)}
     if vocab:
         shape["vocab_size"] = vocab
-    conf = base_config(name).replace(labels=tuple(names), **shape)
-    return BertForTokenClassification(BertConfig(**conf.to_dict()))
+    d = base_config(name).replace(labels=tuple(names), **shape).to_dict()
+    return AutoModelForTokenClassification.from_config(AutoConfig.for_model(d.pop("model_type"), **d))
 
 
 def make_torch_optimizer(model, tc, total_steps: int):
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="minilm")
     p.add_argument("--config", default="", help="another config instead of the model's (e.g. a tiny one)")
-    p.add_argument("--steps", type=int, default=0, help="batches per timed pass (default: minilm 50, mbert 20)")
+    p.add_argument("--steps", type=int, default=0, help="batches per timed pass (default: minilm 50, mbert and ModernBERT-base 20)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed PyTorch steps first (flaxner: one per shape)")
     p.add_argument("--batch-size", type=int, default=16)
