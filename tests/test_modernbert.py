@@ -80,12 +80,42 @@ def test_logits_equal_pytorch(kw, attn):
 
 def test_scanned_layers_give_the_unrolled_logits():
     conf = tiny_config(**BIASES)
+    params = noisy_params(FlaxModernBertForTokenClassification(conf))
+    ids, mask = batch()
+    models = [FlaxModernBertForTokenClassification(conf, scan_layers=s) for s in (False, True)]
+    a, b = (jax.jit(lambda p, m=m: m(ids, mask, params=p).logits)(params) for m in models)
+    assert max_diff_on_tokens(a, b, mask) <= 1e-6
+
+
+@pytest.mark.slow
+def test_scanned_layers_give_the_unrolled_loss_and_gradients():
+    conf = tiny_config(**BIASES)
     assert scan_plan(conf.attention_types) == (3, 1)
     params = noisy_params(FlaxModernBertForTokenClassification(conf))
     ids, mask = batch()
-    outs = [FlaxModernBertForTokenClassification(conf, scan_layers=s, remat=r)(ids, mask, params=params).logits
+    b = {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask > 0, ids % len(LABELS), -100)}
+    grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)
+    runs = [grad(params, b, jax.random.PRNGKey(0), FlaxModernBertForTokenClassification(conf, scan_layers=s,
+                                                                                         remat=r).__call__)
             for s, r in ((False, False), (True, False), (True, True))]
-    assert max(max_diff_on_tokens(o, outs[0], mask) for o in outs[1:]) <= 1e-6
+    (loss, _), grads = runs[0]
+    for (other, _), g in runs[1:]:
+        assert abs(float(other) - float(loss)) <= 1e-6
+        assert jax.tree.structure(g) == jax.tree.structure(grads)
+        assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g, grads))) <= 1e-6
+
+
+def test_bfloat16_runs_close_to_float32():
+    conf = tiny_config()
+    params = noisy_params(FlaxModernBertForTokenClassification(conf))
+    ids, mask = batch()
+    ref = FlaxModernBertForTokenClassification(conf)(ids, mask, params=params).logits
+    for scan in (False, True):
+        bf = FlaxModernBertForTokenClassification(conf, jnp.bfloat16, scan_layers=scan)
+        logits = jax.jit(lambda p, m=bf: m(ids, mask, params=p).logits)(params)
+        assert logits.dtype == jnp.bfloat16
+        # bf16 keeps 8 bits of mantissa: a few hundredths on logits of unit size through 5 layers
+        assert max_diff_on_tokens(logits.astype(jnp.float32), ref, mask) <= 0.1
 
 
 def test_scan_plan():
