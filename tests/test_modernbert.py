@@ -330,3 +330,23 @@ def test_train_resume_eval_and_tag_end_to_end(tmp_path, monkeypatch):
     for text, entities in zip(texts, tagger.tag(texts), strict=True):
         for e in entities:
             assert e["text"] == text[e["start"]:e["end"]] == e["text"].strip() != ""
+
+
+def test_masked_lm_checkpoint_keeps_its_head(tmp_path, caplog):
+    """The hub's ModernBERT-base/-large are ModernBertForMaskedLM: `head` loads (as transformers' token classifier
+    takes it), the decoder is left out, the classifier is new."""
+    from safetensors.torch import save_file
+    from transformers import ModernBertConfig as HFConfig
+    from transformers import ModernBertForMaskedLM
+
+    from flaxner.config import ModelConfig
+    from flaxner.models.loading import make_model
+
+    mlm = ModernBertForMaskedLM(HFConfig(**tiny_config(**BIASES).replace(labels=()).to_dict())).eval()
+    save_file({k: v.clone().contiguous() for k, v in mlm.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({**TINY, **BIASES, "architectures": ["ModernBertForMaskedLM"]}))
+    with caplog.at_level("INFO"):
+        _, params = make_model(ModelConfig(name=str(tmp_path)), LABELS, seed=0)
+    assert "unused: decoder" in caplog.text and "new classifier" in caplog.text and "new head" not in caplog.text
+    assert np.array_equal(np.asarray(params["head"]["dense"]["kernel"]).T, mlm.head.dense.weight.detach().numpy())
+    assert np.array_equal(np.asarray(params["head"]["norm"]["bias"]), mlm.head.norm.bias.detach().numpy())
