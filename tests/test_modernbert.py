@@ -35,6 +35,11 @@ def noisy_params(model, seed=1):
     return jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape), p)
 
 
+def logits_of(model, params, ids, mask, rng=None, train=False):
+    """The model's logits, jitted (one compile instead of an op-by-op run)."""
+    return jax.jit(lambda p, r: model(ids, mask, params=p, dropout_rng=r, train=train).logits)(params, rng)
+
+
 def batch(seq=20, pad=3, seed=0):
     """[3, seq] ids with right padding of 0, 7 and seq - 4 positions: rows longer than the +-4 window."""
     rng = np.random.RandomState(seed)
@@ -69,21 +74,21 @@ def test_logits_equal_pytorch(kw, attn):
     model = FlaxModernBertForTokenClassification(tiny_config(**kw))
     params = noisy_params(model)
     ids, mask = batch()
-    ours = model(ids, mask, params=params).logits
+    ours = logits_of(model, params, ids, mask)
     assert ours.shape == (3, 20, len(LABELS))
     ref = reference(model.config, params, attn)
     assert max_diff_on_tokens(ours, torch_logits(ref, ids, mask), mask) <= 1e-5
     # the windows matter: with every layer global the logits move
     wide = FlaxModernBertForTokenClassification(model.config.replace(local_attention=64))
-    assert max_diff_on_tokens(wide(ids, mask, params=params).logits, ours, mask) > 1e-3
+    assert max_diff_on_tokens(logits_of(wide, params, ids, mask), ours, mask) > 1e-3
 
 
 def test_scanned_layers_give_the_unrolled_logits():
     conf = tiny_config(**BIASES)
     params = noisy_params(FlaxModernBertForTokenClassification(conf))
     ids, mask = batch()
-    models = [FlaxModernBertForTokenClassification(conf, scan_layers=s) for s in (False, True)]
-    a, b = (jax.jit(lambda p, m=m: m(ids, mask, params=p).logits)(params) for m in models)
+    a, b = (logits_of(FlaxModernBertForTokenClassification(conf, scan_layers=s), params, ids, mask)
+            for s in (False, True))
     assert max_diff_on_tokens(a, b, mask) <= 1e-6
 
 
@@ -109,10 +114,10 @@ def test_bfloat16_runs_close_to_float32():
     conf = tiny_config()
     params = noisy_params(FlaxModernBertForTokenClassification(conf))
     ids, mask = batch()
-    ref = FlaxModernBertForTokenClassification(conf)(ids, mask, params=params).logits
+    ref = logits_of(FlaxModernBertForTokenClassification(conf), params, ids, mask)
     for scan in (False, True):
         bf = FlaxModernBertForTokenClassification(conf, jnp.bfloat16, scan_layers=scan)
-        logits = jax.jit(lambda p, m=bf: m(ids, mask, params=p).logits)(params)
+        logits = logits_of(bf, params, ids, mask)
         assert logits.dtype == jnp.bfloat16
         # bf16 keeps 8 bits of mantissa: a few hundredths on logits of unit size through 5 layers
         assert max_diff_on_tokens(logits.astype(jnp.float32), ref, mask) <= 0.1
@@ -153,9 +158,9 @@ def test_dropout_is_active_only_in_training():
     params = noisy_params(model)
     ids, mask = batch()
     rng = jax.random.PRNGKey(0)
-    eval_a = model(ids, mask, params=params).logits
-    assert jnp.array_equal(eval_a, model(ids, mask, params=params, dropout_rng=rng).logits)
-    assert float(jnp.abs(model(ids, mask, params=params, dropout_rng=rng, train=True).logits - eval_a).max()) > 1e-3
+    eval_a = logits_of(model, params, ids, mask)
+    assert jnp.array_equal(eval_a, logits_of(model, params, ids, mask, rng))
+    assert float(jnp.abs(logits_of(model, params, ids, mask, rng, train=True) - eval_a).max()) > 1e-3
 
 
 def test_export_loads_in_pytorch_with_the_same_logits(tmp_path):
@@ -170,7 +175,7 @@ def test_export_loads_in_pytorch_with_the_same_logits(tmp_path):
     assert type(ref).__name__ == "ModernBertForTokenClassification"
     assert ref.config.id2label == dict(enumerate(LABELS)) and ref.config.sliding_window == 4
     ids, mask = batch()
-    assert max_diff_on_tokens(model(ids, mask, params=params).logits, torch_logits(ref, ids, mask), mask) <= 1e-5
+    assert max_diff_on_tokens(logits_of(model, params, ids, mask), torch_logits(ref, ids, mask), mask) <= 1e-5
 
 
 def test_bare_encoder_checkpoint_loads_with_a_fresh_head_and_classifier(tmp_path, caplog):
