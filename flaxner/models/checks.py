@@ -12,7 +12,7 @@ class ModelFileError(ValueError):
 # 10**12-row vocabulary would otherwise trace for minutes or fail deep inside XLA.
 BOUNDS = {"vocab_size": (1, 1 << 22), "hidden_size": (1, 1 << 14), "num_hidden_layers": (1, 256),
           "num_attention_heads": (1, 1 << 10), "intermediate_size": (1, 1 << 17),
-          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (1, 1 << 10)}
+          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (0, 1 << 10)}  # 0: none (DeBERTa-v3)
 
 
 def check_bounds(kw: dict, source: str) -> None:

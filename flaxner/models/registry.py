@@ -57,6 +57,12 @@ FAMILIES = (
            pytorch_architecture="RobertaForTokenClassification"),
     Family(name="xlm-roberta", model_types=("xlm-roberta",), **_BERT, prefix="roberta",
            embed_path=("roberta", *_WORDS), pytorch_architecture="XLMRobertaForTokenClassification"),
+    # DeBERTa-v2/v3 and mDeBERTa: max_position_embeddings is v3's pretraining length (it has no absolute table;
+    # flaxner/models/deberta.py says why rows stay within it).
+    Family(name="deberta-v2", model_types=("deberta-v2",), module="flaxner.models.deberta",
+           config="DebertaV2Config", model="FlaxDebertaV2ForTokenClassification", prefix="deberta",
+           embed_path=("deberta", *_WORDS), pytorch_architecture="DebertaV2ForTokenClassification",
+           bare_keys=("embeddings", "encoder")),
 )
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
