@@ -85,6 +85,8 @@ class DebertaV2Config:
         for key, (bad, allowed) in refused.items():
             if bad:
                 raise ValueError(f"{source}: {key} {d.get(key)!r} is not supported by flaxner's DeBERTa ({allowed})")
+        if kw.get("embedding_size") == kw.get("hidden_size", cls.hidden_size):
+            del kw["embedding_size"]  # None: follows hidden_size (a random-weights bench may replace it)
         if kw.get("max_relative_positions", -1) < 1:
             kw["max_relative_positions"] = kw.get("max_position_embeddings", cls.max_position_embeddings)
         id2label = d.get("id2label") or {}
@@ -112,9 +114,10 @@ class DebertaV2Config:
         """config.json that transformers' `DebertaV2ForTokenClassification.from_pretrained` reads."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "labels"}
         d.update(architectures=[family_of(self.model_type).pytorch_architecture], pos_att_type=list(self.pos_att_type),
-                 embedding_size=self.embedding_size or self.hidden_size,
                  id2label={str(i): lab for i, lab in enumerate(self.labels)},
                  label2id={lab: i for i, lab in enumerate(self.labels)})
+        if d["embedding_size"] is None:  # transformers reads a missing key as hidden_size, a null one as null
+            del d["embedding_size"]
         return dict(sorted(d.items()))
 
 
