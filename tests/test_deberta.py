@@ -220,3 +220,189 @@ def test_init_is_normal_with_zero_biases_and_unit_norms():
             assert np.all(v == 1), k
         elif k[0] != "classifier":
             assert abs(float(np.std(v)) - 0.02) < 0.004, k
+
+
+# --- the SentencePiece tokenizer: word alignment, tag offsets, an end-to-end run -------------------------------
+
+TEXTS = ["EU rejects German call to boycott British lamb.", 'Peter Blackburn (BRUSSELS) said: "no!"',
+         "Zürich's Café São Paulo,Peter Blackburn.", "  Mr. Blackburn  met\tthe EU-envoy in São Paulo  "]
+PIECES = ["▁EU", "▁German", "▁Black", "burn", "▁Peter", "▁Caf", "▁Paul", "▁the"]
+
+
+def deberta_v3_tokenizer(folder):
+    """A tiny DeBERTa-v3-like fast tokenizer saved in `folder`: a Unigram model with `▁` word starts and DeBERTa-v3's
+    ids ([PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3, [MASK] last), the normalizer and Metaspace pre-tokenizer of
+    transformers' DebertaV2Tokenizer. Every printable ASCII character is a piece (with and without `▁`), a few
+    whole words and sub-words score higher, `é` and `ã` are pieces and `ü` is not (an [UNK])."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if not c.isspace()] + ["é", "ã"]
+    vocab = ([("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0), ("▁", -3.0)]
+             + [(p, -2.0) for p in PIECES] + [(c, -5.0) for c in chars] + [("▁" + c, -5.5) for c in chars]
+             + [("[MASK]", 0.0)])
+    tok = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
+                                           normalizers.Strip(left=False, right=True)])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                                   unk_token="[UNK]", mask_token="[MASK]")
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def deberta_folder(folder, seed=0, boost=1.0, spm=False, **conf):
+    """An HF folder of a random tiny DeBERTa-v3 NER model (CoNLL labels) with the tokenizer above (`spm`: the
+    hub's spm.model form, `spm_folder`); `boost` scales the classifier so that predictions are confident and varied
+    (entities to find)."""
+    from flaxner.data.labels import CONLL_LABELS
+    from flaxner.models.loading import load_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if spm:
+        spm_folder(folder)
+    tok = load_tokenizer(folder) if spm else deberta_v3_tokenizer(folder)
+    config = DebertaV2Config.from_dict({**V3, "vocab_size": len(tok), "max_position_embeddings": 512, **conf,
+                                        "id2label": dict(enumerate(CONLL_LABELS))})
+    model = FlaxDebertaV2ForTokenClassification(config)
+    params = model.init_params(seed)
+    params["classifier"]["kernel"] = params["classifier"]["kernel"] * boost
+    model.save_pretrained(folder, params=params)
+    return folder
+
+
+def test_words_align_to_their_sub_tokens(tmp_path):
+    """Training rows: every word's label sits on its first sub-token, and a word's sub-tokens are what the
+    tokenizer makes of the word alone (punctuation without a space before it, non-ASCII, an unknown character)."""
+    from flaxner.config import DataConfig
+    from flaxner.data.splits import encode
+    from flaxner.data.words import words_of
+
+    tok = deberta_v3_tokenizer(tmp_path)
+    sentences = [words_of(t) for t in TEXTS]
+    tags = [[i % 9 for i in range(len(s))] for s in sentences]
+    enc = encode({"tokens": sentences, "ner_tags": tags}, tok, DataConfig(max_length=128))
+    assert len(enc.input_ids) == len(sentences)
+    for words, want, ids, labels, starts in zip(sentences, tags, enc.input_ids, enc.labels, enc.word_index):
+        assert ids[0] == 1 and ids[-1] == 2  # [CLS] ... [SEP]
+        first = np.flatnonzero(starts >= 0)
+        assert starts[first].tolist() == list(range(len(words)))
+        assert labels[first].tolist() == want and np.all(np.delete(labels, first) == -100)
+        bounds = [*first, len(ids) - 1]
+        for w, a, b in zip(words, bounds[:-1], bounds[1:]):
+            assert ids[a:b].tolist() == tok(w, add_special_tokens=False)["input_ids"], w
+    assert any(3 in ids for ids in enc.input_ids)  # the unknown ü
+    assert any(tok.convert_ids_to_tokens(int(i)) == "burn" for ids in enc.input_ids for i in ids)  # a sub-word
+
+
+@pytest.mark.parametrize("words,spm", [("conll", False), ("tokenizer", False), ("conll", True)])
+def test_tag_offsets_slice_back_to_the_entity_text(tmp_path, words, spm):
+    from flaxner.data.words import split_words
+    from flaxner.tagging.tagger import Tagger
+    from helpers import tag_config
+
+    if spm:
+        pytest.importorskip("sentencepiece")
+    tagger = Tagger.from_pretrained(deberta_folder(tmp_path, boost=40.0, spm=spm), tag_config(words=words))
+    found = tagger.tag(TEXTS)
+    assert sum(len(e) for e in found) >= 4
+    for text, ents in zip(TEXTS, found):
+        starts = {a for a, _ in split_words(text)} if words == "conll" else None
+        for e in ents:
+            assert e["text"] == text[e["start"]:e["end"]] and e["text"] == e["text"].strip(), (text, e)
+            if starts is not None:
+                assert e["start"] in starts, (text, e)
+
+
+@pytest.mark.slow
+def test_train_resume_eval_tag_end_to_end(tmp_path, monkeypatch, compile_cache):
+    """A random tiny DeBERTa-v3 with the offline tokenizer: trains (interrupted, then resumed to the same end),
+    evaluates, exports an HF folder PyTorch loads, and tags with offsets that slice back."""
+    from transformers import AutoModelForTokenClassification
+
+    from flaxner.config import load_config
+    from flaxner.tagging.tagger import Tagger
+    from flaxner.training.evaluate import predict_split
+    from flaxner.training.train import Interrupted, train
+    from helpers import ROOT, interrupt_at, tag_config
+
+    base = deberta_folder(tmp_path / "base")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"model.name={base}", "data.limit=24", "train.epochs=2",
+                                                        f"train.compilation_cache={compile_cache}"])
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_at(m, 3)
+        with pytest.raises(Interrupted, match="at step 3"):
+            train(cfg, out)
+    summary = train(cfg, out, resume=True)
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["type"] == "train"]
+    assert steps == sorted(set(steps)) and max(steps) == 6
+    assert summary.steps == 6 and (out / "model" / "model.safetensors").is_file()
+    pred = predict_split(out, "validation", limit=20)
+    assert len(pred.pred) == 20 and [len(p) for p in pred.pred] == [len(t) for t in pred.tokens]
+    assert 0 <= pred.metrics["f1"] <= 1 and np.isfinite(pred.metrics["loss"])
+    ref = AutoModelForTokenClassification.from_pretrained(str(out / "model"))
+    assert type(ref).__name__ == "DebertaV2ForTokenClassification"
+    tagger = Tagger.from_pretrained(out, tag_config())
+    for text, ents in zip(TEXTS, tagger.tag(TEXTS)):
+        assert all(e["text"] == text[e["start"]:e["end"]] for e in ents)
+
+
+def spm_folder(folder):
+    """A hub-like DeBERTa-v3 folder: config.json, spm.model (trained here on CoNLL sentences with DeBERTa-v3's
+    special ids) and tokenizer_config.json as microsoft/deberta-v3-base ships it; no tokenizer.json. Returns the
+    SentencePiece processor (needs sentencepiece)."""
+    import io
+
+    import sentencepiece as spm
+
+    from flaxner.data.readers import read_file
+    from helpers import ROOT
+
+    corpus = [" ".join(w) for w in read_file(ROOT / "tests" / "fixtures" / "snippet.txt").tokens] + TEXTS
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus * 20), model_writer=proto, vocab_size=120,
+                                   model_type="unigram", hard_vocab_limit=False, character_coverage=1.0,
+                                   pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2,
+                                   eos_piece="[SEP]", unk_id=3, unk_piece="[UNK]", minloglevel=2)
+    (folder / "spm.model").write_bytes(proto.getvalue())
+    (folder / "tokenizer_config.json").write_text('{"do_lower_case": false, "vocab_type": "spm"}')
+    (folder / "config.json").write_text(json.dumps({**V3, "vocab_size": 128}))
+    return spm.SentencePieceProcessor(model_proto=proto.getvalue())
+
+
+def test_spm_model_folder_gives_the_fast_tokenizer(tmp_path):
+    """What `model.name=microsoft/deberta-v3-base` downloads: transformers converts spm.model to the fast
+    tokenizer (with sentencepiece installed), whose ids are SentencePiece's own."""
+    pytest.importorskip("sentencepiece")
+    from flaxner.models.loading import load_tokenizer
+
+    sp = spm_folder(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    assert tok.is_fast and (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.unk_token_id) == (1, 2, 0, 3)
+    for text in TEXTS[:3]:
+        assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text), text
+    enc = tok([["Peter", "Blackburn", "(", "BRUSSELS", ")", "said", ":"]], is_split_into_words=True)
+    assert enc.word_ids(0)[0] is None and enc.word_ids(0)[-2] == 6
+
+
+def test_spm_model_without_sentencepiece_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from flaxner.models.checks import ModelFileError
+    from flaxner.models.loading import load_tokenizer
+
+    (tmp_path / "spm.model").write_bytes(b"\x00")
+    (tmp_path / "config.json").write_text(json.dumps(V3))
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import fails
+    with pytest.raises(ModelFileError, match=r"spm.model without tokenizer.json needs sentencepiece .*"
+                                             r"pip install 'flaxner\[deberta\]'$"):
+        load_tokenizer(tmp_path)
