@@ -34,8 +34,11 @@ MODELS = {
     "mbert": ("minilm-conll2003", ["model.name=bert-base-multilingual-cased", "model.random_init=true",
                                    "model.from_pt=false", "model.tokenizer=minilm"], True),
     "tiny": ("tiny", [], False),
+    # DeBERTa-v3-base's shape (flaxner/resources/configs/deberta-v3-base.json), random weights, MiniLM's tokenizer
+    "deberta-v3-base": ("minilm-conll2003", ["model.name=deberta-v3-base", "model.random_init=true",
+                                             "model.from_pt=false", "model.tokenizer=minilm"], True),
 }
-DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "tiny": 3}
+DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "tiny": 3, "deberta-v3-base": 20}
 CONTENDERS = {"a": "flaxner (bucketed, grouped)", "b": "PyTorch + HF Trainer step (random, dynamic pad)",
               "c": "PyTorch + HF Trainer step (grouped, dynamic pad)"}
 
@@ -139,9 +142,9 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 
 
 def torch_model(cfg, vocab, names=None):
-    """BertForTokenClassification from the same folder as flaxner (or the same random shape), with a classifier
-    for `names` (default CoNLL-2003's labels)."""
-    from transformers import BertConfig, BertForTokenClassification
+    """The family's PyTorch `...ForTokenClassification` from the same folder as flaxner (or the same random shape),
+    with a classifier for `names` (default CoNLL-2003's labels)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
     from flaxner.data.labels import CONLL_LABELS
     from flaxner.models.loading import base_config, resolve_name
@@ -150,7 +153,7 @@ def torch_model(cfg, vocab, names=None):
     labels = {"id2label": dict(enumerate(names)), "label2id": {t: i for i, t in enumerate(names)}}
     name = resolve_name(cfg.model.name)
     if not cfg.model.random_init:
-        return BertForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
+        return AutoModelForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
     # flaxner's BertConfig is frozen: change the shape on a copy, then give transformers its config.json dict
     shape = {attr: getattr(cfg.model, field) for field, attr in (
         ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
@@ -158,7 +161,7 @@ def torch_model(cfg, vocab, names=None):
     if vocab:
         shape["vocab_size"] = vocab
     conf = base_config(name).replace(labels=tuple(names), **shape)
-    return BertForTokenClassification(BertConfig(**conf.to_dict()))
+    return AutoModelForTokenClassification.from_config(AutoConfig.for_model(**conf.to_dict()))
 
 
 def make_torch_optimizer(model, tc, total_steps: int):
