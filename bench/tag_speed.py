@@ -15,6 +15,7 @@ corpus and on one `--scale` times larger, each in a fresh process.
 
     python -m bench.tag_speed --model minilm
     python -m bench.tag_speed --model mbert          # mBERT shape (vocab 119,547, 12x768), random weights
+    python -m bench.tag_speed --model deberta-v3-base   # DeBERTa-v3-base shape (vocab 128,100), random weights
     python -m bench.tag_speed --model minilm --lines 50 --repeats 1 --scale 2   # a quick check
 """
 
@@ -31,7 +32,7 @@ from bench.common import TORCH_ENV, bench_command, header, median, peak_rss_mib,
 
 CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "pipeline": "HF pipeline, PyTorch, batch 32",
               "torch": "plain sorted PyTorch loop, batch 32"}
-DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "tiny": 200}
+DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "tiny": 200, "deberta-v3-base": 1000}
 
 
 def export_model(kind: str, out: Path) -> None:
@@ -45,6 +46,8 @@ def export_model(kind: str, out: Path) -> None:
         cfg = ModelConfig(name="minilm", from_pt=True)
     elif kind == "mbert":  # the real mBERT vocab is not available offline: its shape, the MiniLM tokenizer
         cfg = ModelConfig(name="bert-base-multilingual-cased", random_init=True, tokenizer="minilm")
+    elif kind == "deberta-v3-base":  # its shape (flaxner/resources/configs), random weights, the MiniLM tokenizer
+        cfg = ModelConfig(name="deberta-v3-base", random_init=True, tokenizer="minilm")
     else:
         cfg = ModelConfig(name="tests/fixtures/tiny-bert", random_init=True)
     model, params = make_model(cfg, CONLL_LABELS, seed=0)
@@ -78,9 +81,9 @@ def count_tokens(model_dir: Path, texts: list[str]) -> int:
 
 def load_torch(model_dir: Path):
     import torch
-    from transformers import AutoTokenizer, BertForTokenClassification
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    model = BertForTokenClassification.from_pretrained(str(model_dir)).eval()  # model.safetensors of the export
+    model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()  # model.safetensors of the export
     torch.set_grad_enabled(False)
     return model, AutoTokenizer.from_pretrained(str(model_dir))
 
@@ -134,7 +137,7 @@ def worker(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.tag_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=("minilm", "mbert", "tiny"), default="minilm")
+    p.add_argument("--model", choices=sorted(DEFAULT_LINES), default="minilm")
     p.add_argument("--lines", type=int, default=None, help="documents in the corpus (default by model)")
     p.add_argument("--long", type=float, default=0.01, help="fraction of long (40-sentence) documents")
     p.add_argument("--repeats", type=int, default=3)

@@ -12,6 +12,7 @@ bucket shape, which compiles), then runs `--repeats` timed passes over its batch
 
     python -m bench.train_speed --model minilm
     python -m bench.train_speed --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
+    python -m bench.train_speed --model deberta-v3-base   # DeBERTa-v3-base shape (vocab 128,100), random weights
 """
 
 from __future__ import annotations

@@ -89,10 +89,13 @@ def test_relative_buckets_equal_transformers(buckets, max_position):
     assert len(np.unique(ours)) > buckets // 2  # the log buckets are reached
 
 
-@pytest.mark.parametrize("variant,scan", [("v3", False), ("v3", True), ("v2-c2p", False), ("p2c-unbucketed", False),
-                                          ("conv", False), ("conv", True),
-                                          pytest.param("v2-c2p", True, marks=pytest.mark.slow),
-                                          pytest.param("p2c-unbucketed", True, marks=pytest.mark.slow)])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("variant,scan", [("v3", False), ("v3", True), ("v2-c2p", False), ("conv", False),
+                                          *[pytest.param(v, s, marks=SLOW) for v, s in (
+                                              ("p2c-unbucketed", False), ("conv", True), ("v2-c2p", True),
+                                              ("p2c-unbucketed", True))]])
 def test_logits_equal_pytorch(variant, scan):
     model = FlaxDebertaV2ForTokenClassification(tiny(variant), scan_layers=scan)
     params = noisy_params(model)
@@ -102,7 +105,7 @@ def test_logits_equal_pytorch(variant, scan):
     assert max_diff_on_tokens(ours, torch_logits(torch_model(model.config, params), ids, mask), mask) <= 1e-5
 
 
-@pytest.mark.parametrize("variant", ["v3", "conv"])
+@pytest.mark.parametrize("variant", ["v3", pytest.param("conv", marks=SLOW)])
 def test_train_step_loss_and_grads_equal_pytorch(variant):
     """flaxner's loss (mean cross-entropy over labelled tokens) and its gradients against PyTorch's
     CrossEntropyLoss backward on the same batch; dropout off (the two draw different masks)."""
@@ -126,6 +129,7 @@ def test_train_step_loss_and_grads_equal_pytorch(variant):
     assert max(float(np.abs(ours[k] - want[k]).max()) for k in want) <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_dropout_is_active_only_in_training():
     model = FlaxDebertaV2ForTokenClassification(tiny())
     params = noisy_params(model)
@@ -149,6 +153,7 @@ def test_remat_gives_the_same_gradients(variant, scan):
     assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), *grads))) <= 1e-6
 
 
+@pytest.mark.slow
 def test_bfloat16_logits_stay_close():
     conf = tiny()
     params = noisy_params(FlaxDebertaV2ForTokenClassification(conf))
@@ -159,7 +164,7 @@ def test_bfloat16_logits_stay_close():
     assert max_diff_on_tokens(half.astype(jnp.float32), full, mask) <= 0.1 * float(jnp.abs(full).max())
 
 
-@pytest.mark.parametrize("variant", ["v3", "conv"])
+@pytest.mark.parametrize("variant", ["v3", pytest.param("conv", marks=SLOW)])
 def test_save_pretrained_loads_in_transformers_and_back(tmp_path, variant):
     from transformers import AutoModelForTokenClassification
 
@@ -201,7 +206,13 @@ def test_pretrained_checkpoint_loads_with_a_fresh_classifier(tmp_path, cls):
     assert max_diff_on_tokens(model(ids, mask, params=params).logits, torch_logits(ref, ids, mask), mask) <= 1e-5
 
 
-def test_config_refusals_name_the_key():
+def test_config_refusals_name_the_key(tmp_path):
+    from flaxner.models.checks import ModelFileError
+    from flaxner.models.loading import config_from_file
+
+    (tmp_path / "config.json").write_text(json.dumps({**V3, "position_buckets": 10 ** 9}))
+    with pytest.raises(ModelFileError, match="config.json: position_buckets 1000000000 is not a whole number"):
+        config_from_file(tmp_path / "config.json")
     for key, value in (("pos_att_type", "p2c|c2c"), ("norm_rel_ebd", "batch_norm"), ("hidden_act", "swish"),
                        ("conv_kernel_size", 4), ("attention_head_size", 16)):
         with pytest.raises(ValueError, match=f"config.json: {key} "):
@@ -210,6 +221,7 @@ def test_config_refusals_name_the_key():
     assert conf.max_relative_positions == 64 and conf.span == 4  # -1 resolves to max_position_embeddings
 
 
+@pytest.mark.slow
 def test_init_is_normal_with_zero_biases_and_unit_norms():
     p = flatten_dict(FlaxDebertaV2ForTokenClassification(tiny(hidden_size=64, intermediate_size=128)).init_params(3))
     assert ("deberta", "encoder", "rel_embeddings", "embedding") in p and ("deberta", "encoder", "LayerNorm", "scale") in p
@@ -302,7 +314,7 @@ def test_words_align_to_their_sub_tokens(tmp_path):
     assert any(tok.convert_ids_to_tokens(int(i)) == "burn" for ids in enc.input_ids for i in ids)  # a sub-word
 
 
-@pytest.mark.parametrize("words,spm", [("conll", False), ("tokenizer", False), ("conll", True)])
+@pytest.mark.parametrize("words,spm", [("conll", False), ("tokenizer", False), pytest.param("conll", True, marks=SLOW)])
 def test_tag_offsets_slice_back_to_the_entity_text(tmp_path, words, spm):
     from flaxner.data.words import split_words
     from flaxner.tagging.tagger import Tagger

@@ -12,7 +12,8 @@ class ModelFileError(ValueError):
 # 10**12-row vocabulary would otherwise trace for minutes or fail deep inside XLA.
 BOUNDS = {"vocab_size": (1, 1 << 22), "hidden_size": (1, 1 << 14), "num_hidden_layers": (1, 256),
           "num_attention_heads": (1, 1 << 10), "intermediate_size": (1, 1 << 17),
-          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (0, 1 << 10)}  # 0: none (DeBERTa-v3)
+          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (0, 1 << 10),  # 0: none (DeBERTa-v3)
+          "position_buckets": (-1, 1 << 17), "max_relative_positions": (-1, 1 << 17)}  # DeBERTa; -1: unset
 
 
 def check_bounds(kw: dict, source: str) -> None:

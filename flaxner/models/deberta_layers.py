@@ -89,22 +89,21 @@ class SelfAttention(_Part):
             seq, span = h.shape[1], cfg.span
             rpos = relative_positions(seq, cfg.position_buckets, cfg.max_relative_positions)
             bias = jnp.zeros((), self.dtype)
-            full = (h.shape[0], heads, seq, seq)
             if "c2p" in cfg.pos_att_type:  # query i against the position key of bucket(i - j)
                 scores = jnp.einsum("bqhd,rhd->bhqr", q, split(pos_proj["c2p"](rel)))
                 idx = np.clip(rpos + span, 0, 2 * span - 1)
-                bias = bias + jnp.take_along_axis(scores, jnp.broadcast_to(idx, full), axis=-1) / scale
+                bias = bias + jnp.take_along_axis(scores, idx[None, None], axis=-1) / scale
             if "p2c" in cfg.pos_att_type:  # key j against the position query of bucket(j - i), transposed
                 scores = jnp.einsum("bkhd,rhd->bhkr", k, split(pos_proj["p2c"](rel)))
                 idx = np.clip(-rpos + span, 0, 2 * span - 1)
-                bias = bias + jnp.swapaxes(jnp.take_along_axis(scores, jnp.broadcast_to(idx, full), axis=-1),
+                bias = bias + jnp.swapaxes(jnp.take_along_axis(scores, idx[None, None], axis=-1),
                                            -1, -2) / scale
             bias = bias.astype(self.dtype)
         rate = cfg.attention_probs_dropout_prob
         if not self.deterministic and rate > 0:  # dropout needs the probabilities, which fused kernels never hold
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale + (0 if bias is None else bias)
-            w = jax.nn.softmax(jnp.where(mask[:, None, None, :] > 0, logits, jnp.finfo(logits.dtype).min), axis=-1)
-            w = nn.Dropout(rate)(w, deterministic=False)
+            logits = jnp.where(mask[:, None, None, :] > 0, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            w = nn.Dropout(rate)(jax.nn.softmax(logits, axis=-1).astype(self.dtype), deterministic=False)
             out = jnp.einsum("bhqk,bkhd->bqhd", w, v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=(mask > 0)[:, None, None, :],
