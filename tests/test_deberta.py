@@ -120,7 +120,7 @@ def test_train_step_loss_and_grads_equal_pytorch(variant):
     ref = torch_model(conf, params).train()
     out = ref(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), labels=torch.from_numpy(labels))
     out.loss.backward()
-    assert abs(float(loss) - float(out.loss)) <= 1e-6
+    assert abs(float(loss) - out.loss.item()) <= 1e-6
     want = {k: p.grad.numpy() for k, p in ref.named_parameters()}
     ours = to_pytorch_names(grads)
     assert set(ours) == set(want)
