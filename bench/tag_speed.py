@@ -16,6 +16,7 @@ corpus and on one `--scale` times larger, each in a fresh process.
     python -m bench.tag_speed --model minilm
     python -m bench.tag_speed --model mbert          # mBERT shape (vocab 119,547, 12x768), random weights
     python -m bench.tag_speed --model distilbert-base-cased     # another family's base shape, random weights
+    python -m bench.tag_speed --model deberta-v3-base   # DeBERTa-v3-base shape (vocab 128,100), random weights
     python -m bench.tag_speed --model minilm --lines 50 --repeats 1 --scale 2   # a quick check
 """
 
@@ -33,10 +34,11 @@ from bench.common import TORCH_ENV, bench_command, header, median, peak_rss_mib,
 CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "pipeline": "HF pipeline, PyTorch, batch 32",
               "torch": "plain sorted PyTorch loop, batch 32"}
 DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "distilbert-base-cased": 1000, "electra-base-discriminator": 1000,
-                 "tiny": 200}
+                 "deberta-v3-base": 1000, "tiny": 200}
 # the real vocabularies are not available offline: the hub model's shape, random weights, the MiniLM tokenizer
 HUB_SHAPES = {"mbert": "bert-base-multilingual-cased", "distilbert-base-cased": "distilbert-base-cased",
-              "electra-base-discriminator": "google/electra-base-discriminator"}
+              "electra-base-discriminator": "google/electra-base-discriminator",
+              "deberta-v3-base": "deberta-v3-base"}
 
 
 def export_model(kind: str, out: Path) -> None:

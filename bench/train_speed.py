@@ -15,6 +15,7 @@ bucket shape, which compiles), then runs `--repeats` timed passes over its batch
     python -m bench.train_speed --model distilbert-base-cased       # other families: their base shape, random
     python -m bench.train_speed --model electra-base-discriminator  # weights, the MiniLM tokenizer
     python -m bench.train_speed --model ModernBERT-base   # ModernBERT-base shape (22 layers, 8,192 positions), random
+    python -m bench.train_speed --model deberta-v3-base   # DeBERTa-v3-base shape (vocab 128,100), random weights
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ MODELS = {
     # ModernBERT-base's shape (flaxner/resources/configs), random weights; MiniLM's WordPiece ids fit its table
     "ModernBERT-base": ("minilm-conll2003", ["model.name=answerdotai/ModernBERT-base", "model.random_init=true",
                                              "model.from_pt=false", "model.tokenizer=minilm"], True),
+    # DeBERTa-v3-base's shape (flaxner/resources/configs/deberta-v3-base.json), random weights, MiniLM's tokenizer
+    "deberta-v3-base": ("minilm-conll2003", ["model.name=deberta-v3-base", "model.random_init=true",
+                                             "model.from_pt=false", "model.tokenizer=minilm"], True),
 }
 DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "distilbert-base-cased": 20, "electra-base-discriminator": 20,
-                 "ModernBERT-base": 20, "tiny": 3}
+                 "ModernBERT-base": 20, "deberta-v3-base": 20, "tiny": 3}
 CONTENDERS = {"a": "flaxner (bucketed, grouped)", "b": "PyTorch + HF Trainer step (random, dynamic pad)",
               "c": "PyTorch + HF Trainer step (grouped, dynamic pad)"}
 
@@ -157,8 +161,8 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 
 
 def torch_model(cfg, vocab, names=None):
-    """The PyTorch token classifier of the model's family (BertForTokenClassification for BERT) from the same folder
-    as flaxner (or the same random shape), with a classifier for `names` (default CoNLL-2003's labels)."""
+    """The family's PyTorch `...ForTokenClassification` from the same folder as flaxner (or the same random shape),
+    with a classifier for `names` (default CoNLL-2003's labels)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     from flaxner.data.labels import CONLL_LABELS

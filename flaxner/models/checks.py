@@ -12,7 +12,9 @@ class ModelFileError(ValueError):
 # 10**12-row vocabulary would otherwise trace for minutes or fail deep inside XLA.
 BOUNDS = {"vocab_size": (1, 1 << 22), "hidden_size": (1, 1 << 14), "num_hidden_layers": (1, 256),
           "num_attention_heads": (1, 1 << 10), "intermediate_size": (1, 1 << 17),
-          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (1, 1 << 10), "embedding_size": (1, 1 << 14)}
+          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (0, 1 << 10),  # 0: none (DeBERTa-v3)
+          "embedding_size": (1, 1 << 14),
+          "position_buckets": (-1, 1 << 17), "max_relative_positions": (-1, 1 << 17)}  # DeBERTa; -1: unset
 # DistilBERT's config.json names the same sizes otherwise
 BOUNDS.update(dim=BOUNDS["hidden_size"], n_layers=BOUNDS["num_hidden_layers"], n_heads=BOUNDS["num_attention_heads"],
               hidden_dim=BOUNDS["intermediate_size"])

@@ -34,7 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 KNOWN_CONFIGS = Path(__file__).resolve().parent.parent / "resources" / "configs"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 FLAX, TORCH_BIN = "flax_model.msgpack", "pytorch_model.bin"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json",
+                   "spm.model")
 # What a hub download fetches: config, tokenizer and weights, never code.
 HUB_PATTERNS = ["config.json", "*.json", "*.txt", "*.model", SAFETENSORS, "model-*.safetensors", FLAX, TORCH_BIN]
 
@@ -93,6 +94,12 @@ def load_tokenizer(folder: Path):
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ModelFileError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); copy them from the "
                              f"base model's folder or set model.tokenizer")
+    if (folder / "spm.model").is_file() and not (folder / "tokenizer.json").is_file():
+        try:  # DeBERTa-v3's hub folders: transformers builds the fast tokenizer from spm.model with sentencepiece
+            import sentencepiece  # noqa: F401
+        except ImportError:
+            raise ModelFileError(f"{folder}: spm.model without tokenizer.json needs sentencepiece to build the fast "
+                                 f"tokenizer: pip install 'flaxner[deberta]'") from None
     tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     if not tok.is_fast:
         raise ModelFileError(f"{folder}: a fast tokenizer (tokenizer.json) is needed for word ids and character "

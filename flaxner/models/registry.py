@@ -74,6 +74,12 @@ FAMILIES = (
            config="ModernBertConfig", model="FlaxModernBertForTokenClassification", prefix="model",
            embed_path=("model", "embeddings", "tok_embeddings", "embedding"),
            pytorch_architecture="ModernBertForTokenClassification", bare_keys=("embeddings", "layers", "final_norm")),
+    # DeBERTa-v2/v3 and mDeBERTa: max_position_embeddings is v3's pretraining length (it has no absolute table;
+    # flaxner/models/deberta.py says why rows stay within it).
+    Family(name="deberta-v2", model_types=("deberta-v2",), module="flaxner.models.deberta",
+           config="DebertaV2Config", model="FlaxDebertaV2ForTokenClassification", prefix="deberta",
+           embed_path=("deberta", *_WORDS), pytorch_architecture="DebertaV2ForTokenClassification",
+           bare_keys=("embeddings", "encoder")),
 )
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 

@@ -232,6 +232,7 @@ def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: 
                                              (b_tok - doc_start[owner]).tolist(), mean, strict=True):
         doc = docs[k]
         s, e = doc.token_chars(ta)[0], doc.token_chars(tb)[1]
+        s = e - len(doc.text[s:e].lstrip())  # SentencePiece's `▁word` offsets start at the space before the word
         out[keep[k]].append({"text": doc.text[s:e], "label": typ, "start": s, "end": e, "score": round(score, 5)})
     return out
 
