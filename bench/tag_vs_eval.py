@@ -94,6 +94,15 @@ def tag_lines(tagger, docs: list[list[int]], sentences: list[list[str]], n: int)
     return pred
 
 
+def run_data(model: str):
+    """The run's data section (its context policy: what `flaxner eval` scores with), None for a bare HF folder."""
+    from flaxner.config import load_config
+    from flaxner.rundir import RunDir
+
+    path = RunDir(model).config
+    return load_config(path).data if path.is_file() else None
+
+
 def run_documents(args) -> dict:
     """Each document as one text, tagged with each context policy; F1 on the gold words beside `flaxner eval`."""
     from flaxner.training.evaluate import compute_metrics, predict_split
@@ -106,7 +115,7 @@ def run_documents(args) -> dict:
     taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, document_field="document", **extra)
                for c in args.context}
     for split in args.splits:
-        ev = predict_split(loaded, split=split, limit=args.limit)
+        ev = predict_split(loaded, split=split, limit=args.limit, data=run_data(args.model))
         docs = documents_of(split, ev.tokens)
         res = {"eval": ev.metrics["f1"], "sentences": len(ev.gold), "documents": len(docs)}
         for layout in (*LAYOUTS, "lines"):
@@ -156,7 +165,7 @@ def run(args) -> dict:
     taggers = {w: Tagger.from_pretrained(args.model, words=w) for w in ("tokenizer", "conll")}
     for split in args.splits:
         t0 = time.perf_counter()
-        ev = predict_split(loaded, split=split, limit=args.limit)
+        ev = predict_split(loaded, split=split, limit=args.limit, data=run_data(args.model))
         res = {"eval": ev.metrics["f1"], "sentences": len(ev.gold)}
         for layout in LAYOUTS:
             joined = [join_words(ws, layout) for ws in ev.tokens]
