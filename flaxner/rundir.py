@@ -59,9 +59,10 @@ class RunDir:
         """The HF model folder of this run folder, or None when `path` is not a run folder with a model."""
         return self.model if (self.model / "config.json").is_file() else None
 
-    def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
+    def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> bool:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
-        found there first (where `delete`: on one host of several sharing the folder)."""
+        found there first (where `delete`: on one host of several sharing the folder). True when it made the
+        folder."""
         for p in (self.config, self.metrics, self.summary, self.card, self.checkpoints, self.model,
                   self.checkpoints / "last", self.checkpoints / "best"):
             if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
@@ -72,7 +73,7 @@ class RunDir:
                 raise RunDirError("--resume and --overwrite exclude each other")
             if not self.config.is_file():
                 raise RunDirError(f"{self.path}: no run to resume here (no config.yaml); start one without --resume")
-            return
+            return False
         if self.has_run():
             if not overwrite:
                 raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
@@ -82,4 +83,18 @@ class RunDir:
                     p.unlink(missing_ok=True)
                 for p in (self.checkpoints, self.model):
                     shutil.rmtree(p, ignore_errors=True)
+        made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        return made
+
+    def discard(self, made: bool) -> str:
+        """Remove what a fresh run wrote before its first step (and the folder, when `made` by it and empty then):
+        a start stopped early leaves no run behind. Says what it removed."""
+        for p in (self.config, self.metrics, self.summary, self.card):
+            p.unlink(missing_ok=True)
+        for p in (self.checkpoints, self.model):
+            shutil.rmtree(p, ignore_errors=True)
+        if made and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+            return f"removed the new run folder {self.path}"
+        return f"removed the new run's files from {self.path}"

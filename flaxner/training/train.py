@@ -25,6 +25,7 @@ from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, absolute_paths, check_positions, save_config
 from flaxner.training.evaluate import evaluate, jit_eval_step
 from flaxner.models.checks import check_tokenizer_fits
+from flaxner import interrupts
 from flaxner.models.loading import make_model, make_tokenizer, model_positions
 from flaxner.precompile import Precompiler, submit_run, workers_for
 from flaxner.rundir import RunDir
@@ -121,7 +122,9 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     distributed.initialize(tc)
     # Every host checks the folder; only process 0 deletes an overwritten run; then all see the same folder.
     rd = RunDir(run_dir or distributed.broadcast(f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    rd.prepare(resume, overwrite, delete=distributed.is_primary())
+    made = rd.prepare(resume, overwrite, delete=distributed.is_primary())
+    if not resume and distributed.is_primary():  # a signal before the first step: no half-made run is left
+        interrupts.on_interrupt(lambda: rd.discard(made))
     distributed.check_same_dir(rd.path)
     if resume:
         check_resume_config(cfg, rd.config)
@@ -266,7 +269,10 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
           overwrite: bool = False) -> Summary:
     """Run the recipe of `cfg` into `output_dir` (or continue it with `resume`); returns the final summary. A
     resumed run that had finished returns its saved summary."""
-    run = build_run(cfg, output_dir, resume, overwrite)
+    # Loading, tracing and the first compiles keep nothing yet: a signal ends them at once (flaxner/interrupts.py).
+    early = interrupts.PromptExit("train", "while loading and compiling, before the first step")
+    with early:
+        run = build_run(cfg, output_dir, resume, overwrite)
     rd, primary = run.dir, distributed.is_primary()
     if resume and run.finished and rd.summary.is_file():
         run.ckpt.close()
@@ -275,10 +281,11 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     metrics = export.MetricsLog(rd.metrics, keep_until=run.step) if primary else None
     checkpoints, best = Checkpoints(run), BestModel(run)
     tokens, t_log = 0, time.perf_counter()
-    with contextlib.closing(training_steps(run)) as events, distributed.StopSignals() as stop, \
+    with contextlib.closing(training_steps(run)) as events, early, distributed.StopSignals() as stop, \
             export.progress(run.total_steps, run.step) as bar:
         for ev in events:
             if isinstance(ev, StepEvent):
+                early.disarm()  # from the first step on, a signal saves a checkpoint (StopSignals)
                 tokens += ev.tokens
                 if ev.losses is not None:
                     if metrics:
