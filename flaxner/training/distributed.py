@@ -49,10 +49,12 @@ def initialize(tc: TrainConfig) -> None:
     joined = threading.Event()
     threading.Thread(target=_join_watchdog, args=(tc, joined), name="flaxner-join-watchdog", daemon=True).start()
     # JAX's own timeout, later than the watchdog's: when it expires, its client aborts the process from C++
-    jax.distributed.initialize(tc.coordinator_address or None, tc.num_processes or None,
-                               None if tc.process_id < 0 else tc.process_id,
-                               initialization_timeout=tc.distributed_timeout + 60)
-    joined.set()
+    try:
+        jax.distributed.initialize(tc.coordinator_address or None, tc.num_processes or None,
+                                   None if tc.process_id < 0 else tc.process_id,
+                                   initialization_timeout=tc.distributed_timeout + 60)
+    finally:  # an error of its own is reported as it is
+        joined.set()
     log.info("process %d of %d, %d local device(s)", jax.process_index(), jax.process_count(),
              jax.local_device_count())
 
