@@ -15,6 +15,7 @@ corpus and on one `--scale` times larger, each in a fresh process.
 
     python -m bench.tag_speed --model minilm
     python -m bench.tag_speed --model mbert          # mBERT shape (vocab 119,547, 12x768), random weights
+    python -m bench.tag_speed --model distilbert-base-cased     # another family's base shape, random weights
     python -m bench.tag_speed --model minilm --lines 50 --repeats 1 --scale 2   # a quick check
 """
 
@@ -31,7 +32,11 @@ from bench.common import TORCH_ENV, bench_command, header, median, peak_rss_mib,
 
 CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "pipeline": "HF pipeline, PyTorch, batch 32",
               "torch": "plain sorted PyTorch loop, batch 32"}
-DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "tiny": 200}
+DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "distilbert-base-cased": 1000, "electra-base-discriminator": 1000,
+                 "tiny": 200}
+# the real vocabularies are not available offline: the hub model's shape, random weights, the MiniLM tokenizer
+HUB_SHAPES = {"mbert": "bert-base-multilingual-cased", "distilbert-base-cased": "distilbert-base-cased",
+              "electra-base-discriminator": "google/electra-base-discriminator"}
 
 
 def export_model(kind: str, out: Path) -> None:
@@ -43,12 +48,15 @@ def export_model(kind: str, out: Path) -> None:
 
     if kind == "minilm":
         cfg = ModelConfig(name="minilm", from_pt=True)
-    elif kind == "mbert":  # the real mBERT vocab is not available offline: its shape, the MiniLM tokenizer
-        cfg = ModelConfig(name="bert-base-multilingual-cased", random_init=True, tokenizer="minilm")
+    elif kind in HUB_SHAPES:
+        cfg = ModelConfig(name=HUB_SHAPES[kind], random_init=True, tokenizer="minilm")
     else:
         cfg = ModelConfig(name="tests/fixtures/tiny-bert", random_init=True)
-    model, params = make_model(cfg, CONLL_LABELS, seed=0)
-    save_model(model, params, make_tokenizer(cfg), out)
+    tok = make_tokenizer(cfg)
+    # a vocabulary smaller than the tokenizer's ids (DistilBERT-cased's 28,996): the tokenizer's size
+    vocab = len(tok) if kind != "mbert" and cfg.random_init else None
+    model, params = make_model(cfg, CONLL_LABELS, seed=0, vocab_size=vocab)
+    save_model(model, params, tok, out)
 
 
 def make_corpus(path: Path, lines: int, long_frac: float, seed: int = 0) -> None:
@@ -78,9 +86,9 @@ def count_tokens(model_dir: Path, texts: list[str]) -> int:
 
 def load_torch(model_dir: Path):
     import torch
-    from transformers import AutoTokenizer, BertForTokenClassification
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    model = BertForTokenClassification.from_pretrained(str(model_dir)).eval()  # model.safetensors of the export
+    model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()  # model.safetensors of the export
     torch.set_grad_enabled(False)
     return model, AutoTokenizer.from_pretrained(str(model_dir))
 
@@ -134,7 +142,7 @@ def worker(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.tag_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=("minilm", "mbert", "tiny"), default="minilm")
+    p.add_argument("--model", choices=sorted(DEFAULT_LINES), default="minilm")
     p.add_argument("--lines", type=int, default=None, help="documents in the corpus (default by model)")
     p.add_argument("--long", type=float, default=0.01, help="fraction of long (40-sentence) documents")
     p.add_argument("--repeats", type=int, default=3)

@@ -6,7 +6,9 @@ and as running text (no space before `, . ; : ) 's`, none after `(`), tagged wit
 text are mapped back to the gold words they overlap and scored with seqeval like evaluation.
 
 `--documents` tags each CoNLL-2003 document (`-DOCSTART-`) as one text instead, its sentences joined by spaces, with
-each context policy (`--context`: `none` tags its sentences one at a time, `document` lets windows cross them).
+each context policy (`--context`: `none` tags its sentences one at a time, `document` lets windows cross them), and
+as a sentence-per-line corpus (layout `lines`: one record per sentence, its document's id in a field, tagged with
+`--document-field`).
 
     python -m bench.tag_vs_eval --model /work/runs-h-data/minilm1 --json /tmp/tag_vs_eval.json
     python -m bench.tag_vs_eval --model runs/minilm --documents --no-hf --splits test
@@ -77,6 +79,21 @@ def join_document(sentences: list[list[str]], layout: str) -> tuple[str, list[li
     return " ".join(parts), spans
 
 
+def tag_lines(tagger, docs: list[list[int]], sentences: list[list[str]], n: int) -> list[list[str]]:
+    """Each sentence one record (its words joined by spaces) carrying its document's index, as a sentence-per-line
+    JSONL corpus tagged with `--document-field`; the predicted tags of each sentence's words."""
+    from flaxner.tagging.reading import Record
+
+    order = [i for d in docs for i in d]
+    doc_of = {i: k for k, d in enumerate(docs) for i in d}
+    texts = [join_words(words, "spaces") for words in sentences]
+    records = [Record(line=j + 1, id=i, text=t, document=doc_of[i]) for j, (i, (t, _)) in enumerate(zip(order, texts))]
+    pred: list[list[str]] = [[] for _ in range(n)]
+    for rec, ents in tagger.stream(records):
+        pred[rec.id] = tags_on_words(ents, texts[rec.line - 1][1])
+    return pred
+
+
 def run_documents(args) -> dict:
     """Each document as one text, tagged with each context policy; F1 on the gold words beside `flaxner eval`."""
     from flaxner.training.evaluate import compute_metrics, predict_split
@@ -86,22 +103,27 @@ def run_documents(args) -> dict:
     loaded = load_trained(args.model)
     out, rows = {"model": args.model, "splits": {}}, []
     extra = {"segment_length": args.segment_length} if args.segment_length is not None else {}
-    taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, **extra) for c in args.context}
+    taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, document_field="document", **extra)
+               for c in args.context}
     for split in args.splits:
         ev = predict_split(loaded, split=split, limit=args.limit)
         docs = documents_of(split, ev.tokens)
         res = {"eval": ev.metrics["f1"], "sentences": len(ev.gold), "documents": len(docs)}
-        for layout in LAYOUTS:
-            joined = [join_document([ev.tokens[i] for i in d], layout) for d in docs]
+        for layout in (*LAYOUTS, "lines"):
+            joined = [join_document([ev.tokens[i] for i in d], "spaces" if layout == "lines" else layout)
+                      for d in docs]
             for c, tagger in taggers.items():
                 t0 = time.perf_counter()
-                ents = tagger.tag([t for t, _ in joined])
-                seconds = time.perf_counter() - t0
                 pred: list[list[str]] = [[] for _ in ev.gold]
-                for d, e, (_, spans) in zip(docs, ents, joined):
-                    tags = tags_on_words(e, [w for sp in spans for w in sp])
-                    for i, sp in zip(d, spans):
-                        pred[i], tags = tags[:len(sp)], tags[len(sp):]
+                if layout == "lines":
+                    pred = tag_lines(tagger, docs, [ev.tokens[i] for d in docs for i in d], len(ev.gold))
+                else:
+                    ents = tagger.tag([t for t, _ in joined])
+                    for d, e, (_, spans) in zip(docs, ents, joined):
+                        tags = tags_on_words(e, [w for sp in spans for w in sp])
+                        for i, sp in zip(d, spans):
+                            pred[i], tags = tags[:len(sp)], tags[len(sp):]
+                seconds = time.perf_counter() - t0
                 res[f"tag_{c}_{layout}"] = compute_metrics(ev.gold, pred)["f1"]
                 res[f"seconds_{c}_{layout}"] = round(seconds, 2)
                 rows.append({"split": split, "layout": layout, "context": c, "eval": 100 * res["eval"],

@@ -12,6 +12,8 @@ bucket shape, which compiles), then runs `--repeats` timed passes over its batch
 
     python -m bench.train_speed --model minilm
     python -m bench.train_speed --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
+    python -m bench.train_speed --model distilbert-base-cased       # other families: their base shape, random
+    python -m bench.train_speed --model electra-base-discriminator  # weights, the MiniLM tokenizer
 """
 
 from __future__ import annotations
@@ -28,14 +30,25 @@ import numpy as np
 from bench.common import (TORCH_ENV, CompileCounter, bench_command, header, markdown_table, malloc_status, median,
                           peak_rss_mib, run_child, write_json)
 
-# config, overrides, keep the config's vocabulary (mBERT: 119,547 rows although the MiniLM tokenizer uses 30,522)
+
+
+def _random_weights(name: str, keep_vocab: bool) -> tuple[str, list[str], bool]:
+    """A hub model's shape (its config shipped in flaxner/resources/configs) with random weights and the MiniLM
+    tokenizer (the real vocabulary is not available offline)."""
+    return ("minilm-conll2003", [f"model.name={name}", "model.random_init=true", "model.from_pt=false",
+                                 "model.tokenizer=minilm"], keep_vocab)
+
+
+# config, overrides, keep the config's vocabulary (mBERT: 119,547 rows although the MiniLM tokenizer uses 30,522;
+# DistilBERT-cased's 28,996 are fewer than the tokenizer's ids, so the tokenizer's size is built)
 MODELS = {
     "minilm": ("minilm-conll2003", [], False),
-    "mbert": ("minilm-conll2003", ["model.name=bert-base-multilingual-cased", "model.random_init=true",
-                                   "model.from_pt=false", "model.tokenizer=minilm"], True),
+    "mbert": _random_weights("bert-base-multilingual-cased", True),
+    "distilbert-base-cased": _random_weights("distilbert-base-cased", False),
+    "electra-base-discriminator": _random_weights("google/electra-base-discriminator", True),
     "tiny": ("tiny", [], False),
 }
-DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "tiny": 3}
+DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "distilbert-base-cased": 20, "electra-base-discriminator": 20, "tiny": 3}
 CONTENDERS = {"a": "flaxner (bucketed, grouped)", "b": "PyTorch + HF Trainer step (random, dynamic pad)",
               "c": "PyTorch + HF Trainer step (grouped, dynamic pad)"}
 
@@ -139,9 +152,9 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 
 
 def torch_model(cfg, vocab, names=None):
-    """BertForTokenClassification from the same folder as flaxner (or the same random shape), with a classifier
-    for `names` (default CoNLL-2003's labels)."""
-    from transformers import BertConfig, BertForTokenClassification
+    """The family's PyTorch *ForTokenClassification from the same folder as flaxner (or the same random shape), with
+    a classifier for `names` (default CoNLL-2003's labels)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
     from flaxner.data.labels import CONLL_LABELS
     from flaxner.models.loading import base_config, resolve_name
@@ -150,15 +163,15 @@ def torch_model(cfg, vocab, names=None):
     labels = {"id2label": dict(enumerate(names)), "label2id": {t: i for i, t in enumerate(names)}}
     name = resolve_name(cfg.model.name)
     if not cfg.model.random_init:
-        return BertForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
+        return AutoModelForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
     # flaxner's BertConfig is frozen: change the shape on a copy, then give transformers its config.json dict
     shape = {attr: getattr(cfg.model, field) for field, attr in (
         ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
         ("intermediate_size", "intermediate_size")) if getattr(cfg.model, field)}
     if vocab:
         shape["vocab_size"] = vocab
-    conf = base_config(name).replace(labels=tuple(names), **shape)
-    return BertForTokenClassification(BertConfig(**conf.to_dict()))
+    d = base_config(name).replace(labels=tuple(names), **shape).to_dict()
+    return AutoModelForTokenClassification.from_config(AutoConfig.for_model(d.pop("model_type"), **d))
 
 
 def make_torch_optimizer(model, tc, total_steps: int):
@@ -171,8 +184,9 @@ def make_torch_optimizer(model, tc, total_steps: int):
                               adam_beta1=tc.adam_b1, adam_beta2=tc.adam_b2, adam_epsilon=tc.adam_eps,
                               weight_decay=tc.weight_decay, report_to="none", use_cpu=not torch.cuda.is_available())
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
-    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not ("bias" in n or "LayerNorm" in n)]
+    exempt = lambda n: "bias" in n or "LayerNorm" in n or "layer_norm" in n  # noqa: E731 - DistilBERT's *_layer_norm
+    no_decay = [p for n, p in model.named_parameters() if exempt(n)]
+    decay = [p for n, p in model.named_parameters() if not exempt(n)]
     opt = cls([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
               **kwargs)
     return opt, get_scheduler("linear", opt, num_warmup_steps=tc.warmup_steps, num_training_steps=total_steps)

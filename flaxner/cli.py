@@ -144,6 +144,10 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
     (("--segment-length",), dict(type=int, default=None,
                                  help="none/neighbours: most sub-tokens a row predicts; a longer sentence is windowed "
                                       "(default: what the run's training sentences held)"), "lpr"),
+    (("--document-field",), dict(default=None, metavar="FIELD",
+                                 help="consecutive JSONL lines with the same value of FIELD are one document for "
+                                      "context (each output line stays its input line's); shards, --processes and "
+                                      "Ray slices never cut one"), "lpr"),
     (("--max-length",), dict(type=int, default=None, help="sub-tokens per window, specials included"), "lpr"),
     (("--stride",), dict(type=int, default=None, help="sub-tokens shared by neighbouring windows"), "lpr"),
     (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), "lpr"),

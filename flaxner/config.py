@@ -207,6 +207,9 @@ class TagConfig:
     # or text without sentence marks, is windowed at this length). 0: max_length; training records the 99th
     # percentile of its sentences' lengths here, the rows its model learnt on.
     segment_length: int = _min(0, 0, "0 (max_length) or a sub-token count")
+    # JSONL inputs: consecutive lines with the same value of this field are one document for context (each output
+    # line still belongs to its input line); shards, --processes and Ray slices never cut such a document. "": off.
+    document_field: str = ""
 
 
 @dataclass(frozen=True)

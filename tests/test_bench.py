@@ -133,5 +133,6 @@ def test_tag_vs_eval_documents_tiny(tiny_run, tmp_path):
         "--limit", "40", "--json", str(out))
     res = json.loads(out.read_text())["splits"]["test"]
     assert res["sentences"] == 40 and res["documents"] >= 2
-    for key in ("tag_none_spaces", "tag_none_running", "tag_document_spaces", "tag_document_running"):
+    for key in ("tag_none_spaces", "tag_none_running", "tag_document_spaces", "tag_document_running",
+                "tag_none_lines", "tag_document_lines"):
         assert 0.0 <= res[key] <= 1.0, key

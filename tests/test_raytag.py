@@ -155,7 +155,9 @@ def corpus(tmp_path_factory) -> dict:
     big = []
     for i in range(400):
         text = " ".join(rng.choice(WORDS) for _ in range(rng.choice([0, 2, 5, 12, 30])))
-        big.append(json.dumps({"text": text} if i % 3 == 0 else {"id": f"b{i}", "text": text}).encode())
+        # `g`: runs of 7 lines are one document for --document-field
+        big.append(json.dumps({"text": text, "g": i // 7} if i % 3 == 0 else {"id": f"b{i}", "text": text,
+                                                                              "g": i // 7}).encode())
     (d / "part-0.jsonl").write_bytes(b"\n".join(big) + b"\n")
     (d / "part-1.jsonl").write_bytes(b"\n".join(BAD))
     with gzip.open(d / "part-2.jsonl.gz", "wb") as f:
@@ -362,7 +364,8 @@ def test_ray_resume_counts_the_whole_output_and_overwrite_replaces_only_its_own(
     {"context": "document", "keep_fields": True, "id_field": "doc"},
     {"format": "jsonl", "context": "neighbours", "context_size": 8, "segment_length": 20, "max_length": 64,
      "stride": 16, "batch_size": 4, "batch_tokens": 0, "lookahead": 7, "dtype": "float32"},
-], ids=["words-aggregation-cap", "context-keep-fields", "shapes-and-context"])
+    {"context": "document", "document_field": "g", "max_length": 64, "stride": 16, "lookahead": 5},
+], ids=["words-aggregation-cap", "context-keep-fields", "shapes-and-context", "document-field"])
 def test_every_engine_gives_the_same_lines(cluster, tiny_ner_dir, corpus, tmp_path, opts):
     """The local engine, --processes 2 and --engine ray on one input with bad lines, an over-long line and a
     truncated .gz, under the same options: the same lines (scores to 1e-4: batches differ between engines)."""

@@ -19,14 +19,19 @@ TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-bert"
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 # What a tiny RoBERTa's config.json changes of the tiny BERT's (as test_bert's XLM-R).
 ROBERTA = {"model_type": "roberta", "pad_token_id": 1, "type_vocab_size": 1, "max_position_embeddings": 20}
+# The other families' tiny config.json's (DistilBERT's own names for the same sizes; ELECTRA's narrower embeddings).
+OTHERS = {"roberta": ROBERTA, "xlm-roberta": ROBERTA,
+          "distilbert": {"model_type": "distilbert", "vocab_size": 1000, "dim": 32, "n_layers": 2, "n_heads": 2,
+                         "hidden_dim": 64, "max_position_embeddings": 512},
+          "electra": {"embedding_size": 16}}
 
 
 def tiny_folder(d: Path, model_type: str) -> Path:
     """The tiny BERT fixture (config + tokenizer), as `model_type`."""
     shutil.copytree(TINY, d)
     if model_type != "bert":
-        conf = json.loads((d / "config.json").read_text())
-        (d / "config.json").write_text(json.dumps({**conf, **ROBERTA, "model_type": model_type}))
+        conf = {} if model_type == "distilbert" else json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**conf, **OTHERS[model_type], "model_type": model_type}))
     return d
 
 
@@ -51,18 +56,18 @@ def test_unknown_model_type_is_one_line_naming_the_families(tmp_path):
     with pytest.raises(ValueError) as e:
         family_of("deberta-v2")
     assert str(e.value) == ("config.json: model_type 'deberta-v2' is not supported; flaxner has: bert, roberta, "
-                            "xlm-roberta")
+                            "xlm-roberta, distilbert, electra")
     d = tiny_folder(tmp_path / "m", "bert")
     (d / "config.json").write_text(json.dumps({"model_type": "deberta-v2", "hidden_size": 32}))
     with pytest.raises(ValueError, match=r"^\S+/m/config.json: model_type 'deberta-v2' is not supported; "
-                                         r"flaxner has: bert, roberta, xlm-roberta$"):
+                                         r"flaxner has: bert, roberta, xlm-roberta, distilbert, electra$"):
         read_config(d)
     (d / "config.json").write_text(json.dumps({"model_type": ["bert"]}))
     with pytest.raises(ValueError, match=r"model_type \['bert'\] is not supported; flaxner has: bert"):
         read_config(d)
 
 
-@pytest.fixture(scope="module", params=["bert", "roberta"])
+@pytest.fixture(scope="module", params=["bert", "roberta", "distilbert", "electra"])
 def tiny(request, tmp_path_factory):
     """(model_type, folder with its config.json and the fixture tokenizer)."""
     return request.param, tiny_folder(tmp_path_factory.mktemp(request.param) / "base", request.param)
@@ -115,7 +120,7 @@ def test_embed_path_is_the_rows_for_both_trees(tiny):
     table = params
     for k in path:
         table = table[k]
-    assert table.shape == (77, model.config.hidden_size)
+    assert table.shape == (77, getattr(model.config, "embedding_size", model.config.hidden_size))  # ELECTRA: narrower
     with pytest.raises(ValueError, match=r"no word-embedding table .* top keys \['classifier'\]"):
         embed_path({"classifier": params["classifier"]})
 
@@ -125,6 +130,27 @@ def test_tagger_caps_max_length_at_the_rows_max_positions(tmp_path):
     from helpers import tag_config
 
     out = tmp_path / "export"
-    export(tiny_folder(tmp_path / "base", "roberta"), out)  # max_position_embeddings 20
-    with pytest.raises(ValueError, match=r"tag.max_length 32 is more than the model's max_position_embeddings 20"):
-        Tagger.from_pretrained(out, tag_config(buckets=(16, 32), max_length=32, stride=8))
+    export(tiny_folder(tmp_path / "base", "roberta"), out)  # max_position_embeddings 20, pad_token_id 1: 18
+    with pytest.raises(ValueError, match=r"tag.max_length 19 is more than the model's max_position_embeddings 18"):
+        Tagger.from_pretrained(out, tag_config(buckets=(16, 19), max_length=19, stride=8))
+    Tagger.from_pretrained(out, tag_config(buckets=(16, 18), max_length=18, stride=8))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta"])
+def test_roberta_positions_start_after_pad(model_type, tmp_path):
+    """RoBERTa / XLM-R number positions from pad_token_id + 1, so a table of 20 rows (pad 1) holds 18 tokens, as
+    in PyTorch (whose index error past it JAX would hide by clamping): the rows' max_positions says so."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    family = family_of(model_type)
+    conf = read_config(tiny_folder(tmp_path / "m", model_type)).replace(labels=LABELS)
+    assert family.max_positions(conf) == 18
+    assert family.max_positions(conf.replace(max_position_embeddings=514)) == 512  # the hub's shape
+    assert family_of("bert").max_positions(conf.replace(model_type="bert")) == 20
+    d = conf.to_dict()
+    ref = AutoModelForTokenClassification.from_config(AutoConfig.for_model(d.pop("model_type"), **d)).eval()
+    with torch.no_grad():
+        ref(torch.full((1, 18), 5), token_type_ids=torch.zeros(1, 18, dtype=torch.long))  # 18 tokens fit
+        with pytest.raises(IndexError, match="index out of range"):  # the 19th reads position 20 of 0..19
+            ref(torch.full((1, 19), 5), token_type_ids=torch.zeros(1, 19, dtype=torch.long))

@@ -60,8 +60,8 @@ class BertConfig:
         """From a parsed config.json; unknown keys are ignored, unsupported architectures refused."""
         model_type = d.get("model_type", "bert")
         family = family_of(model_type, source)
-        if family.module != __name__:
-            raise ValueError(f"{source}: model_type {model_type!r} is built by {family.module}, not BERT's module")
+        if family.config_class() is not cls:
+            raise ValueError(f"{source}: model_type {model_type!r} is built by {family.module}, not {cls.__name__}")
         if d.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{source}: position_embedding_type {d['position_embedding_type']!r} is not supported "
                              f"(absolute only)")
@@ -103,7 +103,7 @@ class BertConfig:
         d.update(architectures=[family_of(self.model_type).pytorch_architecture], position_embedding_type="absolute",
                  id2label={str(i): lab for i, lab in enumerate(self.labels)},
                  label2id={lab: i for i, lab in enumerate(self.labels)})
-        if self.model_type != "bert":
+        if self.model_type in ("roberta", "xlm-roberta"):
             d.update(bos_token_id=0, eos_token_id=2)
         return dict(sorted(d.items()))
 
@@ -286,7 +286,7 @@ class TokenClassifierOutput:
 
 def position_ids_for(input_ids, config: BertConfig):
     """BERT: 0..seq-1. RoBERTa/XLM-R: pad_token_id + running count of non-pad tokens (pads keep pad_token_id)."""
-    if config.model_type == "bert":
+    if not family_of(config.model_type).positions_after_pad:
         return jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
     real = (input_ids != config.pad_token_id).astype(jnp.int32)
     return jnp.cumsum(real, axis=-1) * real + config.pad_token_id
@@ -294,12 +294,13 @@ def position_ids_for(input_ids, config: BertConfig):
 
 class FlaxBertForTokenClassification:
     """The model other modules use: `model(input_ids, attention_mask, params=..., dropout_rng=..., train=...)`
-    returns `.logits`; `params` is always the per-layer HF tree."""
+    returns `.logits`; `params` is always the per-layer HF tree. A family with BERT's inputs names its module."""
+    module_class = TokenClassifier
 
     def __init__(self, config: BertConfig, dtype=jnp.float32, scan_layers: bool = False, remat: bool = False):
         self.config, self.dtype = config, dtype
         self.scan_layers, self.remat = scan_layers, remat
-        self.module = TokenClassifier(config, dtype, scan_layers, remat)
+        self.module = self.module_class(config, dtype, scan_layers, remat)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, params=None,
                  dropout_rng=None, train: bool = False) -> TokenClassifierOutput:
@@ -316,7 +317,7 @@ class FlaxBertForTokenClassification:
 
     def init_params(self, seed: int = 0) -> dict:
         """Fresh weights as BERT initialises them (normal(initializer_range), zero biases, unit LayerNorm)."""
-        unrolled = TokenClassifier(self.config, self.dtype, scan_layers=False)
+        unrolled = self.module_class(self.config, self.dtype, scan_layers=False)
         ids = jnp.zeros((1, 1), jnp.int32)
         def init_weights(rng):
             return unrolled.init(rng, ids, ids, ids, ids, deterministic=True)["params"]
@@ -325,7 +326,7 @@ class FlaxBertForTokenClassification:
 
     def params_shape(self) -> dict:
         """The params tree as `jax.ShapeDtypeStruct`s (no memory)."""
-        unrolled = TokenClassifier(self.config, self.dtype, scan_layers=False)
+        unrolled = self.module_class(self.config, self.dtype, scan_layers=False)
         ids = jnp.zeros((1, 1), jnp.int32)
         return jax.eval_shape(lambda: unrolled.init(jax.random.PRNGKey(0), ids, ids, ids, ids)["params"])
 

@@ -12,7 +12,11 @@ class ModelFileError(ValueError):
 # 10**12-row vocabulary would otherwise trace for minutes or fail deep inside XLA.
 BOUNDS = {"vocab_size": (1, 1 << 22), "hidden_size": (1, 1 << 14), "num_hidden_layers": (1, 256),
           "num_attention_heads": (1, 1 << 10), "intermediate_size": (1, 1 << 17),
-          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (1, 1 << 10)}
+          "max_position_embeddings": (1, 1 << 17), "type_vocab_size": (1, 1 << 10), "embedding_size": (1, 1 << 14)}
+# DistilBERT's config.json names the same sizes otherwise
+BOUNDS.update(dim=BOUNDS["hidden_size"], n_layers=BOUNDS["num_hidden_layers"], n_heads=BOUNDS["num_attention_heads"],
+              hidden_dim=BOUNDS["intermediate_size"])
+DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
 def check_bounds(kw: dict, source: str) -> None:
@@ -21,13 +25,14 @@ def check_bounds(kw: dict, source: str) -> None:
         v = kw.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
             raise ModelFileError(f"{source}: {key} {v!r} is not a whole number in [{lo}, {hi}]")
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+    for key in DROPOUTS:
         v = kw.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
             raise ModelFileError(f"{source}: {key} {v!r} is not a probability in [0, 1)")
-    hidden, heads = kw.get("hidden_size", 768), kw.get("num_attention_heads", 12)
-    if hidden % heads:
-        raise ModelFileError(f"{source}: num_attention_heads {heads} does not divide hidden_size {hidden}")
+    for hidden_key, heads_key in (("hidden_size", "num_attention_heads"), ("dim", "n_heads")):
+        hidden, heads = kw.get(hidden_key, 768), kw.get(heads_key, 12)
+        if hidden % heads:
+            raise ModelFileError(f"{source}: {heads_key} {heads} does not divide {hidden_key} {hidden}")
 
 
 def check_tokenizer_fits(tokenizer, vocab_size: int, where) -> None:

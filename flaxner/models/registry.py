@@ -28,6 +28,9 @@ class Family:
     # Top-level names of a bare encoder's checkpoint (BertModel's `embeddings.`, `encoder.`, ...): they load under
     # `prefix` (a token-classification checkpoint names them `prefix.embeddings....`).
     bare_keys: tuple[str, ...] = ("embeddings", "encoder", "pooler")
+    # RoBERTa / XLM-R number positions from pad_token_id + 1 (bert.position_ids_for): a table of N rows then holds
+    # N - pad_token_id - 1 tokens (514 -> 512).
+    positions_after_pad: bool = False
 
     def config_class(self) -> type:
         return getattr(importlib.import_module(self.module), self.config)
@@ -45,7 +48,8 @@ class Family:
 
     def max_positions(self, config) -> int:
         """The longest row (in tokens, specials included) that `config`'s position table allows."""
-        return getattr(config, self.max_positions_field)
+        n = getattr(config, self.max_positions_field)
+        return n - config.pad_token_id - 1 if self.positions_after_pad else n
 
 
 _BERT = dict(module="flaxner.models.bert", config="BertConfig", model="FlaxBertForTokenClassification")
@@ -54,9 +58,18 @@ FAMILIES = (
     Family(name="bert", model_types=("bert",), **_BERT, prefix="bert", embed_path=("bert", *_WORDS),
            pytorch_architecture="BertForTokenClassification"),
     Family(name="roberta", model_types=("roberta",), **_BERT, prefix="roberta", embed_path=("roberta", *_WORDS),
-           pytorch_architecture="RobertaForTokenClassification"),
+           pytorch_architecture="RobertaForTokenClassification", positions_after_pad=True),
     Family(name="xlm-roberta", model_types=("xlm-roberta",), **_BERT, prefix="roberta",
-           embed_path=("roberta", *_WORDS), pytorch_architecture="XLMRobertaForTokenClassification"),
+           embed_path=("roberta", *_WORDS), pytorch_architecture="XLMRobertaForTokenClassification",
+           positions_after_pad=True),
+    Family(name="distilbert", model_types=("distilbert",), module="flaxner.models.distilbert",
+           config="DistilBertConfig", model="FlaxDistilBertForTokenClassification", prefix="distilbert",
+           embed_path=("distilbert", *_WORDS), pytorch_architecture="DistilBertForTokenClassification",
+           bare_keys=("embeddings", "transformer")),
+    Family(name="electra", model_types=("electra",), module="flaxner.models.electra", config="ElectraConfig",
+           model="FlaxElectraForTokenClassification", prefix="electra", embed_path=("electra", *_WORDS),
+           pytorch_architecture="ElectraForTokenClassification",
+           bare_keys=("embeddings", "embeddings_project", "encoder")),
 )
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 

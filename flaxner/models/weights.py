@@ -9,29 +9,37 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 
-def _layers(params: dict, prefix: str) -> dict:
-    return params[prefix]["encoder"]["layer"]
+ENCODER_LAYERS = ("encoder", "layer")  # where the layer stack sits below the prefix (BERT's; DistilBERT: transformer)
 
 
-def _with_layers(params: dict, prefix: str, layers) -> dict:
-    """A shallow copy of `params` with `prefix/encoder/layer` replaced."""
-    backbone = dict(params[prefix])
-    backbone["encoder"] = {**backbone["encoder"], "layer": layers}
-    return {**params, prefix: backbone}
+def _layers(params: dict, prefix: str, at: tuple[str, ...]) -> dict:
+    node = params[prefix]
+    for k in at:
+        node = node[k]
+    return node
 
 
-def stack_layers(params: dict, prefix: str = "bert") -> dict:
+def _with_layers(params: dict, prefix: str, layers, at: tuple[str, ...]) -> dict:
+    """A shallow copy of `params` with `prefix/<at...>` replaced."""
+    def put(node: dict, keys: tuple[str, ...]):
+        return layers if not keys else {**node, keys[0]: put(node[keys[0]], keys[1:])}
+
+    return put(params, (prefix, *at))
+
+
+def stack_layers(params: dict, prefix: str = "bert", at: tuple[str, ...] = ENCODER_LAYERS) -> dict:
     """Per-layer HF tree (`layer/0`, `layer/1`, ...) -> scanned tree (`layer/...` with a leading layer axis)."""
-    per = _layers(params, prefix)
+    per = _layers(params, prefix, at)
     n = len(per)
-    return _with_layers(params, prefix, jax.tree.map(lambda *xs: jnp.stack(xs), *[per[str(i)] for i in range(n)]))
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[per[str(i)] for i in range(n)])
+    return _with_layers(params, prefix, stacked, at)
 
 
-def unstack_layers(params: dict, prefix: str = "bert") -> dict:
+def unstack_layers(params: dict, prefix: str = "bert", at: tuple[str, ...] = ENCODER_LAYERS) -> dict:
     """Scanned tree -> per-layer HF tree (inverse of `stack_layers`)."""
-    stacked = _layers(params, prefix)
+    stacked = _layers(params, prefix, at)
     n = jax.tree.leaves(stacked)[0].shape[0]
-    return _with_layers(params, prefix, {str(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)})
+    return _with_layers(params, prefix, {str(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}, at)
 
 
 def from_pytorch_names(tensors: dict[str, np.ndarray]) -> dict[tuple[str, ...], np.ndarray]:

@@ -22,6 +22,9 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
     """Tag a JSONL/text file (or '-' for stdin) into OUTPUT, one line per input line; returns the summary."""
     output = output or default_output(path)
     fmt = input_format(path, fmt)
+    if tagger.cfg.document_field and fmt == "txt":
+        raise TagInputError(f"--document-field {tagger.cfg.document_field}: {path} is text, not JSONL (a text line "
+                            f"has no fields)")
     shard_t = parse_shard(shard)
     check_output(output, path)
     if resume and path == "-" and not resume_stdin:
@@ -31,11 +34,13 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
            "model": tagger.model_dir, "aggregation": tagger.cfg.aggregation, "max_length": tagger.cfg.max_length,
            "stride": tagger.cfg.stride, "words": tagger.cfg.words, "context": tagger.cfg.context,
            "context_size": tagger.cfg.context_size, "segment_length": tagger.cfg.segment_length,
+           "document_field": tagger.cfg.document_field,
            "max_line_bytes": max_line_bytes}
     writer = OutputWriter(output, key, resume, overwrite)
     try:
         reader = LineReader(path, shard_t, writer.resume_point, max_line_bytes,
-                            writer.state.get("input") if writer.resume_point else None)
+                            writer.state.get("input") if writer.resume_point else None,
+                            document_field=tagger.cfg.document_field)
     except BaseException:
         writer.close()
         raise
@@ -53,11 +58,16 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
 
     try:
         with bar:
+            document: list = []  # a document's output lines (--document-field) are written and counted together
             for rec, ents, line in tagged_lines(tagger, bar.track(reader), fmt, id_field, keep_fields, on_error,
                                                 no_field):
-                writer.write(line)
-                count(counts, rec, ents)
-                last = rec
+                document.append((rec, ents, line))
+                if not rec.doc_end:
+                    continue
+                writer.write(b"".join(x[2] for x in document), len(document))
+                for r, e, _ in document:
+                    count(counts, r, e)
+                last, document = rec, []
                 if time.monotonic() - last_commit >= commit_every:
                     commit()
                     last_commit = time.monotonic()

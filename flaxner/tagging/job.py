@@ -22,7 +22,8 @@ def tagged_lines(tagger, lines: Iterable[Line], fmt: str, id_field: str, keep_fi
     """(record, entities, output line) for each input line, in input order. `on_error="fail"` raises at the first
     bad line; `no_field` counts the records that lack the text's key (under None) and the keys they have. The caller
     counts a line (`count`) once it has written it, so that an interrupted write is never counted."""
-    records = (parse_line(line, fmt, tagger.text_field, id_field) for line in lines)
+    field = tagger.cfg.document_field
+    records = (parse_line(line, fmt, tagger.text_field, id_field, document_field=field) for line in lines)
     for rec, ents in tagger.stream(records):
         if rec.error is not None:
             if on_error == "fail":

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from flaxner.config import TagConfig
-from flaxner.data.rows import side_context
+from flaxner.data.rows import cuts_sentences, side_context
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.reading import Record
-from flaxner.tagging.windows import DocState, Row, collate, encode, entities_many, pack, rows_for
+from flaxner.tagging.windows import DocState, Row, collate, encode, entities_many, join_lines, pack, rows_for, \
+    split_parts
 
 
 @dataclass
@@ -135,21 +136,26 @@ class Pipeline:
             return Batch(b, *collate(rows, b, n, tok.cls_id, tok.sep_id, tok.pad_id), rows)
 
         carry: list = []
+        held: list[Record] = []  # the last document's lines of a chunk, which the next chunk may continue
         try:
             while True:
-                chunk = list(itertools.islice(records, cfg.lookahead))
+                fresh = list(itertools.islice(records, cfg.lookahead))
+                chunk = held + fresh
                 if not chunk:
                     break
+                if fresh and cfg.document_field:
+                    chunk, held = split_last_document(chunk, cfg.lookahead)
                 docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context)
                 rows = []
-                for _, doc in docs:
-                    if doc is not None:
-                        doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride,
-                                            side_context(cfg.context, cfg.context_size), cfg.segment_length)
-                        doc.pending = len(doc_rows)
-                        rows.extend(doc_rows)
-                        stats.tokens += len(doc.ids)
-                        stats.long_docs += len(doc_rows) > 1
+                for doc in documents(docs, cfg.context, cfg.lookahead):
+                    doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride,
+                                        side_context(cfg.context, cfg.context_size), cfg.segment_length)
+                    doc.pending = len(doc_rows)
+                    if not doc_rows and doc.parts is not None:
+                        split_parts(doc)
+                    rows.extend(doc_rows)
+                    stats.tokens += len(doc.ids)
+                    stats.long_docs += len(doc_rows) > 1
                 stats.docs += len(chunk)
                 stats.windows += len(rows)
                 put(Docs(docs))
@@ -169,3 +175,36 @@ class Pipeline:
                 put(Failed(e))
             except SystemExit:
                 return
+
+
+def split_last_document(chunk: list[Record], cap: int) -> tuple[list[Record], list[Record]]:
+    """`chunk` without the lines of its last document (`--document-field`) that the next chunk may continue: the
+    part past its last whole piece of `cap` lines (a longer document is cut every `cap` lines from its start, the
+    same cuts wherever a shard or chunk begins)."""
+    key = chunk[-1].document
+    if key is None:
+        return chunk, []
+    k = len(chunk)
+    while k > 0 and chunk[k - 1].document == key:
+        k -= 1
+    keep = k + (len(chunk) - k) // cap * cap
+    return chunk[:keep], chunk[keep:]
+
+
+def documents(docs: list[tuple[Record, DocState | None]], context: str, cap: int) -> Iterator[DocState]:
+    """The documents to plan rows for, in input order: each record's own, or one joined DocState for each run of
+    consecutive records with the same `document` (`--document-field`), cut every `cap` lines; every record of a
+    run but its last is marked `doc_end = False`, so that the output commits only after a whole document."""
+    run: list[tuple[Record, DocState | None]] = []
+    for i, (rec, doc) in enumerate(docs):
+        run.append((rec, doc))
+        nxt = docs[i + 1][0] if i + 1 < len(docs) else None
+        if rec.document is not None and nxt is not None and nxt.document == rec.document and len(run) < cap:
+            rec.doc_end = False
+            continue
+        members = [d for _, d in run if d is not None]
+        run = []
+        if len(members) > 1:
+            yield join_lines(members, cuts_sentences(context))
+        elif members:
+            yield members[0]

@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from flaxner.tagging.rayfolder import fs_of
-from flaxner.tagging.reading import LineReader, newlines_between
+from flaxner.tagging.lines import newlines_between
+from flaxner.tagging.reading import LineReader
 
 DRIVER_COUNT_BYTES = 256 << 20  # newlines counted on the driver up to this many bytes, else in Ray tasks
 
@@ -97,11 +98,13 @@ def number_slices(slices: list[dict]) -> None:
         s["first_line"] = before + 2
 
 
-def iter_slice(uri: str, lo: int, hi: int, first_line: int, max_line_bytes: int = 0) -> Any:
+def iter_slice(uri: str, lo: int, hi: int, first_line: int, max_line_bytes: int = 0, document_field: str = "") -> Any:
     """The `tagging.reading.Line`s of one slice, read by the local engine's reader: a plain file's lines starting in
     [lo, hi), numbered from `first_line`; a `.gz` file's every line (a damaged one: every readable line, then one
-    error line). A line over `max_line_bytes` (0: no cap) comes back unread, with its error."""
+    error line). A line over `max_line_bytes` (0: no cap) comes back unread, with its error. With `document_field`
+    the slice's ends move to document starts (a document belongs to the slice where it starts)."""
     filesystem, path = fs_of(uri)
     opener = None if "://" not in uri else lambda: io.BufferedReader(filesystem.open_input_file(path), 1 << 20)
-    reader = LineReader(uri if opener else path, max_line_bytes=max_line_bytes, opener=opener)
+    reader = LineReader(uri if opener else path, max_line_bytes=max_line_bytes, opener=opener,
+                        document_field=document_field)
     yield from reader if uri.endswith(".gz") else reader.iter_range(lo, hi, first_line)

@@ -64,7 +64,7 @@ from flaxner.tagging.reading import MAX_LINE_BYTES, input_format
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
 # The TagConfig options of `flaxner tag`, for both engines (the local one reads this tuple too, so they cannot drift)
 OVERRIDES = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "lookahead", "dtype", "words",
-             "context", "context_size", "segment_length")
+             "context", "context_size", "segment_length", "document_field")
 
 
 class _SliceTagger:
@@ -96,7 +96,8 @@ class _SliceTagger:
         filesystem, out = fs_of(self.out_dir)
         final = f"{out}/{slice_name(index)}"
         tmp = f"{final}.{uuid.uuid4().hex[:12]}.tmp"  # unique: a retry never shares a file with a dying attempt
-        lines = iter_slice(uri, int(s["lo"]), int(s["hi"]), int(s["first_line"]), self.max_line_bytes)
+        lines = iter_slice(uri, int(s["lo"]), int(s["hi"]), int(s["first_line"]), self.max_line_bytes,
+                           self.tagger.cfg.document_field)
         counts = new_counts()
         chunk: list[bytes] = []
         with create_file(filesystem, tmp) as f:  # the local engine's loop, into the slice's file
@@ -174,6 +175,10 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
         model_dir = str(Path(model_dir).resolve())
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
+    text = [f["uri"] for f in files if input_format(f["uri"], fmt) == "txt"]
+    if overrides.get("document_field") and text:
+        raise ValueError(f"--document-field {overrides['document_field']}: {text[0]} is text, not JSONL (a text line "
+                         f"has no fields)")
     check_outputs(files, out_dir, join, resume, overwrite)
     key = _plan_key(files, model_dir, fmt, text_field, id_field, keep_fields, slice_bytes, overrides)
     key["max_line_bytes"] = max_line_bytes

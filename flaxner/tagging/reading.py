@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from flaxner.tagging.gunzip import Gunzip, count_gz_lines
+from flaxner.tagging.lines import DocumentEdges, document_key, document_start, line_start, newlines_between, \
+    read_line
 
-_CHUNK = 1 << 24
 # Longest line read (bytes): a 1 MB document is ~250k sub-tokens, ~500 windows; past that a line's memory
 # (its tokens, windows and probabilities at once) grows into gigabytes; 0 lifts the cap.
 MAX_LINE_BYTES = 1_000_000
@@ -61,6 +62,8 @@ class Record:
     warning: str | None = None
     resume_at: int = 0
     crc: int = 0
+    document: Any = None  # the --document-field's value (`lines.document_key`); None: the line stands alone
+    doc_end: bool = True  # False while later lines of its document follow (the output commits after the last)
 
 
 def input_format(path: str, fmt: str = "auto") -> str:
@@ -89,8 +92,9 @@ class LineReader:
     is the resume sidecar's record of the input (`identity`): a different input is refused."""
 
     def __init__(self, path: str, shard: tuple[int, int] = (0, 1), resume: tuple[int, int] | None = None,
-                 max_line_bytes: int = 0, expect: dict | None = None, opener: Callable[[], BinaryIO] | None = None):
-        self.path, self.shard, self.cap = path, shard, max_line_bytes
+                 max_line_bytes: int = 0, expect: dict | None = None, opener: Callable[[], BinaryIO] | None = None,
+                 document_field: str = ""):
+        self.path, self.shard, self.cap, self.document_field = path, shard, max_line_bytes, document_field
         self.gz = path.endswith(".gz")
         self.stdin = path == "-"
         self.opener = opener  # how to open `path` where it is no local file (a URI: Ray's reader)
@@ -142,7 +146,8 @@ class LineReader:
         i, n = self.shard
         lo, hi = self.total_bytes * i // n, self.total_bytes * (i + 1) // n
         with self._open_raw() as f:
-            lo = _line_start(f, lo)
+            lo, _ = self._document_start(f, line_start(f, lo))
+            hi, _ = self._document_start(f, line_start(f, hi))
             self._lo = lo
             number = newlines_between(f, 0, lo) + 1
             pos = lo
@@ -156,9 +161,17 @@ class LineReader:
         """The lines of a plain file that start in bytes [lo, hi), numbered from `first_line` (a Ray slice's, counted
         beforehand), capped and read as a shard's are."""
         with self._open_raw() as f:
-            lo = _line_start(f, lo)
+            lo, skipped = self._document_start(f, line_start(f, lo))
+            hi, _ = self._document_start(f, line_start(f, hi))
             self._lo = lo
-            yield from self._lines(f, lo, lo, hi, first_line)
+            yield from self._lines(f, lo, lo, hi, first_line + skipped)
+
+    def _document_start(self, f: BinaryIO, p: int) -> tuple[int, int]:
+        """`p` moved past the lines that continue the document before it (`--document-field`), and how many."""
+        if not self.document_field:
+            return p, 0
+        f.seek(0, os.SEEK_END)
+        return document_start(f, p, f.tell(), self.document_field, self.cap)
 
     def _lines(self, f: BinaryIO, lo: int, pos: int, hi: int, number: int) -> Iterator[Line]:
         """The lines from `pos` (numbered from `number`) while they start before `hi`; `lo`: the range's start."""
@@ -166,7 +179,7 @@ class LineReader:
         self.total_bytes = max(hi - lo, 0)
         self.bytes_read = pos - lo
         while pos < hi:
-            raw, size = _read_line(f, self.cap)
+            raw, size = read_line(f, self.cap)
             if not size:
                 break
             pos += size
@@ -186,10 +199,12 @@ class LineReader:
             first, stop = total * i // n, total * (i + 1) // n
             if damaged and i == n - 1:
                 stop = None  # the last shard reads on to the damage and reports it
-            mark = max((m for m in marks if m.lines_passed <= first), key=lambda m: m.lines_passed)
+            seen = first - (first > 0 and bool(self.document_field))  # --document-field: line `first` is read too
+            mark = max((m for m in marks if m.lines_passed <= seen), key=lambda m: m.lines_passed)
         skip = self.resume[1] if self.resume else 0
         raw_f = self._open_raw()
-        k, crc = 0, 0
+        k, crc, last = 0, 0, None
+        edges = DocumentEdges(self.document_field) if self.document_field and n > 1 else None
         try:
             gz = Gunzip(raw_f, mark) if self.gz else None
             if mark is not None:
@@ -197,9 +212,9 @@ class LineReader:
                 if not mark.at_line_start:
                     gz.skip_line()
             f = io.BufferedReader(gz, 1 << 20) if self.gz else raw_f
-            while stop is None or k < stop:
+            while stop is None or k < stop or edges:
                 try:
-                    raw, size = _read_line(f, self.cap)
+                    raw, size = read_line(f, self.cap)
                 except (EOFError, zlib.error) as e:  # a truncated or corrupt gzip stream
                     if k < first + skip:
                         self._refuse(f"it is damaged at line {k + 1}, before the resume point")
@@ -210,8 +225,14 @@ class LineReader:
                 if not size:
                     break
                 k += 1
-                if k <= first:
+                if stop is not None and k > stop and not (edges and edges.continues(last, raw)):
+                    break  # the shard's end (a document it holds runs on past `stop` with --document-field)
+                if k <= first or edges and edges.skip_head(raw):
+                    if edges and k == first:
+                        edges.seen_before(raw)
+                    first += k > first  # a line of the shard before's document: its, so this shard starts later
                     continue
+                last = raw
                 if raw is not None:
                     crc = zlib.crc32(raw, crc)
                 if k <= first + skip:
@@ -240,49 +261,6 @@ def _sample_crc(path: str, lo: int, pos: int, size: int = 1 << 16) -> int:
         return zlib.crc32(f.read(pos - max(lo, pos - size)), crc)
 
 
-def _read_line(f: BinaryIO, cap: int) -> tuple[bytes | None, int]:
-    """(line, its size in bytes); a line over `cap` bytes (its line break not counted) is skipped in bounded reads
-    and comes back as (None, size), so memory stays flat whatever its length."""
-    if not cap:
-        raw = f.readline()
-        return raw, len(raw)
-    raw = f.readline(cap + 2)
-    if len(raw) <= cap or raw.endswith(b"\n") and len(raw.rstrip(b"\r\n")) <= cap:
-        return raw, len(raw)
-    size = len(raw)
-    while not raw.endswith(b"\n"):
-        raw = f.readline(1 << 20)
-        if not raw:
-            break
-        size += len(raw)
-    return None, size
-
-
-def _line_start(f: BinaryIO, lo: int) -> int:
-    """The first line start at or after byte `lo` (the line straddling `lo` belongs to the range before), found in
-    bounded reads."""
-    if lo <= 0:
-        return 0
-    f.seek(lo - 1)
-    while True:
-        raw = f.readline(1 << 20)
-        if not raw or raw.endswith(b"\n"):
-            return f.tell()
-
-
-def newlines_between(f: BinaryIO, lo: int, hi: int) -> int:
-    """Newlines in bytes [lo, hi) of a seekable binary file (read in chunks; the file is left past them)."""
-    f.seek(lo)
-    count, left = 0, hi - lo
-    while left > 0:
-        chunk = f.read(min(_CHUNK, left))
-        if not chunk:
-            break
-        count += chunk.count(b"\n")
-        left -= len(chunk)
-    return count
-
-
 def clean_text(text: str) -> tuple[str, bool]:
     """Lone surrogates (which no tokenizer takes) -> U+FFFD, one char for one so offsets stay valid."""
     if _SURROGATES.search(text):
@@ -291,8 +269,9 @@ def clean_text(text: str) -> tuple[str, bool]:
 
 
 def parse_line(line: Line, fmt: str, text_field: str = "text", id_field: str = "id",
-               max_line_bytes: int = 0) -> Record:
-    """A raw line -> Record; never raises: every problem becomes the record's `error` (or `warning`)."""
+               max_line_bytes: int = 0, document_field: str = "") -> Record:
+    """A raw line -> Record; never raises: every problem becomes the record's `error` (or `warning`).
+    `document_field`: the JSON field whose value makes consecutive lines one document (`Record.document`)."""
     rec = Record(line.number, line.number, None, resume_at=line.offset, crc=line.crc)
     if line.error is not None:
         rec.error = line.error
@@ -306,6 +285,8 @@ def parse_line(line: Line, fmt: str, text_field: str = "text", id_field: str = "
     except Exception as e:  # noqa: BLE001 (RecursionError, int digit limits, ...): one line fails, never the run
         rec.error = f"line {line.number}: cannot be read ({type(e).__name__}: {e})"
         rec.text = rec.fields = None
+    if document_field and rec.fields is not None:
+        rec.document = document_key(rec.fields.get(document_field))
     return rec
 
 

@@ -33,6 +33,8 @@ class DocState:
     word_starts: np.ndarray | None = None
     # First sub-token of each sentence, when rows must keep to sentences (`rows.cuts_sentences`); None: one segment.
     segments: list[int] | None = None
+    # A document of several input lines (`join_lines`): each line's DocState and where its sub-tokens start here.
+    parts: list[tuple[DocState, int]] | None = None
 
     def token_chars(self, t: int) -> tuple[int, int]:
         """Character offsets of sub-token `t` in `text` (read from the Encoding only for the few tokens that start
@@ -144,7 +146,36 @@ def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
     if score is not None:
         doc.score[row.own_start:row.own_end] = score[lo:hi]
     doc.pending -= 1
+    if doc.pending == 0 and doc.parts is not None:
+        split_parts(doc)
     return doc.pending == 0
+
+
+def join_lines(members: Sequence[DocState], cuts_sentences: bool) -> DocState:
+    """One document of several input lines' DocStates (`--document-field`), their sub-tokens end to end for the
+    row planner. Each line starts a segment (and so do its sentences when rows keep to sentences), so only a
+    policy whose rows run across sentences lets a row own tokens of two lines; either way each line gets its own
+    predictions back (`split_parts`) and is released with the document's last row."""
+    lens = [len(m.ids) for m in members]
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64).tolist()
+    doc = DocState(members[0].index, "", np.concatenate([m.ids for m in members]),
+                   np.concatenate([m.word_ids for m in members]))
+    doc.parts = list(zip(members, starts, strict=True))
+    if cuts_sentences:
+        doc.segments = sorted({a + s for m, a in doc.parts if len(m.ids) for s in (m.segments or [0])})
+    for m in members:
+        m.pending = 1  # until the joined document is complete
+    return doc
+
+
+def split_parts(doc: DocState) -> None:
+    """Hand each line of a joined document its predictions (views into the joined arrays) and release it."""
+    for m, a in doc.parts:
+        n = len(m.ids)
+        if doc.pred is not None:
+            m.pred = doc.pred[a:a + n]
+            m.score = None if doc.score is None else doc.score[a:a + n]
+        m.pending = 0
 
 
 def entities(doc: DocState, labels: Sequence[str], aggregation: str = "first") -> list[dict]:

@@ -147,9 +147,10 @@ class OutputWriter:
         # nothing committed) starts over: unlinked and created anew, never written through.
         self.f = open_new(self.part, stale=lambda p: True)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, lines: int = 1) -> None:
+        """Write `lines` whole output lines (one call, so that an interrupt never splits a document's lines)."""
         self.f.write(self.z.compress(data) if self.z is not None else data)
-        self.lines_done += 1
+        self.lines_done += lines
         if self.z is None:
             self.bytes += len(data)  # counted only once a whole line is written
 
