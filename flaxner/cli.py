@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 
 from flaxner import interrupts
-from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, TagDtype, Words, as_options,
-                            choices, load_config)
+from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, OutputFormat, TagDtype, Words,
+                            as_options, choices, load_config)
+from flaxner.models import minilm
 
 
 TRAIN_EPILOG = """\
@@ -128,8 +130,11 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
     (("--keep-fields",), dict(action="store_true", help="copy the input fields into each output line (an input "
                                                          "id/entities/error/warning is kept as input_<name>)"),
      "lpr"),
-    (("--format",), dict(default="auto", choices=choices(InputFormat),
-                         help="input format (auto: .txt/.txt.gz is text, one document a line; else JSONL)"), "lpr"),
+    (("--input-format",), dict(default="auto", choices=choices(InputFormat),
+                               help="auto: .txt/.txt.gz is text, one document a line; else JSONL"), "lpr"),
+    (("--format",), dict(default="jsonl", choices=choices(OutputFormat), help="output format (docs/tagging.md)"), "lpr"),
+    (("--model-version",), dict(help="label-studio predictions' model_version (default: the run's name)"), "lpr"),
+    (("--staged",), dict(action="store_true", help=argparse.SUPPRESS), "l"),  # a --processes child of a whole file
     (("--aggregation",), dict(choices=choices(Aggregation), default=None,
                               help="sub-token predictions -> word label (default: first, as trained)"), "lpr"),
     (("--words",), dict(choices=choices(Words), default=None,
@@ -237,7 +242,7 @@ def _tag(args: argparse.Namespace) -> int:
     args.input = args.input[0]
 
     from flaxner.tagging.reading import MAX_LINE_BYTES, MAX_PARTS, RESUME_STDIN, parse_shard
-    from flaxner.tagging.writing import check_output, default_output
+    from flaxner.tagging.formats import checked_output
 
     if args.input != "-" and not Path(args.input).is_file():
         raise FileNotFoundError(f"{args.input}: no such input file")
@@ -252,8 +257,7 @@ def _tag(args: argparse.Namespace) -> int:
         raise ValueError(f"--commit-every {args.commit_every}: must be 0 (after every line) or more seconds")
     if args.resume and args.input == "-" and not args.resume_stdin:
         raise ValueError(RESUME_STDIN)
-    output = args.output or default_output(args.input)
-    check_output(output, args.input, fresh=not (args.resume or args.overwrite))
+    output, spec = checked_output(args)  # -o, or the input's name with the format's suffix
     if args.processes > 1:  # this parent imports no JAX: the children do the tagging
         from flaxner.tagging.processes import run_processes
 
@@ -266,9 +270,9 @@ def _tag(args: argparse.Namespace) -> int:
         tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
     summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,
-                              fmt=args.format, shard=args.shard, resume=args.resume, overwrite=args.overwrite,
+                              fmt=args.input_format, shard=args.shard, resume=args.resume, overwrite=args.overwrite,
                               resume_stdin=args.resume_stdin, on_error=args.on_error, progress=progress,
-                              commit_every=args.commit_every,
+                              commit_every=args.commit_every, output_format=spec,
                               max_line_bytes=MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes)
     print(json.dumps({"summary": summary.to_json()}), file=sys.stderr)
     if summary.input_damaged:
@@ -307,8 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
     _tag_args(p)
     p.set_defaults(func=cmd_tag)
-    from flaxner.models import minilm
-
     minilm.add_command(sub)
     return parser
 
@@ -329,8 +331,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `flaxner` command."""
-    import os
-
     from flaxner import hostmem
 
     hostmem.tune()  # before anything starts JAX's CPU client

@@ -14,7 +14,6 @@ import yaml
 from flaxner.configfile import (ConfigError, build_dataclass, coerce_value, parse_override, read_yaml,
                                 resolve_config_path)
 
-
 # Every choice list, declared once: the fields are typed with these, `validate` checks membership
 # (typing.get_args) and the CLI's argparse `choices=` read them (`choices(Alias)`).
 Scheme = Literal["auto", "iob2", "iob1", "bioes", "bilou", "io"]
@@ -30,8 +29,10 @@ Words = Literal["conll", "tokenizer"]
 TrainContext = Literal["none", "neighbours"]
 Context = Literal[TrainContext, "document"]
 TagContext = Literal["auto", Context]
-# Options of `flaxner tag` that are not TagConfig fields.
+DataFormat = Literal["auto", "conll", "jsonl", "label-studio", "label-studio-min", "prodigy", "doccano", "spacy"]
+# Options of `flaxner tag` that are not TagConfig fields (output formats: flaxner.tagging.formats).
 InputFormat = Literal["auto", "jsonl", "txt"]
+OutputFormat = Literal["jsonl", "conll", "label-studio", "spacy", "html"]
 OnError = Literal["record", "fail"]
 Engine = Literal["local", "ray"]
 Fetchable = Literal["minilm"]  # what `flaxner fetch` puts into flaxner's cache (flaxner/models/minilm.py)
@@ -69,6 +70,8 @@ class DataConfig:
     train_file: str = ""
     validation_file: str = ""
     test_file: str = ""
+    format: DataFormat = "auto"  # what the files are (auto: by name and each record's keys; docs/data.md)
+    annotation: int = _min(-1, -1, "-1 (a Label Studio task's first not cancelled) or an index")
     train_split: str = "train"
     eval_split: str = "validation"
     test_split: str = "test"

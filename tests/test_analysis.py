@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flaxner.tagging import display
 from flaxner.training import analysis, evaluate
 from flaxner.training.analysis import MISSED, SPURIOUS
 from flaxner.config import DataConfig, ModelConfig
@@ -67,7 +68,7 @@ def test_worst_sentences_order_and_spans():
     assert [(w["index"], w["errors"]) for w in worst] == [(2, 3), (1, 2), (3, 1)]
     assert worst[0]["gold"] == [("PER", "e f")] and worst[0]["pred"] == [("ORG", "e"), ("LOC", "f")]
     assert [w["index"] for w in analysis.worst_sentences(tokens, gold, pred, n=2)] == [2, 1]
-    table = analysis.worst_html(worst)
+    table = display.worst_html(worst)
     assert table.count("<tr>") == 4 and MARK.findall(table)[:1] == ["e f"]
 
 
@@ -82,39 +83,39 @@ def test_highlight_escapes_and_covers_exact_offsets():
     ents = [{"start": text.index("AT&T"), "end": text.index("AT&T") + len("AT&T <Inc>"), "label": "ORG"},
             {"start": 0, "end": 3, "label": "PER", "score": 0.98765},
             {"start": text.index("Zürich"), "end": text.index("Zürich") + 6, "label": "LOC"}]
-    out = analysis.highlight_html(text, ents)
+    out = display.highlight_html(text, ents)
     assert "<script>" not in out and "<b>" not in out and "&lt;script&gt;" in out
     marked = [html.unescape(m) for m in MARK.findall(out)]
     assert marked == [text[e["start"]:e["end"]] for e in sorted(ents, key=lambda e: e["start"])]
     assert 'title="PER 0.988"' in out
     plain = re.sub(r"<sup[^>]*>.*?</sup>", "", out)
     assert html.unescape(re.sub(r"<[^>]+>", "", plain)) == text  # nothing dropped, nothing added
-    assert analysis.highlight_html(text, {"entities": ents}) == out  # a Tagger-style record works too
+    assert display.highlight_html(text, {"entities": ents}) == out  # a Tagger-style record works too
 
 
 def test_highlight_colours_per_label_and_rejects_bad_spans():
     text = "Anna met Bob in Oslo"
     ents = [{"start": 0, "end": 4, "label": "PER"}, {"start": 9, "end": 12, "label": "PER"},
             {"start": 16, "end": 20, "label": "LOC"}]
-    out = analysis.highlight_html(text, ents)
+    out = display.highlight_html(text, ents)
     colours = re.findall(r"<mark style=\"background:(#[0-9a-f]+)", out)
     assert colours[0] == colours[1] != colours[2]
     for bad in ([{"start": 0, "end": 4, "label": "PER"}, {"start": 2, "end": 6, "label": "PER"}],
                 [{"start": 18, "end": 25, "label": "LOC"}], [{"start": 3, "end": 3, "label": "LOC"}]):
         with pytest.raises(ValueError):
-            analysis.highlight_html(text, bad)
-    assert len(set(analysis.label_colors(["A", "B", "PER"]).values())) == 3
+            display.highlight_html(text, bad)
+    assert len(set(display.label_colors(["A", "B", "PER"]).values())) == 3
 
 
 def test_tagged_html_one_block_per_text():
     texts = ["Anna <3 Oslo", "nothing here"]
-    out = analysis.tagged_html(texts, [[{"start": 0, "end": 4, "label": "PER", "text": "Anna"}], []])
+    out = display.tagged_html(texts, [[{"start": 0, "end": 4, "label": "PER", "text": "Anna"}], []])
     assert out.count("<hr>") == 1 and "&lt;3" in out and "nothing here" in out
 
 
 def test_words_to_text_offsets():
     tokens = ["Peter", "Blackburn", "visits", "São", "Paulo", "."]
-    text, ents = analysis.words_to_text(tokens, ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"])
+    text, ents = display.words_to_text(tokens, ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"])
     assert text == " ".join(tokens)
     assert [(e["label"], text[e["start"]:e["end"]], e["text"]) for e in ents] == [
         ("PER", "Peter Blackburn", "Peter Blackburn"), ("LOC", "São Paulo", "São Paulo")]

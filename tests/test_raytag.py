@@ -362,7 +362,7 @@ def test_ray_resume_counts_the_whole_output_and_overwrite_replaces_only_its_own(
 @pytest.mark.parametrize("opts", [
     {"words": "tokenizer", "aggregation": "max", "max_line_bytes": 400},
     {"context": "document", "keep_fields": True, "id_field": "doc"},
-    {"format": "jsonl", "context": "neighbours", "context_size": 8, "segment_length": 20, "max_length": 64,
+    {"input_format": "jsonl", "context": "neighbours", "context_size": 8, "segment_length": 20, "max_length": 64,
      "stride": 16, "batch_size": 4, "batch_tokens": 0, "lookahead": 7, "dtype": "float32"},
     {"context": "document", "document_field": "g", "max_length": 64, "stride": 16, "lookahead": 5},
 ], ids=["words-aggregation-cap", "context-keep-fields", "shapes-and-context", "document-field"])
@@ -377,13 +377,14 @@ def test_every_engine_gives_the_same_lines(cluster, tiny_ner_dir, corpus, tmp_pa
                     json.dumps({"doc": "long", "text": "Peter " * 200}).encode() + b"\n")
     data = gzip.compress(src.read_bytes())
     (tmp_path / "cut.jsonl.gz").write_bytes(data[:len(data) * 3 // 4])
-    file_opts = {k: opts[k] for k in ("keep_fields", "id_field", "max_line_bytes", "format") if k in opts}
+    file_opts = {k: opts[k] for k in ("keep_fields", "id_field", "max_line_bytes", "input_format") if k in opts}
     tag_opts = {**corpus["overrides"], **{k: v for k, v in opts.items() if k not in file_opts}}
     flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
     for inp in (src, tmp_path / "cut.jsonl.gz"):
         local = tmp_path / f"{inp.name}.local.jsonl"
         Tagger.from_pretrained(tiny_ner_dir, **tag_opts).tag_file(
-            str(inp), str(local), progress=False, **{("fmt" if k == "format" else k): v for k, v in file_opts.items()})
+            str(inp), str(local), progress=False, **{("fmt" if k == "input_format" else k): v
+                                                     for k, v in file_opts.items()})
         procs = tmp_path / f"{inp.name}.procs.jsonl"
         argv = ["tag", str(inp), "--model", str(tiny_ner_dir), "-o", str(procs), "--no-progress", "--processes", "2",
                 "--dtype", "float32", "--batch-tokens", "512", "--max-length", "128", "--stride", "32",
@@ -393,6 +394,38 @@ def test_every_engine_gives_the_same_lines(cluster, tiny_ner_dir, corpus, tmp_pa
             _assert_same(_read(procs), _read(local))
         joined = tmp_path / f"{inp.name}.ray.jsonl"
         raytag.tag_files([str(inp)], str(tiny_ner_dir), str(tmp_path / f"{inp.name}.ray"), join=str(joined),
-                         slice_bytes=2000, progress=False, **{("fmt" if k == "format" else k): v
+                         slice_bytes=2000, progress=False, **{("fmt" if k == "input_format" else k): v
                                                               for k, v in {**tag_opts, **file_opts}.items()})
         _assert_same(_read(joined), _read(local))
+
+
+@pytest.mark.ray
+def test_ray_writes_every_format_as_the_local_engine(cluster, tiny_ner_dir, corpus, tmp_path):
+    """--engine ray with --join writes each output format as `flaxner tag` does (slices of staged records, the
+    format written at the join), resumes a run whose slices were partly committed, and refuses a format without
+    --join or a run of another format in the same folder."""
+    from flaxner.tagging import formats
+    from flaxner.tagging.tagger import Tagger
+    from test_formats import _formats, _same_output
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(corpus["files"][0].read_bytes()[:6000] + b"\n".join(BAD) + b"\n")
+    tagger = Tagger.from_pretrained(tiny_ner_dir, **corpus["overrides"])
+    kw = dict(slice_bytes=1500, progress=False, **corpus["overrides"])
+    for fmt in _formats():
+        local, out, join = tmp_path / f"local-{fmt}", tmp_path / f"ray-{fmt}", tmp_path / f"joined-{fmt}"
+        tagger.tag_file(str(src), str(local), progress=False, output_format=formats.OutputSpec(fmt,
+                                                                                              model_version="v1"))
+        first = raytag.tag_files([str(src)], str(tiny_ner_dir), str(out), join=str(join), output_format=fmt,
+                                 model_version="v1", **kw)
+        _same_output(fmt, join, local)
+        (out / raytag.slice_name(1)).unlink()  # as if the driver had died before this slice was committed
+        again = raytag.tag_files([str(src)], str(tiny_ner_dir), str(out), join=str(join), output_format=fmt,
+                                 model_version="v1", resume=True, **kw)
+        assert again["tagged"] == [1] and again["lines"] == first["lines"]
+        _same_output(fmt, join, local)
+    with pytest.raises(ValueError, match="needs --join FILE"):
+        raytag.tag_files([str(src)], str(tiny_ner_dir), str(tmp_path / "nojoin"), output_format="conll", **kw)
+    with pytest.raises(ValueError, match="--resume"):
+        raytag.tag_files([str(src)], str(tiny_ner_dir), str(tmp_path / "ray-conll"), join=str(tmp_path / "j"),
+                         output_format="html", resume=True, **kw)

@@ -191,8 +191,8 @@ def test_processes_children_get_every_shared_option():
     args = build_parser().parse_args(["tag", "in.jsonl", "--model", "m", "--text-field", "body", "--keep-fields",
                                       "--max-line-bytes", "5", "--stride", "8", "--processes", "2", "--overwrite"])
     got = tag_child_args(args)
-    assert got == ["--text-field", "body", "--id-field", "id", "--keep-fields", "--format", "auto", "--stride", "8",
-                   "--max-line-bytes", "5", "--commit-every", "5.0", "--on-error", "record"]
+    assert got == ["--text-field", "body", "--id-field", "id", "--keep-fields", "--input-format", "auto", "--format",
+                   "jsonl", "--stride", "8", "--max-line-bytes", "5", "--commit-every", "5.0", "--on-error", "record"]
     passed = {f[-1] for f, _, engines in TAG_OPTIONS if "p" in engines}
     assert {"--model", "--output", "--shard", "--resume", "--processes"}.isdisjoint(passed)
 

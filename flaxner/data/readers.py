@@ -7,11 +7,14 @@ import gzip
 import itertools
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flaxner.config import DataConfig
+from flaxner.data import annotations
+from flaxner.data.annotations import SHAPES, AnnotationError
 from flaxner.data.words import split_words
 
 log = logging.getLogger(__name__)
@@ -39,10 +42,11 @@ class Sentences:
     per_word_lines: bool = False
     # The document of each sentence (CoNLL: counted at each -DOCSTART-); empty: the reader knows none.
     documents: list[int] = field(default_factory=list)
+    unit: str = ""  # what `lines` count where they are no lines: "task " (a JSON array's), "doc " (a DocBin's)
 
     def where(self, i: int, k: int = 0) -> str:
         """file:line of word k of sentence i."""
-        return f"{self.source}:{self.lines[i] + (k if self.per_word_lines else 0)}"
+        return f"{self.source}:{self.unit}{self.lines[i] + (k if self.per_word_lines else 0)}"
 
 
 def text_lines(path: Path, encoding: str, max_line_bytes: int = 0) -> Iterator[tuple[int, str]]:
@@ -127,46 +131,71 @@ class OffWords:
 
 
 def read_jsonl(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
-    """JSON Lines, one sentence per line, either words and tags (`data.tokens_column`, `data.tags_column`; tags
-    as strings or as ids into `data.labels`) or raw text with character spans (`text` and one of `entities`,
-    `spans`, `label`, `ents`: dicts with start/end/label or [start, end, label] lists). Span texts are split
-    into words with `flaxner.data.words.split_words`; a span that does not fall on word boundaries splits the word at
-    its edge, and is counted and reported (never shifted); overlapping spans are an error naming the line."""
+    """JSON Lines (or a JSON array: Label Studio's exports), one sentence per record: words and tags
+    (`data.tokens_column`, `data.tags_column`; tags as strings or as ids into `data.labels`), or raw text with
+    character spans in any form `annotations.SHAPES` lists (`data.format`, else each record's own keys say which).
+    Span texts are split into words with `flaxner.data.words.split_words`; a span that does not fall on word
+    boundaries splits the word at its edge, and is counted and reported (never shifted); overlapping spans are an
+    error naming the line."""
     path = Path(path)
-    out = Sentences(str(path))
+    out = Sentences(str(path), unit="task " if annotations.is_json_array(path) else "")
     off = OffWords()
     docs: list = []
-    for lineno, line in text_lines(path, cfg.encoding, cfg.max_line_bytes):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-        where = f"{path}:{lineno}"
-        if cfg.tokens_column in rec:
-            words, tags = _words_record(rec, cfg, where)
-        elif "text" in rec:
-            words, tags = _spans_record(rec, where, off)
-        else:
-            raise DataError(f"{where}: expected {cfg.tokens_column!r} and {cfg.tags_column!r} (words and tags) or "
-                            f"'text' with one of {list(SPAN_KEYS)} (character spans); got keys {sorted(rec)}")
-        if words:
-            out.tokens.append(words)
-            out.tags.append(tags)
-            out.lines.append(lineno)
-            # a spans line is a document of its own; a words record names its document or is one
-            doc = rec.get(cfg.document_column) if cfg.tokens_column in rec else None
-            docs.append(("line", lineno) if doc is None else ("id", json.dumps(doc, sort_keys=True)))
+    skipped: Counter = Counter()
+    seen: Counter = Counter()  # JSON-MIN: one record per annotation, so a task id comes back once per annotation
+    records = annotations.json_records(path, cfg, text_lines(path, cfg.encoding, cfg.max_line_bytes))
+    try:
+        for where, lineno, rec in records:
+            fmt = annotations.detect(rec) if cfg.format in ("auto", "jsonl", "doccano") else cfg.format
+            if fmt == "label-studio-min" and "id" in rec:
+                seen[json.dumps(rec["id"])] += 1
+                if seen[json.dumps(rec["id"])] != max(cfg.annotation, 0) + 1:
+                    skipped["label-studio-min record of a task already read (another annotation)"] += 1
+                    continue
+            got = _record(rec, fmt, cfg, where, off, skipped)
+            if got is None:
+                continue
+            words, tags = got
+            if words:
+                out.tokens.append(words)
+                out.tags.append(tags)
+                out.lines.append(lineno)
+                # a spans record is a document of its own; a words record names its document or is one
+                doc = rec.get(cfg.document_column) if cfg.tokens_column in rec else None
+                docs.append(("line", lineno) if doc is None else ("id", json.dumps(doc, sort_keys=True)))
+    except AnnotationError as e:
+        raise DataError(str(e)) from None
     out.documents = _number_documents(docs)
+    for why, n in skipped.items():
+        log.warning("%s: %d records skipped: %s", path, n, why)
     if off.empty:
         log.warning("%s: %d empty entity spans ([a, a): no characters) were dropped", path, off.empty)
     if off.count:
         log.warning("%s: %d entity spans did not fall on word boundaries; their words were split at the span "
                     "edges, e.g. %s", path, off.count, "; ".join(off.examples))
     return out
+
+
+def _record(rec: dict, fmt: str, cfg: DataConfig, where: str, off: OffWords,
+            skipped: Counter) -> tuple[list[str], list] | None:
+    """The words and tags of one record read as `fmt`; None: a record the tool's export marks as not to use."""
+    if fmt == "label-studio":
+        got = annotations.label_studio(rec, where, cfg.annotation, skipped)
+    elif fmt == "label-studio-min":
+        got = annotations.label_studio_min(rec, where)
+    elif fmt == "prodigy":
+        got = annotations.prodigy(rec, where, skipped)
+    elif cfg.tokens_column in rec:
+        return _words_record(rec, cfg, where)
+    elif isinstance(rec.get("text"), str) or "text" in rec:
+        if not isinstance(rec["text"], str):
+            raise DataError(f"{where}: 'text' must be a string")
+        got = rec["text"], _span_list(rec, where)
+    else:
+        raise DataError(f"{where}: expected {cfg.tokens_column!r} and {cfg.tags_column!r} (words and tags) or "
+                        f"'text' with one of {list(SPAN_KEYS)} (character spans); got keys {sorted(rec)}; the "
+                        f"annotation tools' shapes: {'; '.join(f'{k}: {v}' for k, v in SHAPES.items())}")
+    return None if got is None else _spans_record(got[0], sorted(got[1]), where, off)
 
 
 def _words_record(rec: dict, cfg: DataConfig, where: str) -> tuple[list[str], list]:
@@ -198,11 +227,8 @@ def _span_list(rec: dict, where: str) -> list[tuple[int, int, str]]:
     return sorted(spans)
 
 
-def _spans_record(rec: dict, where: str, off: OffWords) -> tuple[list[str], list[str]]:
-    text = rec["text"]
-    if not isinstance(text, str):
-        raise DataError(f"{where}: 'text' must be a string")
-    spans = _span_list(rec, where)
+def _spans_record(text: str, spans: list[tuple[int, int, str]], where: str,
+                  off: OffWords) -> tuple[list[str], list[str]]:
     empty = [sp for sp in spans if sp[0] == sp[1] and 0 <= sp[0] <= len(text)]
     if empty:  # an empty span labels no character (annotation tools leave them): counted, then dropped
         off.empty += len(empty)
@@ -240,11 +266,17 @@ def _spans_record(rec: dict, where: str, off: OffWords) -> tuple[list[str], list
 
 
 def read_file(path: str | Path, cfg: DataConfig = DataConfig()) -> Sentences:
-    """A data file by its name: JSON Lines for .jsonl/.json(.gz), else CoNLL columns."""
+    """A data file in `data.format`, or by its name: a spaCy DocBin for .spacy, JSON Lines or a JSON array for
+    .jsonl/.json(.gz) (each record's keys say which tool's shape), else CoNLL columns."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such data file")
-    return read_jsonl(p, cfg) if p.name.endswith(JSONL_SUFFIXES) else read_conll(p, cfg)
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = "spacy" if p.suffix == ".spacy" else "jsonl" if p.name.endswith(JSONL_SUFFIXES) else "conll"
+    if fmt == "spacy":
+        return annotations.read_docbin(p, cfg)
+    return read_conll(p, cfg) if fmt == "conll" else read_jsonl(p, cfg)
 
 
 def read_hf(ds, cfg: DataConfig, name: str, split: str) -> tuple[Sentences, list[str] | None]:

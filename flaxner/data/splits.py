@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "resources" / "conll2003"
 # Split names as the hub spells them, and the file stems folders use for them.
 SPLIT_FILES = {"train": ("train",), "validation": ("valid", "validation", "dev", "testa"), "test": ("test", "testb")}
-SUFFIXES = (".txt", ".txt.gz", ".conll", ".iob2", ".jsonl", ".jsonl.gz", ".json", "")
+SUFFIXES = (".txt", ".txt.gz", ".conll", ".iob2", ".jsonl", ".jsonl.gz", ".json", ".spacy", "")
 # Hub datasets that are CoNLL-2003 and keep its label order.
 CONLL_HUB = ("conll2003", "eriktks/conll2003")
 _PREFIXES = ("B", "I", "E", "S", "L", "U")

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from flaxner.tagging.formats import OutputSpec, assemble_file, check_spec, default_suffix, is_whole
 from flaxner.tagging.job import count, field_missing, new_counts, tagged_lines
 from flaxner.tagging.reading import MAX_LINE_BYTES, RESUME_STDIN, LineReader, TagInputError, input_format, \
     parse_shard
@@ -18,15 +19,19 @@ from flaxner.tagging.writing import OutputWriter, Progress, TagInterrupted, chec
 def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "id", keep_fields: bool = False,
              fmt: str = "auto", shard: str | None = None, resume: bool = False, overwrite: bool = False,
              resume_stdin: bool = False, on_error: str = "record", max_line_bytes: int = MAX_LINE_BYTES,
-             progress: bool = True, commit_every: float = 5.0) -> TagSummary:
-    """Tag a JSONL/text file (or '-' for stdin) into OUTPUT, one line per input line; returns the summary."""
-    output = output or default_output(path)
+             progress: bool = True, commit_every: float = 5.0, output_format: str | OutputSpec = "jsonl") -> TagSummary:
+    """Tag a JSONL/text file (or '-' for stdin) into OUTPUT in `output_format` (a name of `formats.FORMATS`, or an
+    `OutputSpec`); returns the summary."""
+    spec = output_format if isinstance(output_format, OutputSpec) else \
+        OutputSpec(output_format, id_field, keep_fields)
+    output = output or default_output(path, default_suffix(spec.format))
     fmt = input_format(path, fmt)
     if tagger.cfg.document_field and fmt == "txt":
         raise TagInputError(f"--document-field {tagger.cfg.document_field}: {path} is text, not JSONL (a text line "
                             f"has no fields)")
     shard_t = parse_shard(shard)
     check_output(output, path)
+    check_spec(spec, output)
     if resume and path == "-" and not resume_stdin:
         raise TagInputError(RESUME_STDIN)
     key = {"input": str(Path(path).resolve()) if path != "-" else "-", "shard": list(shard_t), "format": fmt,
@@ -36,7 +41,11 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
            "context_size": tagger.cfg.context_size, "segment_length": tagger.cfg.segment_length,
            "document_field": tagger.cfg.document_field,
            "max_line_bytes": max_line_bytes}
-    writer = OutputWriter(output, key, resume, overwrite)
+    if spec.format != "jsonl":  # a jsonl output's resume key is what it was before formats
+        key["output_format"] = spec.key()
+    whole = is_whole(spec.format) and not spec.staged
+    writer = OutputWriter(output, key, resume, overwrite,
+                          assemble=(lambda part, out: assemble_file(spec, [part], out)) if whole else None)
     try:
         reader = LineReader(path, shard_t, writer.resume_point, max_line_bytes,
                             writer.state.get("input") if writer.resume_point else None,
@@ -60,7 +69,7 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
         with bar:
             document: list = []  # a document's output lines (--document-field) are written and counted together
             for rec, ents, line in tagged_lines(tagger, bar.track(reader), fmt, id_field, keep_fields, on_error,
-                                                no_field):
+                                                no_field, spec):
                 document.append((rec, ents, line))
                 if not rec.doc_end:
                     continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from flaxner.tagging.formats import OutputSpec, record_bytes
 from flaxner.tagging.reading import Line, Record, TagInputError, parse_line
 from flaxner.tagging.writing import output_line
 
@@ -18,10 +19,12 @@ def new_counts() -> dict[str, int]:
 
 
 def tagged_lines(tagger, lines: Iterable[Line], fmt: str, id_field: str, keep_fields: bool, on_error: str = "record",
-                 no_field: Counter | None = None) -> Iterator[tuple[Record, list | None, bytes]]:
-    """(record, entities, output line) for each input line, in input order. `on_error="fail"` raises at the first
-    bad line; `no_field` counts the records that lack the text's key (under None) and the keys they have. The caller
-    counts a line (`count`) once it has written it, so that an interrupted write is never counted."""
+                 no_field: Counter | None = None,
+                 spec: OutputSpec | None = None) -> Iterator[tuple[Record, list | None, bytes]]:
+    """(record, entities, output bytes) for each input line, in input order: a JSON line, or what `spec`'s format
+    writes for it (`formats.record_bytes`). `on_error="fail"` raises at the first bad line; `no_field` counts the
+    records that lack the text's key (under None) and the keys they have. The caller counts a line (`count`) once it
+    has written it, so that an interrupted write is never counted."""
     field = tagger.cfg.document_field
     records = (parse_line(line, fmt, tagger.text_field, id_field, document_field=field) for line in lines)
     for rec, ents in tagger.stream(records):
@@ -31,7 +34,8 @@ def tagged_lines(tagger, lines: Iterable[Line], fmt: str, id_field: str, keep_fi
             if no_field is not None and rec.fields is not None and tagger.text_field not in rec.fields:
                 no_field.update(list(rec.fields)[:20])
                 no_field[None] += 1
-        yield rec, ents, output_line(rec, ents, keep_fields, id_field)
+        yield rec, ents, (output_line(rec, ents, keep_fields, id_field) if spec is None else
+                          record_bytes(spec, rec, ents))
 
 
 def count(counts: dict[str, int], rec: Record, ents: list | None) -> None:

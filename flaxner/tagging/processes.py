@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from flaxner.tagging.formats import assemble_file, default_suffix, is_whole, spec_of
 from flaxner.tagging.reading import TagInputError, parse_shard
 from flaxner.tagging.summary import TagSummary
 from flaxner.tagging.outpolicy import OutputLock, check_output, is_regular, open_new, open_own, refuse_inputs, \
@@ -66,7 +67,9 @@ def run_processes(args, child_args: list[str]) -> int:
     if args.input == "-":
         raise ValueError("--processes needs an input file, not stdin")
     i, m = parse_shard(args.shard)
-    target = args.output or default_output(args.input)
+    target = args.output or default_output(args.input, default_suffix(args.format))
+    if is_whole(args.format):  # each child stages its records; the join writes the file from them
+        child_args = [*child_args, "--staged"]
     base = target if target != "-" else str(Path(args.input).with_suffix("")) + ".stdout"
     outs = [shard_output(base, k, n) for k in range(n)]
     for out in outs:
@@ -159,7 +162,7 @@ def _run(args, child_args, n, i, m, target, outs) -> int:
         print(f"tag: the finished shards are kept; run again with --resume --processes {n} to finish",
               file=sys.stderr)
         return 1
-    _concatenate(outs, target)
+    _concatenate(outs, target, spec_of(args) if is_whole(args.format) else None)
     seconds = time.perf_counter() - t0
     total = _joined_summary(list(summaries.values()), target, seconds, n)
     print(json.dumps({"summary": total}), file=sys.stderr)
@@ -203,9 +206,12 @@ def _is_log(path: Path) -> bool:
         return f.read(len(_LOG_HEAD)) == _LOG_HEAD
 
 
-def _concatenate(parts: list[Path], target: str) -> None:
-    """The shard outputs in order into `target` (through a .part file and a rename), then remove them."""
-    if target == "-":
+def _concatenate(parts: list[Path], target: str, spec=None) -> None:
+    """The shard outputs in order into `target` (through a .part file and a rename), then remove them; with a
+    whole-file format's `spec`, the file assembled from the shards' staged records."""
+    if spec is not None:
+        assemble_file(spec, parts, target)
+    elif target == "-":
         for part in parts:
             with part.open("rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)

@@ -159,13 +159,24 @@ def slice_counts(filesystem, out: str, index: int) -> dict:
     return counts
 
 
-def join_slices(out_dir: str, n_slices: int, target: str) -> None:
-    """All slice files in input order into `target` (through a .tmp and a rename)."""
+def join_slices(out_dir: str, n_slices: int, target: str, spec=None) -> None:
+    """All slice files in input order into `target` (through a .tmp and a rename); with an output format's `spec`,
+    the slices hold staged records and `target` gets the format written from them (`formats.write_from_staged`)."""
     src_fs, out = fs_of(out_dir)
     dst_fs, path = fs_of(target)
     tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-    with create_file(dst_fs, tmp) as dst:
+
+    def lines():
         for k in range(n_slices):
+            with src_fs.open_input_stream(f"{out}/{slice_name(k)}", compression=None) as src:
+                yield from io.BufferedReader(src, 1 << 20)
+
+    with create_file(dst_fs, tmp) as dst:
+        if spec is not None:
+            from flaxner.tagging.formats import write_from_staged
+
+            write_from_staged(spec, lines(), dst)
+        for k in range(n_slices if spec is None else 0):
             with src_fs.open_input_stream(f"{out}/{slice_name(k)}", compression=None) as src:
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)

@@ -47,12 +47,14 @@ import sys
 import time
 import uuid
 import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from flaxner.config import Engine, choices
 from flaxner.tagging import outpolicy
+from flaxner.tagging.formats import OutputSpec, check_spec, spec_of
 from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
     prepare_folder, slice_counts, slice_name, stats_name, sweep_tmp, write_atomic
 from flaxner.tagging.job import count, new_counts, tagged_lines
@@ -71,7 +73,8 @@ class _SliceTagger:
     """A Ray Data actor: a warm `Tagger`; each call tags whole slices into committed slice files."""
 
     def __init__(self, model_dir: str, out_dir: str, fmt: str, text_field: str, id_field: str, keep_fields: bool,
-                 overrides: dict, mem_fraction: str | None = None, max_line_bytes: int = MAX_LINE_BYTES):
+                 overrides: dict, mem_fraction: str | None = None, max_line_bytes: int = MAX_LINE_BYTES,
+                 spec: dict | None = None):
         if mem_fraction:  # before JAX is imported in this worker
             os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", mem_fraction)
         import ray
@@ -81,6 +84,7 @@ class _SliceTagger:
         self.tagger = Tagger.from_pretrained(model_dir, text_field=text_field, **overrides)
         self.out_dir, self.fmt, self.id_field, self.keep_fields = out_dir, fmt, id_field, keep_fields
         self.max_line_bytes = max_line_bytes
+        self.spec = OutputSpec(**spec) if spec else None  # another format than jsonl: slices of staged records
         self.node = ray.get_runtime_context().get_node_id()
         self.done = 0
         self.fault = os.environ.get(_FAULT_ENV, "")
@@ -101,7 +105,8 @@ class _SliceTagger:
         counts = new_counts()
         chunk: list[bytes] = []
         with create_file(filesystem, tmp) as f:  # the local engine's loop, into the slice's file
-            for rec, ents, line in tagged_lines(self.tagger, lines, fmt, self.id_field, self.keep_fields):
+            for rec, ents, line in tagged_lines(self.tagger, lines, fmt, self.id_field, self.keep_fields,
+                                                spec=self.spec):
                 chunk.append(line)
                 count(counts, rec, ents)
                 if len(chunk) >= 1024:
@@ -142,7 +147,8 @@ def _connect(address: str | None) -> None:
     ray.init(address=address, logging_level="WARNING")
 
 
-def _tag_dataset(ray, todo: list[dict], pool: dict, model_dir: str, out_uri: str, fmt: str, text_field: str,
+def _tag_dataset(ray, todo: list[dict], pool: dict, model_dir: str, out_uri: str, fmt: str, spec: dict | None,
+                 text_field: str,
                  id_field: str, keep_fields: bool, overrides: dict, max_line_bytes: int):
     """One block, hence one actor task, per slice (batch_size=1 keeps Ray Data from bundling blocks); at most two
     slices queued per actor, so a lost actor takes little back to the queue."""
@@ -153,19 +159,21 @@ def _tag_dataset(ray, todo: list[dict], pool: dict, model_dir: str, out_uri: str
         num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None, ray_remote_args_fn=Placement(pool["slots"]),
         fn_constructor_kwargs=dict(model_dir=model_dir, out_dir=out_uri, fmt=fmt, text_field=text_field,
                                    id_field=id_field, keep_fields=keep_fields, overrides=overrides,
-                                   mem_fraction=pool["mem_fraction"], max_line_bytes=max_line_bytes))
+                                   mem_fraction=pool["mem_fraction"], max_line_bytes=max_line_bytes, spec=spec))
 
 
 def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str | None = None,
               address: str | None = None, resume: bool = False, *, overwrite: bool = False, fmt: str = "auto",
               text_field: str = "text", id_field: str = "id", keep_fields: bool = False, slice_bytes: int = 32 << 20,
               max_line_bytes: int = MAX_LINE_BYTES, actors: int | None = None, cpus_per_actor: float | None = None,
-              gpus_per_actor: float | None = None, progress: bool = True, **overrides) -> dict:
+              gpus_per_actor: float | None = None, progress: bool = True, output_format: str = "jsonl",
+              model_version: str = "flaxner", **overrides) -> dict:
     """Tag files/globs/URIs on a Ray cluster (`address`, else a local one) into OUT_DIR/slice-NNNNN.jsonl, one
     output line per input line, and into `join` in input order if given; returns the summary (`lines`, `errors`,
     `warnings`, `entities` count the whole output, `this_run` this call's). `overrides` are TagConfig fields
     (batch_tokens, dtype, ...). OUT_DIR must be reachable by every node (a shared folder or a URI). An earlier run's
-    output is refused unless `resume` or `overwrite` (the local engine's policy, `tagging.outpolicy`)."""
+    output is refused unless `resume` or `overwrite` (the local engine's policy, `tagging.outpolicy`). Another
+    `output_format` than jsonl: the slices hold staged records and `join` gets the format (so `join` is needed)."""
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     if not inputs or "-" in inputs:
         raise ValueError("--engine ray needs input files (not stdin)")
@@ -174,6 +182,13 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
     if "://" not in model_dir:
         model_dir = str(Path(model_dir).resolve())
     t0 = time.perf_counter()
+    spec = None
+    if output_format != "jsonl":
+        if not join:
+            raise ValueError(f"--format {output_format} with --engine ray needs --join FILE (the slices hold staged "
+                             f"records; the join writes the format)")
+        check_spec(OutputSpec(output_format, model_version=model_version), join)
+        spec = OutputSpec(output_format, id_field, keep_fields, model_version)
     files = expand_inputs(inputs)
     text = [f["uri"] for f in files if input_format(f["uri"], fmt) == "txt"]
     if overrides.get("document_field") and text:
@@ -182,6 +197,8 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
     check_outputs(files, out_dir, join, resume, overwrite)
     key = _plan_key(files, model_dir, fmt, text_field, id_field, keep_fields, slice_bytes, overrides)
     key["max_line_bytes"] = max_line_bytes
+    if spec is not None:
+        key["output_format"] = spec.key()
     filesystem, out = fs_of(out_dir)
     filesystem.create_dir(out, recursive=True)
     # one driver per output folder, as one writer per output locally (a local folder; object stores have no flock)
@@ -191,7 +208,8 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
         sweep_tmp(filesystem, out)
         return _run(files, plan, key, model_dir, out_dir, join, address, t0, progress,
                     dict(fmt=fmt, text_field=text_field, id_field=id_field, keep_fields=keep_fields,
-                         overrides=overrides, max_line_bytes=max_line_bytes),
+                         overrides=overrides, max_line_bytes=max_line_bytes,
+                         spec=None if spec is None else asdict(replace(spec, staged=True))),
                     dict(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor),
                     slice_bytes)
     finally:
@@ -236,7 +254,7 @@ def _run(files, plan, key, model_dir, out_dir, join, address, t0, progress, tag_
         print(f"tag: all {len(slices)} slices of {out_dir} are done already", file=sys.stderr)
     sweep_tmp(filesystem, out)  # the .tmp of attempts that died (their slices were redone)
     if join:
-        join_slices(out_uri, len(slices), join)
+        join_slices(out_uri, len(slices), join, None if tag_args["spec"] is None else OutputSpec(**tag_args["spec"]))
     seconds = time.perf_counter() - t0
     kinds = ("lines", "errors", "warnings", "entities")
     this_run = {k: int(sum(r[k] for r in stats)) for k in kinds}
@@ -282,7 +300,8 @@ def run_cli(args) -> int:
         raise ValueError(f"--max-line-bytes {args.max_line_bytes}: must be 0 (no cap) or more")
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
     summary = tag_files(inputs, args.model, args.output, join=args.join, address=args.address, resume=args.resume,
-                        overwrite=args.overwrite, fmt=args.format, text_field=args.text_field, id_field=args.id_field,
+                        overwrite=args.overwrite, fmt=args.input_format, text_field=args.text_field,
+                        id_field=args.id_field, output_format=args.format, model_version=spec_of(args).model_version,
                         keep_fields=args.keep_fields, slice_bytes=max(1, int(args.slice_mb * (1 << 20))),
                         max_line_bytes=MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes,
                         actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,

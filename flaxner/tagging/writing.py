@@ -16,7 +16,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ class TagInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def default_output(path: str) -> str:
-    """corpus.jsonl(.gz) / corpus.txt -> corpus.entities.jsonl; stdin -> stdout."""
+def default_output(path: str, suffix: str = ".entities.jsonl") -> str:
+    """corpus.jsonl(.gz) / corpus.txt -> corpus.entities.jsonl (or another `suffix`: the format's); stdin -> stdout."""
     if path == "-":
         return "-"
     p = Path(path)
@@ -45,7 +45,7 @@ def default_output(path: str) -> str:
         if name.endswith(suf):
             name = name[: -len(suf)]
             break
-    return str(p.with_name(name + ".entities.jsonl"))
+    return str(p.with_name(name + suffix))
 
 
 RESERVED = ("id", "entities", "error", "warning")
@@ -89,10 +89,13 @@ class OutputWriter:
     OUTPUT.part.json; `finish` renames the part file to OUTPUT. Stdout ('-') is written straight through.
 
     An existing OUTPUT (or an interrupted run's part file) is refused unless `overwrite` or `resume`. OUTPUT.gz is
-    written as gzip, one member per commit, so that a resume cuts it at a member's end and appends."""
+    written as gzip, one member per commit, so that a resume cuts it at a member's end and appends. With
+    `assemble(part, path)`, `finish` writes OUTPUT from the finished part file instead of renaming it (a whole-file
+    format: `formats.assemble_file`); an interrupted assembly leaves the part file and sidecar, so --resume redoes it."""
 
-    def __init__(self, path: str, key: dict, resume: bool = False, overwrite: bool = False):
-        self.path, self.key = path, key
+    def __init__(self, path: str, key: dict, resume: bool = False, overwrite: bool = False,
+                 assemble: Callable[[Path, str], None] | None = None):
+        self.path, self.key, self.assemble = path, key, assemble
         self.stdout = path == "-"
         self.resume_point: tuple[int, int] | None = None
         self.state: dict = {}
@@ -187,7 +190,11 @@ class OutputWriter:
         if self.stdout:
             return
         self.f.close()
-        os.replace(self.part, self.path)
+        if self.assemble is None:
+            os.replace(self.part, self.path)
+        else:
+            self.assemble(self.part, self.path)
+            self.part.unlink()
         self.sidecar.unlink(missing_ok=True)
         self.lock.release()
 

@@ -1,9 +1,9 @@
-"""What the explore notebook shows: dataset and padding statistics, training curves, span-level error analysis, and
-entities highlighted in HTML. Plain data in and out; the figures are in `flaxner.training.plots`."""
+"""What the explore notebook shows: dataset and padding statistics, training curves, span-level error analysis. Plain
+data in and out; the figures are in `flaxner.training.plots`, entities highlighted in HTML in `flaxner.tagging.display`
+(the renderer `flaxner tag --format html` uses)."""
 
 from __future__ import annotations
 
-import html
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,9 +18,6 @@ from flaxner.rundir import RunDir
 
 MISSED = "missed"
 SPURIOUS = "spurious"
-# Fixed colours for the CoNLL types; other labels take the next free colour of the palette.
-TYPE_COLORS = {"PER": "#ffd166", "ORG": "#8ecae6", "LOC": "#95d5b2", "MISC": "#e5b3fe"}
-PALETTE = ("#f4a261", "#bde0fe", "#ffafcc", "#caffbf", "#fdffb6", "#d0d1ff", "#ffc6ff", "#9bf6ff")
 
 
 def explore_config(run_dir: str | Path | None, config: str | Path, overrides: Sequence[str] = ()) -> Config:
@@ -142,71 +139,6 @@ def worst_sentences(tokens: Sequence[Sequence[str]], gold_tags: Sequence[Sequenc
     return [{"index": i, "errors": errors[i], "tokens": list(tokens[i]), "gold_tags": list(gold_tags[i]),
              "pred_tags": list(pred_tags[i]), "gold": spans(tokens[i], gold_tags[i]),
              "pred": spans(tokens[i], pred_tags[i])} for i in order]
-
-
-def words_to_text(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[dict]]:
-    """Words joined by spaces, and the spans of IOB2 `tags` as entities with character offsets into that text."""
-    starts, pos = [], 0
-    for w in tokens:
-        starts.append(pos)
-        pos += len(w) + 1
-    text = " ".join(tokens)
-    ents = []
-    for t, a, b in spans_from_tags(tags):
-        s, e = starts[a], starts[b - 1] + len(tokens[b - 1])
-        ents.append({"text": text[s:e], "label": t, "start": s, "end": e})
-    return text, ents
-
-
-def label_colors(labels: Sequence[str]) -> dict[str, str]:
-    """A background colour per entity label: the CoNLL ones fixed, others from the palette in order."""
-    out, free = {}, iter(PALETTE * (len(labels) // len(PALETTE) + 1))
-    for lab in labels:
-        out[lab] = TYPE_COLORS.get(lab) or next(free)
-    return out
-
-
-def highlight_html(text: str, entities: Sequence[dict] | dict, colors: dict[str, str] | None = None) -> str:
-    """`text` as HTML (escaped, whitespace kept) with each entity's characters text[start:end] inside a coloured
-    <mark> followed by its label. Takes a list of entities or a dict holding them under "entities"."""
-    if isinstance(entities, dict):
-        entities = entities["entities"]
-    ents = sorted(entities, key=lambda e: (e["start"], e["end"]))
-    colors = {**label_colors(sorted({e["label"] for e in ents})), **(colors or {})}
-    parts, pos = [], 0
-    for e in ents:
-        s, t = int(e["start"]), int(e["end"])
-        if not pos <= s < t <= len(text):
-            raise ValueError(f"entity {e} overlaps the previous one or lies outside the text of {len(text)} chars")
-        title = e["label"] + (f" {e['score']:.3f}" if "score" in e else "")
-        parts.append(html.escape(text[pos:s]))
-        parts.append(f'<mark style="background:{colors[e["label"]]};padding:0 2px;border-radius:3px" '
-                     f'title="{html.escape(title)}">{html.escape(text[s:t])}</mark>'
-                     f'<sup style="font-size:70%;font-weight:bold">{html.escape(e["label"])}</sup>')
-        pos = t
-    parts.append(html.escape(text[pos:]))
-    return f'<div style="white-space:pre-wrap;line-height:1.9">{"".join(parts)}</div>'
-
-
-def tagged_html(texts: Sequence[str], results: Sequence[Sequence[dict] | dict]) -> str:
-    """Several texts with their entities (as `Tagger.tag` returns them), one highlighted block each."""
-    labels = sorted({e["label"] for r in results for e in (r["entities"] if isinstance(r, dict) else r)})
-    colors = label_colors(labels)
-    legend = " ".join(f'<mark style="background:{colors[lab]}">{html.escape(lab)}</mark>' for lab in labels)
-    blocks = [f"<p><b>{i}</b> ({len(t)} chars)</p>{highlight_html(t, r, colors)}"
-              for i, (t, r) in enumerate(zip(texts, results, strict=True))]
-    return f"<div>{legend}</div>" + "<hr>".join(blocks)
-
-
-def worst_html(items: Sequence[dict]) -> str:
-    """`worst_sentences` as an HTML table: gold and predicted spans highlighted side by side."""
-    rows = []
-    for it in items:
-        cells = [highlight_html(*words_to_text(it["tokens"], it[k])) for k in ("gold_tags", "pred_tags")]
-        rows.append(f"<tr><td>{it['index']}</td><td>{it['errors']}</td>"
-                    f'<td style="text-align:left">{cells[0]}</td><td style="text-align:left">{cells[1]}</td></tr>')
-    return ("<table><tr><th>sentence</th><th>errors</th><th>gold</th><th>predicted</th></tr>"
-            + "".join(rows) + "</table>")
 
 
 def subtoken_count(tokenizer, text: str) -> int:
