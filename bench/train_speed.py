@@ -14,6 +14,7 @@ bucket shape, which compiles), then runs `--repeats` timed passes over its batch
     python -m bench.train_speed --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
     python -m bench.train_speed --model distilbert-base-cased       # other families: their base shape, random
     python -m bench.train_speed --model electra-base-discriminator  # weights, the MiniLM tokenizer
+    python -m bench.train_speed --model ModernBERT-base   # ModernBERT-base shape (22 layers, 8,192 positions), random
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ MODELS = {
     "distilbert-base-cased": _random_weights("distilbert-base-cased", False),
     "electra-base-discriminator": _random_weights("google/electra-base-discriminator", True),
     "tiny": ("tiny", [], False),
+    # ModernBERT-base's shape (flaxner/resources/configs), random weights; MiniLM's WordPiece ids fit its table
+    "ModernBERT-base": ("minilm-conll2003", ["model.name=answerdotai/ModernBERT-base", "model.random_init=true",
+                                             "model.from_pt=false", "model.tokenizer=minilm"], True),
 }
-DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "distilbert-base-cased": 20, "electra-base-discriminator": 20, "tiny": 3}
+DEFAULT_STEPS = {"minilm": 50, "mbert": 20, "distilbert-base-cased": 20, "electra-base-discriminator": 20,
+                 "ModernBERT-base": 20, "tiny": 3}
 CONTENDERS = {"a": "flaxner (bucketed, grouped)", "b": "PyTorch + HF Trainer step (random, dynamic pad)",
               "c": "PyTorch + HF Trainer step (grouped, dynamic pad)"}
 
@@ -152,8 +157,8 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 
 
 def torch_model(cfg, vocab, names=None):
-    """The family's PyTorch *ForTokenClassification from the same folder as flaxner (or the same random shape), with
-    a classifier for `names` (default CoNLL-2003's labels)."""
+    """The PyTorch token classifier of the model's family (BertForTokenClassification for BERT) from the same folder
+    as flaxner (or the same random shape), with a classifier for `names` (default CoNLL-2003's labels)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     from flaxner.data.labels import CONLL_LABELS
@@ -164,7 +169,7 @@ def torch_model(cfg, vocab, names=None):
     name = resolve_name(cfg.model.name)
     if not cfg.model.random_init:
         return AutoModelForTokenClassification.from_pretrained(name, num_labels=len(names), **labels)
-    # flaxner's BertConfig is frozen: change the shape on a copy, then give transformers its config.json dict
+    # flaxner's configs are frozen: change the shape on a copy, then give transformers its config.json dict
     shape = {attr: getattr(cfg.model, field) for field, attr in (
         ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
         ("intermediate_size", "intermediate_size")) if getattr(cfg.model, field)}
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="minilm")
     p.add_argument("--config", default="", help="another config instead of the model's (e.g. a tiny one)")
-    p.add_argument("--steps", type=int, default=0, help="batches per timed pass (default: minilm 50, mbert 20)")
+    p.add_argument("--steps", type=int, default=0, help="batches per timed pass (default: minilm 50, mbert and ModernBERT-base 20)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed PyTorch steps first (flaxner: one per shape)")
     p.add_argument("--batch-size", type=int, default=16)

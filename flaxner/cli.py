@@ -16,9 +16,9 @@ import re
 import sys
 
 from flaxner import interrupts
-from flaxner.config import (Aggregation, ConfigError, Context, InputFormat, OnError, OutputFormat, TagDtype, Words,
-                            as_options, choices, load_config)
+from flaxner.config import ConfigError, as_options, load_config
 from flaxner.models import minilm
+from flaxner.tagging.options import TAG_OPTIONS, add_tag_arguments, tag_child_args  # noqa: F401 (cli.TAG_OPTIONS)
 
 
 TRAIN_EPILOG = """\
@@ -71,6 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = RunDir(args.output_dir).config
         path = saved if saved.is_file() else path
     cfg = load_config(resolve_config_path(path), args.overrides + _launch_overrides(args))
+    from flaxner.training.setup import check_inputs
+
+    check_inputs(cfg, args.resume)  # before the heavy imports below
     from flaxner.training.train import Interrupted, train
 
     try:
@@ -78,23 +81,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 128 + e.signum
-    from flaxner.training.export import epoch_table
+    from flaxner.training.export import final_report
 
-    print("\n" + epoch_table(summary.history))
-    if summary.test:
-        t = summary.test
-        print(f"\ntest: precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} "
-              f"accuracy {t['accuracy']:.4f}")
-    print(f"\nrun folder: {summary.run_dir}  (model in {summary.run_dir}/model)  "
-          f"compiled train shapes: {len(summary.compiled_train_shapes)}  total {summary.total_s:.0f}s")
+    print(final_report(summary))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flaxner.training.evaluate import predict_split
+    from flaxner.training.setup import check_split
     from flaxner.config import DataConfig
 
     data = DataConfig(source=args.data) if args.data else None
+    check_split(args.model, args.split, data)  # a misspelt split or a bad line: said before JAX and the model load
+    from flaxner.training.evaluate import predict_split
     # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
     try:
         with interrupts.PromptExit("eval", "while loading, compiling or scoring; nothing written"):
@@ -103,6 +102,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ConfigError as e:
         given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
         raise as_options(e, {k: v for k, v in given.items() if v}) from None
+    from flaxner.training.export import per_type_table
+
+    print(f"{args.split}: {len(out.gold)} sentences\n{per_type_table(out.metrics)}", file=sys.stderr)
     print(json.dumps({"model": str(args.model), "split": args.split, "sentences": len(out.gold), **out.metrics},
                      indent=2))
     return 0
@@ -117,91 +119,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# The options of `flaxner tag`: (flags, argparse keywords, engines). Engines: l the local engine, p passed on to
-# each child of --processes, r --engine ray (an option without r is refused there).
-TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
-    (("--model",), dict(required=True, help="run folder of `flaxner train`, or an HF BERT token-classification "
-                                            "folder"), "lr"),
-    (("-o", "--output"), dict(default=None, help="output file (.gz: gzip); default: INPUT with .entities.jsonl "
-                                                 "(stdout for stdin); - for stdout"), "lr"),
-    (("--overwrite",), dict(action="store_true", help="replace an existing output (refused otherwise)"), "lr"),
-    (("--text-field",), dict(default="text", help="the JSONL field holding the text (default: text)"), "lpr"),
-    (("--id-field",), dict(default="id", help="copied as `id`; the line number when absent"), "lpr"),
-    (("--keep-fields",), dict(action="store_true", help="copy the input fields into each output line (an input "
-                                                         "id/entities/error/warning is kept as input_<name>)"),
-     "lpr"),
-    (("--input-format",), dict(default="auto", choices=choices(InputFormat),
-                               help="auto: .txt/.txt.gz is text, one document a line; else JSONL"), "lpr"),
-    (("--format",), dict(default="jsonl", choices=choices(OutputFormat), help="output format (docs/tagging.md)"), "lpr"),
-    (("--model-version",), dict(help="label-studio predictions' model_version (default: the run's name)"), "lpr"),
-    (("--staged",), dict(action="store_true", help=argparse.SUPPRESS), "l"),  # a --processes child of a whole file
-    (("--aggregation",), dict(choices=choices(Aggregation), default=None,
-                              help="sub-token predictions -> word label (default: first, as trained)"), "lpr"),
-    (("--words",), dict(choices=choices(Words), default=None,
-                        help="conll: split text into words as CoNLL-2003 was tokenized, the words training labels "
-                             "(default); tokenizer: the tokenizer's own words, as HF's pipeline"), "lpr"),
-    (("--context",), dict(choices=choices(Context), default=None,
-                          help="what a row sees (default: what the run trained on): none: each sentence of a text "
-                               "on its own; neighbours: with --context-size sub-tokens each side; document: windows "
-                               "across sentences"), "lpr"),
-    (("--context-size",), dict(type=int, default=None, help="sub-tokens of context each side for neighbours"),
-     "lpr"),
-    (("--segment-length",), dict(type=int, default=None,
-                                 help="none/neighbours: most sub-tokens a row predicts; a longer sentence is windowed "
-                                      "(default: what the run's training sentences held)"), "lpr"),
-    (("--document-field",), dict(default=None, metavar="FIELD",
-                                 help="consecutive JSONL lines with the same value of FIELD are one document for "
-                                      "context (each output line stays its input line's); shards, --processes and "
-                                      "Ray slices never cut one"), "lpr"),
-    (("--max-length",), dict(type=int, default=None, help="sub-tokens per window, specials included"), "lpr"),
-    (("--stride",), dict(type=int, default=None, help="sub-tokens shared by neighbouring windows"), "lpr"),
-    (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), "lpr"),
-    (("--batch-tokens",), dict(type=int, default=None, help="padded tokens per batch (rows = this / length)"),
-     "lpr"),
-    (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), "lpr"),
-    (("--dtype",), dict(default=None, choices=choices(TagDtype),
-                        help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU)"), "lpr"),
-    (("--max-line-bytes",), dict(type=int, default=None, metavar="BYTES",
-                                 help="a longer line gets an error record, unread (default 1000000; 0: no cap)"),
-     "lpr"),
-    (("--shard",), dict(default=None, metavar="I/N", help="tag only slice I of N (outputs concatenate)"), "l"),
-    (("--resume",), dict(action="store_true", help="continue an interrupted run from its last committed line "
-                                                   "(refused if the input has changed)"), "lr"),
-    (("--resume-stdin",), dict(action="store_true", help="with --resume and stdin input: vouch that stdin gives "
-                                                         "the same lines again (their CRC is checked)"), "l"),
-    (("--commit-every",), dict(type=float, default=5.0, metavar="SECONDS",
-                               help="make the written lines durable (and resumable) this often (default 5; 0: "
-                                    "after every line)"), "lp"),
-    (("--on-error",), dict(default="record", choices=choices(OnError),
-                           help="record: bad lines get an `error` field; fail: stop at the first"), "lp"),
-    (("--no-progress",), dict(action="store_true", help="no progress bar on stderr (it is off anyway when the "
-                                                        "output is a terminal's stdout)"), "lr"),
-    (("--processes",), dict(type=int, default=1, metavar="N",
-                            help="tag in N processes at once, one slice of the input each, then join their outputs "
-                                 "in order (one process' Python work caps it well below a GPU's pace; see "
-                                 "flaxner/tagging/processes.py)"), "l"),
-]
-
-
-def _tag_args(p: argparse.ArgumentParser) -> None:
-    from flaxner.tagging import raytag
-
-    p.add_argument("input", nargs="+", help="JSONL (.jsonl, .jsonl.gz), text with one document per line (.txt), or "
-                                            "- for stdin (several files or globs: --engine ray)")
-    for flags, kw, _ in TAG_OPTIONS:
-        p.add_argument(*flags, **kw)
-    raytag.add_arguments(p)
-
-
-def tag_child_args(args: argparse.Namespace) -> list[str]:
-    """The options a child of --processes gets from its parent's command line, as given."""
-    out: list[str] = []
-    for flags, kw, engines in TAG_OPTIONS:
-        value = getattr(args, flags[-1].lstrip("-").replace("-", "_"), None)
-        if "p" not in engines or value is None or value is False:
-            continue
-        out += [flags[-1]] if kw.get("action") == "store_true" else [flags[-1], str(value)]
-    return out
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -274,7 +191,7 @@ def _tag(args: argparse.Namespace) -> int:
                               resume_stdin=args.resume_stdin, on_error=args.on_error, progress=progress,
                               commit_every=args.commit_every, output_format=spec,
                               max_line_bytes=MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes)
-    print(json.dumps({"summary": summary.to_json()}), file=sys.stderr)
+    print(summary.printed(sys.stderr.isatty()), file=sys.stderr)
     if summary.input_damaged:
         print(f"flaxner tag: error: {summary.input_damaged} ({summary.lines} lines tagged into {output})",
               file=sys.stderr)
@@ -309,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.source=my_data/")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
-    _tag_args(p)
+    add_tag_arguments(p)
     p.set_defaults(func=cmd_tag)
     minilm.add_command(sub)
     return parser
@@ -338,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax._src", "orbax"):
+    for noisy in ("absl", "jax._src", "orbax", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

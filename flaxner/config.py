@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import yaml
 
-from flaxner.configfile import (ConfigError, build_dataclass, coerce_value, parse_override, read_yaml,
-                                resolve_config_path)
+from flaxner.configfile import (ConfigError, as_options, build_dataclass, check_fields, parse_override,  # noqa: F401
+                                read_yaml, resolve_config_path)
 
 # Every choice list, declared once: the fields are typed with these, `validate` checks membership
 # (typing.get_args) and the CLI's argparse `choices=` read them (`choices(Alias)`).
@@ -35,7 +35,8 @@ InputFormat = Literal["auto", "jsonl", "txt"]
 OutputFormat = Literal["jsonl", "conll", "label-studio", "spacy", "html"]
 OnError = Literal["record", "fail"]
 Engine = Literal["local", "ray"]
-Fetchable = Literal["minilm"]  # what `flaxner fetch` puts into flaxner's cache (flaxner/models/minilm.py)
+# Where training metrics go besides metrics.jsonl (flaxner.training.reporting).
+ReportTo = Literal["tensorboard"]
 
 
 def choices(alias: Any) -> tuple:
@@ -143,7 +144,11 @@ class TrainConfig:
     adam_b2: float = _checked(0.999, lambda v: 0 <= v < 1, "in [0, 1)")
     adam_eps: float = _min(1e-8, 0, "0 or more")
     weight_decay: float = _min(0.0, 0, "0 (off) or more")
+    # Linear warm-up over warmup_steps optimizer steps, or over this fraction of them (set one, or neither).
     warmup_steps: int = _min(0, 0, _STEPS)
+    warmup_ratio: float = _checked(0.0, lambda v: 0 <= v < 1, "in [0, 1)")
+    # Micro-batches of batch_size per optimizer step: the loss is the mean over all their labelled tokens.
+    grad_accum: int = _min(1, 1)
     # Clip gradients to this global norm; 0: no clipping.
     max_grad_norm: float = _min(1.0, 0, "0 (no clipping) or more")
     # Any integer (JAX's PRNGKey takes it as is).
@@ -160,6 +165,12 @@ class TrainConfig:
     save_every: int = _min(500, 0, _STEPS)
     keep_checkpoints: int = _min(2, 1)
     log_every: int = _min(20, 1)
+    # Evaluate on validation every this many optimizer steps as well as after every epoch (0: epochs only).
+    eval_every: int = _min(0, 0, _STEPS)
+    # Stop when this many evaluations in a row did not improve the best validation F1 (0: never).
+    patience: int = _min(0, 0, "0 (off) or a count of evaluations")
+    # Metrics written beside metrics.jsonl, by process 0: tensorboard (the `tensorboard` extra) in <run>/tensorboard.
+    report_to: tuple[ReportTo, ...] = ()
     # Score the best epoch on the test split: "auto" when the data has one (else one log line), true (a missing
     # test split is an error before training), false.
     eval_test: EvalTest = "auto"
@@ -210,8 +221,7 @@ class TagConfig:
     # or text without sentence marks, is windowed at this length). 0: max_length; training records the 99th
     # percentile of its sentences' lengths here, the rows its model learnt on.
     segment_length: int = _min(0, 0, "0 (max_length) or a sub-token count")
-    # JSONL inputs: consecutive lines with the same value of this field are one document for context (each output
-    # line still belongs to its input line); shards, --processes and Ray slices never cut such a document. "": off.
+    # JSONL: consecutive lines with one value of this field are one document for context (docs/tagging.md); "": off.
     document_field: str = ""
 
 
@@ -252,6 +262,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.labels: must list distinct tags including 'O', got {list(d.labels)}")
     validate_tag(cfg.tag)
     _validate_launch(cfg.train)
+    if cfg.train.warmup_steps and cfg.train.warmup_ratio:
+        raise ConfigError(f"train.warmup_steps ({cfg.train.warmup_steps}) and train.warmup_ratio "
+                          f"({cfg.train.warmup_ratio}) are both set: set one")
 
 
 def validate_tag(tc: TagConfig) -> None:
@@ -267,23 +280,6 @@ def check_positions(key: str, max_length: int, max_positions: int) -> None:
     """Refuse windows longer than the model's position embeddings (JAX would clamp the positions silently)."""
     if max_length > max_positions:
         raise ConfigError(f"{key} {max_length} is more than the model's max_position_embeddings {max_positions}")
-
-
-def as_options(e: ConfigError, options: dict[str, str]) -> ConfigError:
-    """The error with the config keys that options set named as typed ({"tag.lookahead": "--lookahead"})."""
-    import re
-
-    return ConfigError(re.sub(r"\b(?:data|model|train|tag)\.\w+", lambda m: options.get(m[0], m[0]), str(e)))
-
-
-def check_fields(section: Any, where: str) -> None:
-    """Each field of one section (`where`: data, model, train or tag) against its type, choices and bound."""
-    hints = typing.get_type_hints(type(section))
-    for f in dataclasses.fields(section):
-        key = f"{where}.{f.name}"
-        value = coerce_value(getattr(section, f.name), hints[f.name], key)
-        if "ok" in f.metadata and not f.metadata["ok"](value):
-            raise ConfigError(f"{key}: must be {f.metadata['says']}, got {value!r}")
 
 
 def _check_buckets(buckets: tuple[int, ...], max_length: int, where: str) -> None:
@@ -318,8 +314,7 @@ def to_dict(cfg: Config) -> dict:
     return conv(dataclasses.asdict(cfg))
 
 
-# Per-launch settings, left out of a run's saved config: a resume may start on other hosts, or on each host from
-# the one config.yaml process 0 wrote (which must not hand every host process 0's id).
+# Per-launch settings, not saved with a run: a resume may start on other hosts, each reading process 0's config.yaml.
 LAUNCH_KEYS = ("coordinator_address", "num_processes", "process_id", "distributed_timeout")
 
 

@@ -89,8 +89,10 @@ def coerce_value(value: Any, typ: Any, where: str) -> Any:
         return value
     if origin is tuple:
         (inner, _) = typing.get_args(typ)
+        if isinstance(value, str) and typing.get_origin(inner) is typing.Literal:
+            value = [value]  # train.report_to=tensorboard: a list of one choice
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list of {inner.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of {getattr(inner, '__name__', inner)}, got {value!r}")
         return tuple(coerce_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -121,3 +123,20 @@ def build_dataclass(cls: type, raw: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = coerce_value(value, typ, key)
     return cls(**kwargs)
+
+
+def check_fields(section: Any, where: str) -> None:
+    """Each field of one section (`where`: data, model, train or tag) against its type, choices and bound."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        key = f"{where}.{f.name}"
+        value = coerce_value(getattr(section, f.name), hints[f.name], key)
+        if "ok" in f.metadata and not f.metadata["ok"](value):
+            raise ConfigError(f"{key}: must be {f.metadata['says']}, got {value!r}")
+
+
+def as_options(e: ConfigError, options: dict[str, str]) -> ConfigError:
+    """The error with the config keys that options set named as typed ({"tag.lookahead": "--lookahead"})."""
+    import re
+
+    return ConfigError(re.sub(r"\b(?:data|model|train|tag)\.\w+", lambda m: options.get(m[0], m[0]), str(e)))

@@ -111,11 +111,11 @@ def submit_run(pre: Precompiler, run) -> dict[str, list[tuple[str, int]]]:
     keys = {name: [("eval", n) for n in lengths] for name, lengths in run.eval_shapes().items()}
     if not pre.workers:
         return keys
-    steps_left = run.total_steps - run.step
-    spec = abstract(run.state)
-    ahead = [(0, "update", run.step_fn.update, spec, spec["params"])]
-    ahead += [(s, ("train", n), run.step_fn.grad, spec, batch_spec(tc.batch_size, n, run.rt.batch_sharding))
-              for s, n in plan.first_uses(loop.epoch, loop.batch, steps_left)]
+    steps_left = (run.total_steps - run.step) * tc.grad_accum  # in batches (an optimizer step takes grad_accum)
+    spec, step = abstract(run.state), run.step_fn
+    ahead = [(0, "update", step.update, spec, spec["params"], *step.update_extra)]
+    ahead += [(s, ("train", n), step.grad, spec, batch_spec(tc.batch_size, n, run.rt.batch_sharding),
+               *step.grad_extra) for s, n in plan.first_uses(loop.epoch, loop.batch, steps_left)]
     for name, split_keys in keys.items():
         at = min(plan.steps_per_epoch - loop.batch, steps_left) if name == "eval" else steps_left
         ahead += [(at, key, run.eval_fn, spec["params"],

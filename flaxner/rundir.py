@@ -7,6 +7,7 @@
     checkpoints/    orbax checkpoints: last/ (rolling) and best/
     model/          the best epoch's HF-format model
     README.md       the model card (also model/README.md)
+    tensorboard/    TensorBoard event files, with train.report_to: [tensorboard]
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class RunDir:
     def card(self) -> Path:
         return self.path / "README.md"
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
     def has_run(self) -> bool:
         """True when a run was started here (its config, metrics or checkpoints are present)."""
         return any(p.exists() for p in (self.config, self.metrics, self.checkpoints))
@@ -59,12 +64,11 @@ class RunDir:
         """The HF model folder of this run folder, or None when `path` is not a run folder with a model."""
         return self.model if (self.model / "config.json").is_file() else None
 
-    def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> bool:
+    def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
-        found there first (where `delete`: on one host of several sharing the folder). True when it made the
-        folder."""
+        found there first (where `delete`: on one host of several sharing the folder)."""
         for p in (self.config, self.metrics, self.summary, self.card, self.checkpoints, self.model,
-                  self.checkpoints / "last", self.checkpoints / "best"):
+                  self.tensorboard, self.checkpoints / "last", self.checkpoints / "best"):
             if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
                 raise RunDirError(f"{p}: is a symlink; flaxner writes no run file through a link it did not make: "
                                   f"remove the link (its target is kept) and run again")
@@ -73,7 +77,7 @@ class RunDir:
                 raise RunDirError("--resume and --overwrite exclude each other")
             if not self.config.is_file():
                 raise RunDirError(f"{self.path}: no run to resume here (no config.yaml); start one without --resume")
-            return False
+            return
         if self.has_run():
             if not overwrite:
                 raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
@@ -81,20 +85,18 @@ class RunDir:
             if delete:
                 for p in (self.config, self.metrics, self.summary, self.card):
                     p.unlink(missing_ok=True)
-                for p in (self.checkpoints, self.model):
+                for p in (self.checkpoints, self.model, self.tensorboard):
                     shutil.rmtree(p, ignore_errors=True)
-        made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        return made
 
-    def discard(self, made: bool) -> str:
-        """Remove what a fresh run wrote before its first step (and the folder, when `made` by it and empty then):
-        a start stopped early leaves no run behind. Says what it removed."""
+    def discard(self) -> None:
+        """Remove what a run that failed to start wrote into this folder, which it created, and the folder when
+        nothing else is left in it."""
         for p in (self.config, self.metrics, self.summary, self.card):
             p.unlink(missing_ok=True)
-        for p in (self.checkpoints, self.model):
+        for p in (self.checkpoints, self.model, self.tensorboard):
             shutil.rmtree(p, ignore_errors=True)
-        if made and self.path.is_dir() and not any(self.path.iterdir()):
+        try:
             self.path.rmdir()
-            return f"removed the new run folder {self.path}"
-        return f"removed the new run's files from {self.path}"
+        except OSError:  # something else is in it: keep it
+            pass

@@ -140,6 +140,7 @@ def test_dataset_stats_on_labels_that_are_not_conlls(tmp_path):
     stats = analysis.dataset_stats(DataConfig(source=str(tmp_path)), ["train", "validation"])
     assert stats["train"] == {"sentences": 2, "tokens": 5, "entities": 3, "per_type": {"NUM": 1, "PLACE": 2}}
     assert stats["validation"]["per_type"] == {"PLACE": 1}
+    assert list(analysis.dataset_stats(DataConfig(source=str(tmp_path)))) == ["train", "validation"]  # no test split
 
 
 def _encoded(lengths) -> Encoded:

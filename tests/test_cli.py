@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,14 @@ def test_train_cli_runs_and_prints_table(tmp_path, capsys, compile_cache):
     assert code == 0
     text = capsys.readouterr().out
     assert "| Training Loss | Epoch | Step |" in text and f"run folder: {out}" in text
+    assert "the exported model):\n| Type | Precision | Recall | F1 | Support |" in text  # the per-type report
     assert (out / "model" / "flax_model.msgpack").is_file()
     scores = main(["eval", "--model", str(out), "--split", "test", "--limit", "20"])
     assert scores == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # stdout stays one JSON object; the table goes to stderr
     assert printed["sentences"] == 20 and 0 <= printed["f1"] <= 1 and "per_type" in printed
+    assert f"| micro avg | {printed['precision']:.4f} | {printed['recall']:.4f} | {printed['f1']:.4f} |" in captured.err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -31,9 +35,11 @@ def test_train_cli_runs_and_prints_table(tmp_path, capsys, compile_cache):
     (["train", "--config", "tiny", "data.source=/no/such/folder"], "no such folder"),
     (["train", "--resume"], "--resume needs --output-dir"),
 ])
-def test_errors_are_clear_and_early(args, message, capsys):
+def test_errors_are_clear_and_early(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default run folder (runs/tiny-<time>) would go
     assert main(args) == 2
     assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no empty run folder left behind
 
 
 def test_script_entry_point_help():
@@ -111,3 +117,22 @@ def test_options_the_ray_engine_does_not_take_are_refused_by_the_table(tmp_path,
                str(tmp_path / "out"), *opt])
     assert rc == 2 and f"{opt[0]} does not go with --engine ray" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_a_split_the_data_lacks_lists_those_it_has_before_jax_loads(tmp_path):
+    from flaxner.config import load_config, save_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.txt", "dev.txt"):
+        (data / name).write_text((ROOT / "tests" / "fixtures" / "snippet.txt").read_text())
+    run = tmp_path / "run"
+    run.mkdir()  # a run folder's config is all the check reads: no model is loaded
+    save_config(load_config("tiny", [f"data.source={data}"]), run / "config.yaml")
+    code = ("import sys\nfrom flaxner.cli import main\n"
+            f"rc = main(['eval', '--model', {str(run)!r}, '--split', 'tset'])\n"
+            "print('rc', rc, 'jax' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.split() == ["rc", "2", "False"], done.stdout + done.stderr
+    assert "no 'tset' split; the data has: train, validation" in done.stderr

@@ -287,3 +287,35 @@ def test_a_process_started_alone_ends_with_one_timeout_line(tmp_path, cache):
         f"(train.distributed_timeout): start every process with the same --coordinator-address and "
         f"--num-processes, each with its own --process-id, or raise train.distributed_timeout")
     assert "Check failure" not in p.stderr and not out.exists()
+
+
+# Trainer habits on several hosts: accumulation, evaluations between epochs, early stopping, warm-up by ratio and
+# TensorBoard, against one process holding as many devices.
+HABITS = ["train.grad_accum=2", "train.eval_every=2", "train.patience=1", "train.warmup_ratio=0.2",
+          "train.report_to=tensorboard"]
+
+
+@pytest.mark.multihost
+def test_two_hosts_accumulate_evaluate_and_stop_as_one_process(tmp_path, cache):
+    runs = {"2x1": tmp_path / "2x1", "1x2": tmp_path / "1x2"}
+    results = {}
+    threads = [threading.Thread(target=lambda k=k, n=n, d=d: results.__setitem__(
+        k, _launch(runs[k], n, d, cache, *HABITS))) for k, n, d in (("2x1", 2, 1), ("1x2", 1, 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in runs:
+        _ok(results[k])
+    _assert_close(runs["2x1"], runs["1x2"], 1e-5)
+    multi, single = _metrics(runs["2x1"]), _metrics(runs["1x2"])
+    assert [(r["type"], r["step"], r.get("epoch")) for r in multi] == [(r["type"], r["step"], r.get("epoch"))
+                                                                      for r in single]
+    assert any(r["type"] == "eval" and r["epoch"] != int(r["epoch"]) for r in multi)  # one between epochs
+    for a, b in zip(multi, single):
+        for k in ("loss", "f1", "train_loss", "learning_rate"):
+            if k in a:
+                assert a[k] == pytest.approx(b[k], abs=1e-5), (a, b)
+    sa, sb = (json.loads((runs[k] / "summary.json").read_text()) for k in ("2x1", "1x2"))
+    assert (sa["steps"], sa["best_step"], sa["stopped_early"]) == (sb["steps"], sb["best_step"], sb["stopped_early"])
+    assert len(list((runs["2x1"] / "tensorboard").iterdir())) == 1  # written by process 0 only

@@ -146,12 +146,12 @@ def test_resume_after_a_crash_writes_what_a_clean_run_writes(conll_tagger, refer
     conll_tagger.tag_file(str(src), str(clean), progress=False, output_format=fmt)
     real_write, calls = OutputWriter.write, {"n": 0}
 
-    def crashing_write(self, data):
+    def crashing_write(self, data, *lines):
         calls["n"] += 1
         if calls["n"] == 23:
             self.f.write(data[:3])  # a torn record
             raise KeyboardInterrupt
-        real_write(self, data)
+        real_write(self, data, *lines)
 
     monkeypatch.setattr(OutputWriter, "write", crashing_write)
     with pytest.raises(KeyboardInterrupt):

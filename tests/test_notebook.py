@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -34,18 +33,51 @@ def test_committed_notebook_is_stripped():
     assert sum("parameters" in _tags(c) for c in code) == 1
 
 
-@pytest.mark.slow
-def test_notebook_runs_headless(tmp_path):
+def _execute(tmp_path, injected: str, folder: Path):
+    """The notebook run headless from `folder` (as Jupyter starts a kernel in the notebook's folder), with
+    `injected` after its parameters cell; its own run goes to tempfile.mkdtemp() under tmp_path."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in _tags(c))
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(INJECTED, metadata={"tags": ["injected-parameters"]}))
-    has_tagger = importlib.util.find_spec("flaxner.tagging.tagger") is not None
-    if not has_tagger:
-        nb.cells = [c for c in nb.cells if "tagging" not in _tags(c)]
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}))
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, allow_errors=False,
-                                     resources={"metadata": {"path": str(ROOT)}})
-    # The notebook's own run goes to tempfile.mkdtemp(): keep it under tmp_path.
-    client.execute(env={**os.environ, "TMPDIR": str(tmp_path)})  # raises CellExecutionError on a failing cell
+                                     resources={"metadata": {"path": str(folder)}})
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    client.execute(env=env)  # raises CellExecutionError on a failing cell
+    return nb
+
+
+@pytest.mark.slow
+def test_notebook_runs_from_its_folder_on_a_run_with_its_own_labels(tmp_path, monkeypatch):
+    """Started in notebooks/, on a run trained (from another folder, with a relative data.source) on labels that are
+    not CoNLL's: every cell runs and shows the run's labels."""
+    from flaxner.config import load_config
+    from flaxner.training.train import train
+
+    data = tmp_path / "own"
+    data.mkdir()
+    own = {"PER": "PERSON", "LOC": "PLACE", "ORG": "COMPANY", "MISC": "OTHER"}
+    text = (ROOT / "tests" / "fixtures" / "snippet.txt").read_text()
+    for old, new in own.items():
+        text = text.replace(f"-{old}\n", f"-{new}\n")
+    for name in ("train.txt", "valid.txt"):
+        (data / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.source=own", "train.eval_test=false",
+                                                      f"model.name={ROOT / 'tests/fixtures/tiny-bert'}",
+                                                      "train.compilation_cache="])
+    run = train(cfg, tmp_path / "run").run_dir
+    nb = _execute(tmp_path, f"RUN_DIR = {run!r}\nLIMIT = 0", ROOT / "notebooks")
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "PERSON" in text and "B-PER'" not in text  # the stats table's columns are the run's types
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 5
+
+
+@pytest.mark.slow
+def test_notebook_runs_headless(tmp_path):
+    nb = _execute(tmp_path, INJECTED, ROOT / "notebooks")  # tiny.yaml's relative model folder found from there
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -53,6 +85,4 @@ def test_notebook_runs_headless(tmp_path):
     html = "".join(o["data"].get("text/html", "") for o in outputs if "data" in o)
     assert len(images) == 5  # dataset bars, length histogram, training curves, per-type bars, confusion matrix
     assert "<mark" in html and "<th>predicted</th>" in html  # highlighted spans in the worst-sentence table
-    if not has_tagger:
-        pytest.skip("flaxner.tagging.tagger is not there yet: every cell but the tagging ones ran")
     assert "Reuters" in html  # the tagging output reaches the end of the long text

@@ -56,11 +56,11 @@ def test_unknown_model_type_is_one_line_naming_the_families(tmp_path):
     with pytest.raises(ValueError) as e:
         family_of("deberta-v2")
     assert str(e.value) == ("config.json: model_type 'deberta-v2' is not supported; flaxner has: bert, roberta, "
-                            "xlm-roberta, distilbert, electra")
+                            "xlm-roberta, distilbert, electra, modernbert")
     d = tiny_folder(tmp_path / "m", "bert")
     (d / "config.json").write_text(json.dumps({"model_type": "deberta-v2", "hidden_size": 32}))
     with pytest.raises(ValueError, match=r"^\S+/m/config.json: model_type 'deberta-v2' is not supported; "
-                                         r"flaxner has: bert, roberta, xlm-roberta, distilbert, electra$"):
+                                         r"flaxner has: bert, roberta, xlm-roberta, distilbert, electra, modernbert$"):
         read_config(d)
     (d / "config.json").write_text(json.dumps({"model_type": ["bert"]}))
     with pytest.raises(ValueError, match=r"model_type \['bert'\] is not supported; flaxner has: bert"):

@@ -404,11 +404,11 @@ def test_gzip_shards_decompress_what_precedes_their_slice_once(tmp_path, monkeyp
 def _interrupt_after(monkeypatch, n: int) -> None:
     real, calls = OutputWriter.write, {"n": 0}
 
-    def write(self, data):
+    def write(self, data, *lines):
         calls["n"] += 1
         if calls["n"] == n:
             raise KeyboardInterrupt
-        real(self, data)
+        real(self, data, *lines)
 
     monkeypatch.setattr(OutputWriter, "write", write)
 

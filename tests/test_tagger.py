@@ -291,12 +291,12 @@ def test_resume_after_a_crash_equals_a_clean_run(tagger, tmp_path, monkeypatch):
     out = tmp_path / "crash.jsonl"
     real_write, calls = OutputWriter.write, {"n": 0}
 
-    def crashing_write(self, data):
+    def crashing_write(self, data, *lines):
         calls["n"] += 1
         if calls["n"] == 57:
             self.f.write(data[:7])  # a torn line, as a kill mid-write leaves it
             raise KeyboardInterrupt
-        real_write(self, data)
+        real_write(self, data, *lines)
 
     monkeypatch.setattr(OutputWriter, "write", crashing_write)
     with pytest.raises(KeyboardInterrupt):

@@ -233,9 +233,12 @@ def test_resume_refuses_changed_training_keys_and_allows_harmless_ones(small_cfg
     assert (out / "config.yaml").read_text() == before
     with pytest.raises(ConfigError, match="model.name"):
         train(replace(small_cfg, model={"name": "minilm"}), out, resume=True)
-    # log_every, save_every, compile_workers...: the same steps and weights, so a resume may change them
-    assert train(replace(small_cfg, train={"log_every": 5, "save_every": 7, "compile_workers": 0}), out,
-                 resume=True).steps == 6
+    # which steps are taken and evaluated, and when the run stops, are the run's own
+    with pytest.raises(ConfigError, match="train.eval_every, train.grad_accum, train.patience"):
+        train(replace(small_cfg, train={"grad_accum": 2, "eval_every": 1, "patience": 1}), out, resume=True)
+    # log_every, save_every, compile_workers, report_to...: the same steps and weights, so a resume may change them
+    assert train(replace(small_cfg, train={"log_every": 5, "save_every": 7, "compile_workers": 0,
+                                           "report_to": ("tensorboard",)}), out, resume=True).steps == 6
 
 
 def test_run_folder_misuse_is_refused_before_loading(small_cfg, small_run, tmp_path, monkeypatch, capsys):
@@ -308,7 +311,10 @@ def test_loop_state_reads_an_old_checkpoints_meta():
     old = {"epoch": 1, "batch": 0, "best_f1": 0.5, "history": [{"epoch": 1, "f1": 0.5}], "labels": ["O", "B-PER"],
            "epoch_loss": 0.0, "epoch_batches": 0}
     loop = LoopState.from_json(old)
-    assert loop.to_json() == old and loop.labels == ["O", "B-PER"] and loop.best_f1 == 0.5
+    saved = loop.to_json()
+    assert {k: saved[k] for k in old} == old and loop.labels == ["O", "B-PER"] and loop.best_f1 == 0.5
+    # what older runs did not save starts as a run without eval_every or patience would have it
+    assert (loop.last_eval, loop.bad_evals, loop.best_per_type) == (-1, 0, {})
 
 
 def test_card_names_the_data_and_base_model_used(small_run, snippet_data):

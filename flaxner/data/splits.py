@@ -95,6 +95,13 @@ class _Source:
             return None
         raise DataError(f"data.source {source!r}: no such folder (and not a hub dataset name)")
 
+    def needs_datasets(self) -> bool:
+        """A hub name or a save_to_disk folder: read through `datasets` (and the network)."""
+        if any(self.files.values()) or self.cfg.source == "builtin":
+            return False
+        folder = Path(self.cfg.source).expanduser()
+        return _is_disk_dataset(folder) if folder.is_dir() else _is_hub_name(self.cfg.source)
+
     def _datasets(self, folder: Path):
         if self._dd is None:
             import datasets
@@ -132,17 +139,18 @@ def _check_tags(s: Sentences, ids: dict[str, int], what: str, way_out: str) -> N
 
 
 def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequence[str] = (),
-                        labels: Sequence[str] | None = None) -> tuple[dict, tuple[str, ...]]:
+                        labels: Sequence[str] | None = None, check_only: bool = False) -> tuple[dict, tuple[str, ...]]:
     """Read `splits` (the first is the train split) and those of `optional` the source has, convert their tags to
     IOB2, and fix the label inventory: `labels` when given (a trained model's), else `data.labels`, else the
     train split's (a hub ClassLabel's names; CoNLL-2003's order for CoNLL-2003; else O then B-X, I-X per type by
     name). Returns ({split: Dataset of id, tokens, ner_tags (ClassLabel)}, labels). A tag outside the inventory
-    in any split is a DataError naming file:line, before anything trains."""
-    import datasets
-
+    in any split is a DataError naming file:line, before anything trains. `check_only`: read and check local
+    files only, return ({}, labels) without loading `datasets` (the CLI's check before the heavy imports)."""
     if not splits:
         raise ValueError("load_dataset_splits: name at least the train split")
     src = _Source(cfg)
+    if check_only and src.needs_datasets():
+        return {}, ()
     raw: dict[str, Sentences] = {}
     class_names: dict[str, list[str] | None] = {}
     for split in [*splits, *(s for s in optional if s not in splits)]:
@@ -185,6 +193,12 @@ def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequen
         else:
             inventory = iob2_inventory({t for tags in raw[train].tags for t in tags})
     ids = label2id(inventory)
+    for s in raw.values():
+        _check_tags(s, ids, what, way_out)
+    if check_only:
+        return {}, inventory
+    import datasets
+
     features = datasets.Features({
         "id": datasets.Value("string"),
         "tokens": datasets.Sequence(datasets.Value("string")),
@@ -193,7 +207,6 @@ def load_dataset_splits(cfg: DataConfig, splits: Sequence[str], optional: Sequen
     })
     out = {}
     for split, s in raw.items():
-        _check_tags(s, ids, what, way_out)
         n = min(cfg.limit, len(s.tokens)) if cfg.limit else len(s.tokens)
         out[split] = datasets.Dataset.from_dict(
             {"id": [str(i) for i in range(n)], "tokens": s.tokens[:n],

@@ -20,6 +20,7 @@ import numpy as np
 from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
 from flaxner.models.weights import from_pytorch_names
+from flaxner.models import bytelevel
 from flaxner.models.checks import ModelFileError, check_bounds, check_tokenizer_fits
 from flaxner.models.registry import family_of
 
@@ -121,7 +122,7 @@ def load_tokenizer(folder: Path):
     if not tok.is_fast:
         raise ModelFileError(f"{folder}: a fast tokenizer (tokenizer.json) is needed for word ids and character "
                              f"offsets")
-    return tok
+    return bytelevel.for_words(tok)
 
 
 def read_config(folder: Path):
@@ -306,10 +307,13 @@ def load_params(folder: Path, model, prefer_pt: bool = False, seed: int = 0,
     labels = tuple(model.config.labels)
     keep_classifier = tuple(checkpoint_labels) == labels and all(
         k in found and found[k].shape == want[k].shape for k in want if k[0] == "classifier")
-    params, new = {}, []
+    params, new, fresh = {}, [], []
     for k, spec in want.items():
         if k[0] == "classifier" and not keep_classifier:
             new.append(k)
+            continue
+        if k not in found and k[0] != family.prefix:  # a head between backbone and classifier (ModernBERT's)
+            fresh.append(k)
             continue
         if k not in found:
             raise ModelFileError(f"{path}: no weight {'.'.join(k)} for a {model.config.model_type} of this config")
@@ -324,6 +328,9 @@ def load_params(folder: Path, model, prefer_pt: bool = False, seed: int = 0,
         params[("classifier", "kernel")] = np.asarray(
             jax.nn.initializers.lecun_normal()(rng, (h, len(labels)), jnp.float32))
         params[("classifier", "bias")] = np.zeros(len(labels), np.float32)
+    if fresh:  # as the family initialises it (a bare encoder checkpoint has no head)
+        init = flatten_dict(jax.device_get(model.init_params(seed)))
+        params.update({k: init[k] for k in fresh})
     unused = sorted(".".join(k) for k in found if k not in want)
     parts = [f"loaded {path}"]
     if unused:
@@ -332,6 +339,8 @@ def load_params(folder: Path, model, prefer_pt: bool = False, seed: int = 0,
         why = ("labels differ from the checkpoint's" if any(k[0] == "classifier" for k in found)
                else "the checkpoint has none")
         parts.append(f"new classifier for {len(labels)} labels ({why})")
+    if fresh:
+        parts.append(f"new {_short(sorted({'.'.join(k[:-1]) for k in fresh}))} (not in the checkpoint)")
     log.info("; ".join(parts))
     return unflatten_dict({k: jnp.asarray(v) for k, v in params.items()})
 

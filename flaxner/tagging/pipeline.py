@@ -143,8 +143,7 @@ class Pipeline:
                 chunk = held + fresh
                 if not chunk:
                     break
-                if fresh and cfg.document_field:
-                    chunk, held = split_last_document(chunk, cfg.lookahead)
+                chunk, held = split_last_document(chunk, cfg.lookahead) if fresh and cfg.document_field else (chunk, [])
                 docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context)
                 rows = []
                 for doc in documents(docs, cfg.context, cfg.lookahead):

@@ -7,6 +7,7 @@ It imports nothing heavy, so the `--processes` parent (which never imports JAX) 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 
@@ -39,6 +40,17 @@ class TagSummary:
             if out[key] is None:
                 del out[key]
         return out
+
+    def printed(self, tty: bool = False) -> str:
+        """What `flaxner tag` prints on stderr: one JSON line `{"summary": ...}` (what scripts and the --processes
+        parent read); on a terminal, a short line first and the same JSON a key per line, not one line of 600."""
+        fields = self.to_json()
+        if not tty:
+            return json.dumps({"summary": fields})
+        head = (f"flaxner tag: {self.lines} lines, {self.entities} entities, {self.errors} errors, {self.warnings} "
+                f"warnings -> {self.output} ({self.seconds:.1f} s, {self.tokens_per_s:.0f} tokens/s)")
+        body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in fields.items())
+        return f'{head}\n{{"summary": {{\n{body}\n}}}}'
 
     def __getitem__(self, key: str):
         """The JSON's keys, for code that reads a summary as the printed JSON (`summary["lines"]`)."""

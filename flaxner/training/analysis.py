@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import Config, DataConfig, load_config
+from flaxner.config import Config, DataConfig, load_config, replace
+from flaxner.configfile import CONFIG_DIR
 from flaxner.data.batching import batch_order, bucket_for
 from flaxner.data.labels import spans_from_tags
 from flaxner.rundir import RunDir
@@ -21,9 +22,28 @@ SPURIOUS = "spurious"
 
 
 def explore_config(run_dir: str | Path | None, config: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """The config a run folder was trained with (its config.yaml), else `config`; dotted `overrides` on top."""
+    """The config a run folder was trained with (its config.yaml, whose paths are absolute), else `config`, whose
+    relative paths not found from here are looked up from the repository (tiny.yaml's tests/fixtures/tiny-bert,
+    for a notebook started in notebooks/); dotted `overrides` on top."""
     saved = RunDir(run_dir).config if run_dir else None
-    return load_config(saved if saved and saved.is_file() else config, list(overrides))
+    if saved and saved.is_file():
+        return load_config(saved, list(overrides))
+    cfg, root = load_config(config, list(overrides)), CONFIG_DIR.parent
+
+    def fix(value: str) -> str:
+        p = Path(value)
+        return str(root / p) if value and not p.is_absolute() and not p.exists() and (root / p).exists() else value
+
+    return replace(cfg, data={"source": fix(cfg.data.source)},
+                   model={"name": fix(cfg.model.name), "tokenizer": fix(cfg.model.tokenizer)})
+
+
+def encoded_split(cfg: Config, tokenizer, split: str):
+    """A split encoded as training encodes it, with the run's label set (`data.labels`, else the data's own)."""
+    from flaxner.data.splits import encode, load_split
+
+    ds = load_split(cfg.data, split, labels=list(cfg.data.labels) or None)
+    return encode(ds, tokenizer, cfg.data, ds.features["ner_tags"].feature.names)
 
 
 def split_stats(ds, labels: Sequence[str] | None = None) -> dict:
@@ -41,12 +61,15 @@ def split_stats(ds, labels: Sequence[str] | None = None) -> dict:
 
 
 def dataset_stats(cfg: DataConfig, splits: Sequence[str] | None = None) -> dict[str, dict]:
-    """`split_stats` of each split (default: the config's train, eval and test splits), `cfg.limit` applied; any
-    label set (`data.labels`, else each split's own tags)."""
-    from flaxner.data.splits import load_split
+    """`split_stats` of each split (default: the config's train split and those of its eval and test splits the
+    data has), `cfg.limit` applied; any label set (`data.labels`, else the train split's tags)."""
+    from flaxner.data.splits import load_dataset_splits
 
-    splits = splits or (cfg.train_split, cfg.eval_split, cfg.test_split)
-    return {s: split_stats(load_split(cfg, s, labels=None)) for s in splits}
+    if splits:
+        ds, _ = load_dataset_splits(cfg, list(splits))
+    else:
+        ds, _ = load_dataset_splits(cfg, [cfg.train_split], [cfg.eval_split, cfg.test_split])
+    return {name: split_stats(d) for name, d in ds.items()}
 
 
 def stats_table(stats: dict[str, dict]) -> list[dict]:

@@ -28,14 +28,19 @@ class LoopState:
     epoch: int = 0  # epochs finished (evaluated)
     batch: int = 0  # batches of the current epoch done
     best_f1: float = -1.0
-    history: list[dict] = field(default_factory=list)  # one row per evaluated epoch, without per-type scores
+    history: list[dict] = field(default_factory=list)  # one row per evaluation, without per-type scores
     epoch_loss: float = 0.0  # summed loss of the current epoch's steps read so far
     epoch_batches: int = 0
+    last_eval: int = -1  # the step of the last evaluation (a mid-epoch one due at a resumed step runs then)
+    best_step: int = 0  # the step of the best evaluation
+    best_per_type: dict = field(default_factory=dict)  # its scores per entity type
+    bad_evals: int = 0  # evaluations since the best one (train.patience stops when it reaches the patience)
     # Step metrics not read back from the device yet (reading waits for the step), and losses read but not logged.
     pending: list = field(default_factory=list, repr=False, compare=False)
     window: list[float] = field(default_factory=list, repr=False, compare=False)
 
-    SAVED = ("epoch", "batch", "best_f1", "history", "labels", "epoch_loss", "epoch_batches")
+    SAVED = ("epoch", "batch", "best_f1", "history", "labels", "epoch_loss", "epoch_batches", "last_eval",
+             "best_step", "best_per_type", "bad_evals")
 
     def flush(self) -> None:
         """Read the pending steps' losses into the epoch's sum and the log window (this waits for those steps)."""

@@ -1,4 +1,5 @@
-"""What the training loop yields and what a finished run reports: `StepEvent`, `EpochEvent`, `Summary`."""
+"""What the training loop yields and what a finished run reports: `StepEvent`, `EvalEvent` (`EpochEvent`),
+`Summary`."""
 
 from __future__ import annotations
 
@@ -23,14 +24,21 @@ class StepEvent:
 
 
 @dataclass(frozen=True)
-class EpochEvent:
-    """After an epoch's evaluation; the loop state already points at the next epoch."""
+class EvalEvent:
+    """After an evaluation on the validation split: every `train.eval_every` steps within an epoch, and after
+    every epoch (`EpochEvent`, whose loop state already points at the next epoch)."""
 
-    epoch: int  # epochs done
+    epoch: float  # epochs done, fractional within an epoch
     step: int
     scores: dict  # the metrics.jsonl eval row: epoch, step, train_loss, seqeval scores with per_type
     improved: bool  # best validation F1 so far
     state: dict
+    stop: bool = False  # train.patience evaluations in a row without improvement: the loop ends after this one
+
+
+@dataclass(frozen=True)
+class EpochEvent(EvalEvent):
+    """The evaluation after an epoch."""
 
 
 @dataclass
@@ -56,6 +64,11 @@ class Summary:
     compile_wait_eval_s: float = 0.0
     test: dict | None = None
     total_s: float = 0.0
+    best_step: int = 0  # the evaluation whose model was exported (model/) and scored on test
+    best_per_type: dict = dataclasses.field(default_factory=dict)  # its validation scores per entity type
+    stopped_early: bool = False  # train.patience ended the run
+    labels: list[str] = dataclasses.field(default_factory=list)  # the label inventory, in id order
+    train_sentences: int = 0  # sentences the train split held (after data.limit)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

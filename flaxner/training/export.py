@@ -38,9 +38,13 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 @contextlib.contextmanager
 def progress(total: int, initial: int = 0):
+    """The optimizer steps' bar; log lines written meanwhile go above it, each on its own line."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
     try:
-        yield bar
+        with logging_redirect_tqdm():
+            yield bar
     finally:
         bar.close()
 
@@ -67,6 +71,18 @@ def format_scores(m: dict) -> str:
     return " ".join(f"{k}={m[k]:.4f}" for k in ("loss", "precision", "recall", "f1", "accuracy") if k in m)
 
 
+def per_type_table(scores: dict) -> str:
+    """seqeval's per-type report as Markdown: precision, recall, F1 and support of each entity type, then the
+    micro average (the scores' own precision, recall and F1)."""
+    per = scores.get("per_type") or {}
+    rows = ["| Type | Precision | Recall | F1 | Support |", "|:---|---:|---:|---:|---:|"]
+    rows += [f"| {k} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+             for k, v in sorted(per.items())]
+    rows.append(f"| micro avg | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
+                f"{sum(v['support'] for v in per.values())} |")
+    return "\n".join(rows)
+
+
 def epoch_table(history: list[dict]) -> str:
     """The seed card's per-epoch table as Markdown."""
     head = "| Training Loss | Epoch | Step | Validation Loss | Precision | Recall | F1 | Accuracy |"
@@ -75,6 +91,26 @@ def epoch_table(history: list[dict]) -> str:
         rows.append(f"| {h['train_loss']:.4f} | {h['epoch']:.1f} | {h['step']} | {h['loss']:.4f} | "
                     f"{h['precision']:.4f} | {h['recall']:.4f} | {h['f1']:.4f} | {h['accuracy']:.4f} |")
     return "\n".join(rows)
+
+
+def final_report(summary) -> str:
+    """What `flaxner train` prints at the end: the per-evaluation table, the per-type reports of the exported
+    model (validation, and test when scored), and where the run is."""
+    out = ["", epoch_table(summary.history)]
+    if summary.best_per_type:
+        best = next((h for h in summary.history if h["step"] == summary.best_step), None)
+        if best:
+            out += ["", f"validation, per type (step {summary.best_step}, the exported model):",
+                    per_type_table({**best, "per_type": summary.best_per_type})]
+    if summary.test:
+        t = summary.test
+        out += ["", f"test: precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} "
+                    f"accuracy {t['accuracy']:.4f}; per type:", per_type_table(t)]
+    if summary.stopped_early:
+        out += ["", f"stopped early (train.patience) at step {summary.steps}; the model is step {summary.best_step}'s"]
+    out += ["", f"run folder: {summary.run_dir}  (model in {summary.run_dir}/model)  compiled train shapes: "
+                f"{len(summary.compiled_train_shapes)}  total {summary.total_s:.0f}s"]
+    return "\n".join(out)
 
 
 def _versions() -> str:
@@ -102,9 +138,19 @@ def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None
                  None if m.random_init or Path(m.name).expanduser().exists() else m.name)
     base = f"[{describe_model(m)}](https://huggingface.co/{hub_model})" if hub_model else describe_model(m)
     t, hist = cfg.train, summary["history"]
-    best = max(hist, key=lambda h: h["f1"]) if hist else None
+    def short(text: str) -> str:  # the name without its explanation in brackets
+        return text.split(" (")[0]
+
+    title = f"{short(describe_model(m)).rsplit('/', 1)[-1]} fine-tuned for NER on {short(describe_source(d))}"
+    labels = summary.get("labels") or list(d.labels)
+    n = summary.get("train_sentences")
+    data_line = (f"Trained on {n if n is not None else 'the'} sentences of its train split"
+                 f"{f' (data.limit: the first {d.limit} of each split)' if d.limit else ''}, "
+                 f"with {len(labels)} labels: {', '.join(labels)}.\n" if labels else "")
+    best = next((h for h in hist if h["step"] == summary.get("best_step")), None) or \
+        (max(hist, key=lambda h: h["f1"]) if hist else None)  # the exported model's evaluation
     results = "" if best is None else (
-        f"It achieves the following results on the evaluation set (epoch {best['epoch']:.0f}):\n"
+        f"It achieves the following results on the evaluation set (epoch {best['epoch']:g}, step {best['step']}):\n"
         f"- Loss: {best['loss']:.4f}\n- Precision: {best['precision']:.4f}\n- Recall: {best['recall']:.4f}\n"
         f"- F1: {best['f1']:.4f}\n- Accuracy: {best['accuracy']:.4f}\n")
     test = summary.get("test")
@@ -119,9 +165,10 @@ tags:
 - generated_from_flaxner
 {f"datasets:{chr(10)}- {hub_data}{chr(10)}" if hub_data else ""}---
 
-# {cfg.name}
+# {title}
 
 This model is a fine-tuned version of {base} on {describe_source(d)}, trained with flaxner (JAX/Flax).
+{data_line}
 {results}
 ## Training procedure
 
@@ -134,7 +181,9 @@ The following hyperparameters were used during training:
 - seed: {t.seed}
 - optimizer: Adam with betas=({t.adam_b1},{t.adam_b2}) and epsilon={t.adam_eps:g}, weight decay {t.weight_decay:g}
 - max_grad_norm: {t.max_grad_norm:g}
-- lr_scheduler_type: linear (warm-up steps: {t.warmup_steps})
+- lr_scheduler_type: linear (warm-up {f"ratio: {t.warmup_ratio:g}" if t.warmup_ratio else f"steps: {t.warmup_steps}"})
+{f"- gradient_accumulation_steps: {t.grad_accum}{chr(10)}- total_train_batch_size: {t.batch_size * t.grad_accum}{chr(10)}" if t.grad_accum > 1 else ""}\
+{f"- early stopping: patience {t.patience} evaluations{' (stopped early)' if summary.get('stopped_early') else ''}{chr(10)}" if t.patience else ""}\
 - num_epochs: {t.epochs}
 - batching: {t.batching}, loss divided per {summary.get('loss_norm', t.loss_norm)}
 - padded lengths: {summary.get('buckets', list(cfg.data.buckets))}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import Config, ConfigError, TagConfig, TrainConfig, absolute_paths, load_config, to_dict
+from flaxner.config import Config, ConfigError, DataConfig, TagConfig, TrainConfig, absolute_paths, load_config, to_dict
 from flaxner.data.report import data_report, log_report
 from flaxner.data.splits import Encoded, encode, load_dataset_splits
 from flaxner.data.labels import IGNORE
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: they do not alter the steps it takes or the weights it reaches.
 RESUME_HARMLESS = ("name", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile_workers",
-                   "train.compilation_cache", "train.eval_test", "tag.",
+                   "train.compilation_cache", "train.eval_test", "train.report_to", "tag.",
                    # where the run is launched (per launch, never saved), not what it computes
                    "train.distributed", "train.coordinator_address", "train.num_processes", "train.process_id")
 
@@ -71,14 +71,50 @@ def check_resume_config(cfg: Config, saved_path: Path) -> None:
                           f"resume with the run's own config, or start a new run")
 
 
+def _needed(cfg: Config) -> tuple[list[str], list[str]]:
+    """(the splits a run requires, those it scores when the data has them), as `train.eval_test` says."""
+    d, et = cfg.data, cfg.train.eval_test
+    return [d.train_split, d.eval_split] + ([d.test_split] if et is True else []), \
+        [d.test_split] if et == "auto" else []
+
+
+def check_inputs(cfg: Config, resume: bool = False) -> None:
+    """What `flaxner train` checks before JAX, datasets and transformers start (15-20 s): the `train.report_to`
+    writers are installed, and a fresh run's local split files read as `load_splits` will read them (a missing
+    folder or file, a malformed line, an unknown tag or an empty split is its one-line error at once). The shipped
+    CoNLL-2003 is not read twice; hub and save_to_disk data are read later; a resumed run's labels are its own."""
+    from flaxner.training.reporting import check_reporters
+
+    check_reporters(cfg.train)
+    d = cfg.data
+    if resume or (d.source == "builtin" and not any((d.train_file, d.validation_file, d.test_file))):
+        return
+    _check_only(d, *_needed(cfg))
+
+
+def _check_only(data: DataConfig, splits: list[str], optional: list[str] = ()) -> None:
+    """`load_dataset_splits(check_only=True)` without its log lines (the real read logs what it finds)."""
+    quiet = logging.getLogger("flaxner.data")
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
+    try:
+        load_dataset_splits(data, splits, optional, check_only=True)
+    finally:
+        quiet.setLevel(level)
+
+
+def check_split(model: str | Path, split: str, data=None) -> None:
+    """`flaxner eval`'s check before its model loads: the split is in the data (`data`, else the run's) and its
+    local file reads; a split the data lacks is one line listing those it has."""
+    saved = Path(model) / "config.yaml"
+    _check_only(data or (load_config(saved).data if saved.is_file() else DataConfig()), [split])
+
+
 def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[str, Split], tuple[str, ...]]:
     """The encoded train and eval splits and, as `train.eval_test` says, test; and the label inventory. An empty
     split is refused here, before any step."""
     d, et = cfg.data, cfg.train.eval_test
     roles = {"train": d.train_split, "eval": d.eval_split}
-    required = [d.train_split, d.eval_split] + ([d.test_split] if et is True else [])
-    optional = [d.test_split] if et == "auto" else []
-    ds, labels = load_dataset_splits(d, required, optional, labels)
+    ds, labels = load_dataset_splits(d, *_needed(cfg), labels)
     log_report(data_report(ds, labels, d.train_split, d.rare_type_count), d.train_split)
     if et is not False:
         if d.test_split in ds:

@@ -1,13 +1,16 @@
 """The optimizer and the train step: Adam + linear schedule, the head's loss, and the step as two jitted programs
-(gradients per batch shape, the update once), data-parallel over the run's mesh."""
+(gradients per batch shape, the update once), data-parallel over the run's mesh; with `train.grad_accum`, the
+gradients of several micro-batches summed into one update."""
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from flaxner.config import TrainConfig
@@ -15,13 +18,19 @@ from flaxner.models.heads import token_loss
 from flaxner.runtime import Runtime
 
 
+def warmup_steps(tc: TrainConfig, total_steps: int) -> int:
+    """`train.warmup_steps`, or `train.warmup_ratio` of the run's optimizer steps rounded up (as the HF Trainer)."""
+    return tc.warmup_steps or math.ceil(tc.warmup_ratio * total_steps)
+
+
 def make_schedule(tc: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up (none by default) then linear decay to 0 at `total_steps`, as the HF Trainer's."""
-    decay = optax.linear_schedule(tc.learning_rate, 0.0, max(total_steps - tc.warmup_steps, 1))
-    if not tc.warmup_steps:
+    """Linear warm-up (none by default) then linear decay to 0 at `total_steps`, as the HF Trainer's; steps are
+    optimizer steps (an accumulated step counts once)."""
+    warm = warmup_steps(tc, total_steps)
+    decay = optax.linear_schedule(tc.learning_rate, 0.0, max(total_steps - warm, 1))
+    if not warm:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, tc.learning_rate, tc.warmup_steps), decay],
-                                [tc.warmup_steps])
+    return optax.join_schedules([optax.linear_schedule(0.0, tc.learning_rate, warm), decay], [warm])
 
 
 def make_optimizer(tc: TrainConfig, total_steps: int) -> optax.GradientTransformation:
@@ -44,17 +53,28 @@ def loss_fn(params, batch: dict, dropout_rng, apply_fn: Callable, train: bool = 
     return token_loss(logits, batch["labels"], denom)
 
 
-def grad_step(state: dict, batch: dict, apply_fn: Callable, denom: float | None = None):
-    """Gradients of the loss on one batch; the dropout key is derived from the run key and the step, so a
-    resumed run draws the same masks."""
+def grad_step(state: dict, batch: dict, micro=None, apply_fn: Callable = None, denom: float | None = None):
+    """Gradients of the loss on one batch; the dropout key is derived from the run key and the step (and the
+    micro-batch's index `micro` within an accumulated step), so a resumed run draws the same masks. A micro-batch
+    (denom 1: the summed loss) reports its summed loss; the update divides the sum of its micro-batches' gradients."""
     rng = jax.random.fold_in(state["rng"], state["step"])
-    (_, (count, loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, apply_fn,
-                                                                          denom=denom)
-    return grads, {"loss": loss, "tokens": count}
+    if micro is not None:
+        rng = jax.random.fold_in(rng, micro)
+    (total, (count, loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng,
+                                                                              apply_fn, denom=denom)
+    return grads, ({"loss": loss, "tokens": count} if micro is None else {"loss_sum": total, "tokens": count})
 
 
-def update_step(state: dict, grads, tx: optax.GradientTransformation):
-    """The optimizer update; returns the new state and the gradients' global norm."""
+def accumulate_step(acc, new):
+    """(gradients, metrics) of the micro-batches so far plus one more's."""
+    return jax.tree.map(jnp.add, acc, new)
+
+
+def update_step(state: dict, grads, divisor=None, tx: optax.GradientTransformation = None):
+    """The optimizer update (of the summed gradients / `divisor` when accumulating); returns the new state and
+    the gradients' global norm."""
+    if divisor is not None:
+        grads = jax.tree.map(lambda g: g / divisor.astype(g.dtype), grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}, \
@@ -69,23 +89,43 @@ TRAIN_STEP_NAMES = (GRAD_STEP_NAME, UPDATE_STEP_NAME)
 
 
 class TrainStep:
-    """One optimizer step (`grad_step` then `update_step`) as two executables: the gradients, compiled once per batch shape, and the optimizer update,
-    compiled once for the run since it does not depend on the shape (it is 40% of a fused step's compile time
-    at MiniLM size, and a run compiles a dozen shapes). The state is donated to the update;
-    the state stays replicated and the batch is split over `data`."""
+    """One optimizer step (`grad_step` then `update_step`) as two executables: the gradients, compiled once per
+    batch shape, and the optimizer update, compiled once for the run since it does not depend on the shape (it is
+    40% of a fused step's compile time at MiniLM size, and a run compiles a dozen shapes). The state is donated to
+    the update; the state stays replicated and the batch is split over `data`.
+
+    With `accum` > 1 a step takes a list of up to `accum` micro-batches: their summed-loss gradients are added
+    (`accumulate_step`) and the update divides them by all their labelled tokens (`denom` None: the loss is their
+    mean, as one batch of all their rows) or by `denom` x `accum` (`denom` is per micro-batch)."""
 
     def __init__(self, apply_fn: Callable, tx: optax.GradientTransformation, rt: Runtime,
-                 denom: float | None = None):
-        rep = rt.replicated
-        self.grad = jax.jit(functools.partial(grad_step, apply_fn=apply_fn, denom=denom),
-                            in_shardings=(rep, rt.batch_sharding), out_shardings=(rep, rep))
+                 denom: float | None = None, accum: int = 1):
+        rep, bs = rt.replicated, rt.batch_sharding
+        self.accum, self.denom = accum, denom
+        scalar = functools.partial(jax.ShapeDtypeStruct, (), sharding=rep)
+        # what the compile-ahead passes after (state, batch) and (state, grads)
+        self.grad_extra, self.update_extra = ((), ()) if accum == 1 else \
+            ((scalar(jnp.int32),), (scalar(jnp.float32),))
+        self.grad = jax.jit(functools.partial(grad_step, apply_fn=apply_fn, denom=denom if accum == 1 else 1.0),
+                            in_shardings=(rep, bs) + (rep,) * len(self.grad_extra), out_shardings=(rep, rep))
         self.update = jax.jit(functools.partial(update_step, tx=tx), donate_argnums=0,
-                              in_shardings=(rep, rep), out_shardings=(rep, rep))
+                              in_shardings=(rep, rep) + (rep,) * len(self.update_extra), out_shardings=(rep, rep))
+        self.add = jax.jit(accumulate_step, donate_argnums=0, in_shardings=(rep, rep), out_shardings=rep)
 
-    def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
-        grads, metrics = self.grad(state, batch)
-        state, metrics["grad_norm"] = self.update(state, grads)
-        return state, metrics
+    def __call__(self, state: dict, batch: dict | list[dict]) -> tuple[dict, dict]:
+        if self.accum == 1:
+            grads, metrics = self.grad(state, batch[0] if isinstance(batch, list) else batch)
+            state, metrics["grad_norm"] = self.update(state, grads)
+            return state, metrics
+        acc = None
+        for i, b in enumerate(batch if isinstance(batch, list) else [batch]):
+            out = self.grad(state, b, np.int32(i))
+            acc = out if acc is None else self.add(acc, out)
+        grads, m = acc
+        tokens = jnp.maximum(m["tokens"], 1).astype(jnp.float32)
+        divisor = tokens if self.denom is None else np.float32(self.denom * self.accum)
+        state, norm = self.update(state, grads, divisor)
+        return state, {"loss": m["loss_sum"] / tokens, "tokens": m["tokens"], "grad_norm": norm}
 
 
 def init_state(params, tx: optax.GradientTransformation, seed: int, rt: Runtime) -> dict:

@@ -1,7 +1,8 @@
 """Fine-tuning as build + events: `build_run` sets a run up (data, model, optimizer, step, evaluation, epoch plan,
-restored checkpoint), `training_steps` trains it, yielding a `StepEvent` after every step and an `EpochEvent` after
-every epoch's evaluation, and `train` consumes those with handlers (metrics log, checkpoints, progress bar, signals,
-best-model export), then scores the test split and writes the summary and card."""
+restored checkpoint), `training_steps` trains it, yielding a `StepEvent` after every optimizer step and an
+`EvalEvent` after every evaluation (`EpochEvent` after an epoch's), and `train` consumes those with handlers
+(metrics and reporters, checkpoints, progress bar, signals, best-model export), then scores the test split and
+writes the summary and card."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ from flaxner.rundir import RunDir
 from flaxner.runtime import Runtime, abstract, compile_stats, setup_runtime
 from flaxner.training.step import TrainStep, init_state, make_optimizer, make_schedule
 from flaxner.models.vocab import compact_model
-from flaxner.training.events import EpochEvent, StepEvent, Summary
+from flaxner.training.events import EpochEvent, EvalEvent, StepEvent, Summary
+from flaxner.training.handlers import BestModel, Checkpoints, log_early_stop
+from flaxner.training.reporting import Reporters, check_reporters
 from flaxner.training.setup import Split, check_resume_config, load_splits, loss_denominator, resolved_loss_norm, \
     tagging_defaults
 
@@ -88,7 +91,19 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.loop.epoch >= self.plan.epochs or (self.step >= self.total_steps and self.loop.batch == 0)
+        return self.loop.epoch >= self.plan.epochs or (self.step >= self.total_steps and self.loop.batch == 0) \
+            or self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        """`train.patience` evaluations in a row did not improve the best validation F1."""
+        return bool(self.cfg.train.patience) and self.loop.bad_evals >= self.cfg.train.patience
+
+    def eval_due(self) -> bool:
+        """A `train.eval_every` evaluation is due within the epoch (not done yet: a resumed run may owe one)."""
+        every, loop = self.cfg.train.eval_every, self.loop
+        return bool(every) and self.step % every == 0 and loop.last_eval != self.step and \
+            0 < loop.batch < self.plan.steps_per_epoch and 0 < self.step < self.total_steps
 
     def eval_shapes(self) -> dict[str, list[int]]:
         """Padded lengths of each evaluated split's batches."""
@@ -122,9 +137,20 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     distributed.initialize(tc)
     # Every host checks the folder; only process 0 deletes an overwritten run; then all see the same folder.
     rd = RunDir(run_dir or distributed.broadcast(f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    made = rd.prepare(resume, overwrite, delete=distributed.is_primary())
-    if not resume and distributed.is_primary():  # a signal before the first step: no half-made run is left
-        interrupts.on_interrupt(lambda: rd.discard(made))
+    created = not rd.path.exists()
+    rd.prepare(resume, overwrite, delete=distributed.is_primary())
+    if created and distributed.is_primary():  # a signal before the first step: no half-made run is left
+        interrupts.on_interrupt(lambda: rd.discard() or f"removed the new run folder {rd.path}")
+    try:
+        return _build(cfg, rd, resume, keep_model_vocab, t0, compiles0)
+    except BaseException:
+        if created and distributed.is_primary():  # a start that failed leaves no run folder behind
+            rd.discard()
+        raise
+
+
+def _build(cfg: Config, rd: RunDir, resume: bool, keep_model_vocab: bool, t0: float, compiles0: dict) -> Run:
+    tc = cfg.train
     distributed.check_same_dir(rd.path)
     if resume:
         check_resume_config(cfg, rd.config)
@@ -151,7 +177,7 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
         splits = {k: dataclasses.replace(s, enc=vocab.encode(s.enc)) for k, s in splits.items()}
     train_enc = splits["train"].enc
     plan = plan_epochs(train_enc.lengths, cfg.data, tc, rt.length_multiple)
-    total_steps = tc.max_steps or plan.steps_per_epoch * tc.epochs
+    total_steps = tc.max_steps or -(-plan.steps_per_epoch // tc.grad_accum) * tc.epochs  # optimizer steps
     tx = make_optimizer(tc, total_steps)
     state = init_state(params, tx, tc.seed, rt)
     del params
@@ -160,31 +186,41 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     if restored is not None:
         state, loop = restored
         log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), loop.epoch, loop.batch)
-    log.info("padded lengths: %s", list(plan.buckets))
+    used = sorted({n for _, n in plan.first_uses(loop.epoch, loop.batch, (total_steps - int(state["step"])) *
+                                                 tc.grad_accum)})
+    log.info("padded lengths of the training batches: %s (%d shapes to compile)", used, len(used))
     pad_id = int(vocab.remap[tokenizer.pad_token_id]) if vocab else tokenizer.pad_token_id or 0
     return Run(cfg=cfg, dir=rd, rt=rt, labels=labels, tokenizer=tokenizer, model=model, full_params=full_params,
                vocab=vocab, train_model=train_model, splits=splits, plan=plan, total_steps=total_steps,
                schedule=make_schedule(tc, total_steps),
-               step_fn=TrainStep(train_model.__call__, tx, rt, loss_denominator(tc, train_enc)),
+               step_fn=TrainStep(train_model.__call__, tx, rt, loss_denominator(tc, train_enc), tc.grad_accum),
                eval_fn=jit_eval_step(train_model.__call__), state=state, loop=loop, ckpt=ckpt, pad_id=pad_id,
                timings=Timings(load_s=time.perf_counter() - t0), compiles0=compiles0, t0=t0, step=int(state["step"]))
 
 
-def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEvent | EpochEvent]:
-    """Train `run` from its loop state to the end of its plan, evaluating after every epoch; yields an event after
-    each step and each evaluation. Stop iterating to stop (the loop state stays consistent at every event).
-    `pre` compiles the run's shapes ahead (default: `train.compile_workers` threads)."""
+def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEvent | EvalEvent]:
+    """Train `run` from its loop state to the end of its plan (or its early stop), evaluating after every epoch and
+    every `train.eval_every` steps; yields an event after each optimizer step (of `train.grad_accum` batches) and
+    each evaluation. Stop iterating to stop (the loop state stays consistent at every event). `pre` compiles the
+    run's shapes ahead (default: `train.compile_workers` threads)."""
     tc, loop, plan, timings = run.cfg.train, run.loop, run.plan, run.timings
     train_enc = run.splits["train"].enc
     pre = run.precompiler = pre or Precompiler(workers_for(tc.compile_workers, run.rt.platform))
     eval_keys = submit_run(pre, run)
     with pre:
         # An epoch whose steps are all done but which is not evaluated yet (stopped at its last step) still is.
-        while loop.epoch < plan.epochs and (run.step < run.total_steps or loop.batch > 0):
+        while loop.epoch < plan.epochs and (run.step < run.total_steps or loop.batch > 0) and not run.stopped:
             epoch = loop.epoch
             order = plan.orders[epoch]
             t_ep = time.perf_counter()
+            group, tokens = [], 0  # the micro-batches of one optimizer step
             for idx in order[loop.batch:]:
+                if run.eval_due():
+                    t_mid = time.perf_counter()
+                    yield from _evaluate(run, eval_keys["eval"], end_of_epoch=False)
+                    t_ep += time.perf_counter() - t_mid  # counted as evaluation, not training
+                    if run.stopped:
+                        break
                 if run.step >= run.total_steps:
                     break
                 batch = collate(train_enc, idx, tc.batch_size, plan.buckets, run.pad_id)
@@ -192,67 +228,52 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
                 if seq not in run.compiled_shapes:  # a new shape: wait for its compile if one is under way
                     timings.compile_wait_train_s += pre.claim(("train", seq), "update")
                     run.compiled_shapes.add(seq)
-                run.state, m = run.step_fn(run.state, run.rt.put(batch))
-                loop.pending.append(m)
+                group.append(run.rt.put(batch))
+                tokens += int(batch["attention_mask"].sum())
                 loop.batch += 1
+                if len(group) < tc.grad_accum and loop.batch < len(order):
+                    continue
+                run.state, m = run.step_fn(run.state, group)
+                loop.pending.append(m)
                 run.step += 1
                 losses = lr = None
                 if loop.unlogged >= tc.log_every or loop.batch == len(order) or run.step >= run.total_steps:
                     losses, lr = loop.take_window(), float(run.schedule(run.step))
                 yield StepEvent(run.step, epoch, loop.batch, epoch + loop.batch / plan.steps_per_epoch, seq,
-                                int(batch["attention_mask"].sum()), run.state, losses, lr)
-            loop.flush()
+                                tokens, run.state, losses, lr)
+                group, tokens = [], 0
             timings.train_s += time.perf_counter() - t_ep
-            t_ev = time.perf_counter()
-            timings.compile_wait_eval_s += pre.claim(*eval_keys["eval"])
-            scores = run.evaluate("eval")
-            timings.eval_s += time.perf_counter() - t_ev
-            row = {"type": "eval", "epoch": epoch + 1, "step": run.step,
-                   "train_loss": loop.epoch_loss / max(loop.epoch_batches, 1), **scores}
-            loop.history.append({k: v for k, v in row.items() if k != "per_type"})
-            improved = scores["f1"] > loop.best_f1
-            if improved:
-                loop.best_f1 = scores["f1"]
-            loop.epoch, loop.batch, loop.epoch_loss, loop.epoch_batches = epoch + 1, 0, 0.0, 0
-            yield EpochEvent(epoch + 1, run.step, row, improved, run.state)
-            log.info("epoch %d: %s", epoch + 1, export.format_scores(scores))
+            if run.stopped:
+                break
+            yield from _evaluate(run, eval_keys["eval"], end_of_epoch=True)
         if "test" in eval_keys:
             timings.compile_wait_eval_s += pre.claim(*eval_keys["test"])
 
 
-class Checkpoints:
-    """Handler: a checkpoint every `train.save_every` steps (not at an epoch's last step: its end saves it) and
-    after every evaluation, each step once."""
-
-    def __init__(self, run: Run):
-        self.run, self.every, self.saved = run, run.cfg.train.save_every, -1
-
-    def on_step(self, ev: StepEvent) -> None:
-        if self.every and ev.step % self.every == 0 and ev.batch < self.run.plan.steps_per_epoch:
-            self.save(ev.step, ev.state)
-
-    def on_epoch(self, ev: EpochEvent) -> None:
-        self.save(ev.step, ev.state, best=ev.improved)
-
-    def save(self, step: int, state: dict, best: bool = False) -> None:
-        self.run.ckpt.save(step, state, self.run.loop, best=best)
-        self.saved = step
-
-
-class BestModel:
-    """Handler: export the model of every epoch that improves the validation F1 to model/, and keep its params
-    for the test evaluation."""
-
-    def __init__(self, run: Run):
-        self.run, self.params = run, None
-
-    def on_epoch(self, ev: EpochEvent) -> None:
-        if not ev.improved:
-            return
-        self.params = jax.tree.map(distributed.fetch, ev.state["params"])
-        if distributed.is_primary():
-            export.save_model(self.run.model, self.run.export_params(self.params), self.run.tokenizer,
-                              self.run.dir.model)
+def _evaluate(run: Run, keys: list, end_of_epoch: bool) -> Iterator[EvalEvent]:
+    """Score the validation split, update the loop's best and patience count, and yield the evaluation's event."""
+    loop, t_ev = run.loop, time.perf_counter()
+    loop.flush()
+    run.timings.compile_wait_eval_s += run.precompiler.claim(*keys)
+    scores = run.evaluate("eval")
+    run.timings.eval_s += time.perf_counter() - t_ev
+    epoch = loop.epoch + 1 if end_of_epoch else round(loop.epoch + loop.batch / run.plan.steps_per_epoch, 4)
+    row = {"type": "eval", "epoch": epoch, "step": run.step,
+           "train_loss": loop.epoch_loss / max(loop.epoch_batches, 1), **scores}
+    loop.history.append({k: v for k, v in row.items() if k != "per_type"})
+    improved = scores["f1"] > loop.best_f1
+    if improved:
+        loop.best_f1, loop.best_step, loop.bad_evals = scores["f1"], run.step, 0
+        loop.best_per_type = scores.get("per_type", {})
+    else:
+        loop.bad_evals += 1
+    loop.last_eval = run.step
+    if end_of_epoch:
+        loop.epoch, loop.batch, loop.epoch_loss, loop.epoch_batches = loop.epoch + 1, 0, 0.0, 0
+    log.info("%s %s: %s", "epoch" if end_of_epoch else "step", epoch if end_of_epoch else run.step,
+             export.format_scores(scores))
+    event = EpochEvent if end_of_epoch else EvalEvent
+    yield event(epoch, run.step, row, improved, run.state, stop=run.stopped)
 
 
 def _summary(run: Run) -> Summary:
@@ -262,13 +283,16 @@ def _summary(run: Run) -> Summary:
                    compiled_train_shapes=sorted(run.compiled_shapes),
                    xla_compiles=compile_stats()["count"] - run.compiles0["count"],
                    compile_s=compile_stats()["seconds"] - run.compiles0["seconds"], compile_workers=pre.workers,
-                   compiled_ahead=len(pre.done), devices=run.rt.n_devices, **dataclasses.asdict(t))
+                   compiled_ahead=len(pre.done), devices=run.rt.n_devices, best_step=run.loop.best_step,
+                   best_per_type=run.loop.best_per_type, stopped_early=run.stopped, labels=list(run.labels),
+                   train_sentences=len(run.splits["train"].gold), **dataclasses.asdict(t))
 
 
 def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
           overwrite: bool = False) -> Summary:
     """Run the recipe of `cfg` into `output_dir` (or continue it with `resume`); returns the final summary. A
     resumed run that had finished returns its saved summary."""
+    check_reporters(cfg.train)
     # Loading, tracing and the first compiles keep nothing yet: a signal ends them at once (flaxner/interrupts.py).
     early = interrupts.PromptExit("train", "while loading and compiling, before the first step")
     with early:
@@ -278,42 +302,45 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         run.ckpt.close()
         log.info("%s: the run is already finished (%d steps); nothing to do", rd.path, run.step)
         return Summary.from_json(json.loads(rd.summary.read_text()))
-    metrics = export.MetricsLog(rd.metrics, keep_until=run.step) if primary else None
+    metrics = Reporters(rd, cfg.train, resumed_at=run.step) if primary else None
     checkpoints, best = Checkpoints(run), BestModel(run)
     tokens, t_log = 0, time.perf_counter()
-    with contextlib.closing(training_steps(run)) as events, early, distributed.StopSignals() as stop, \
-            export.progress(run.total_steps, run.step) as bar:
-        for ev in events:
-            if isinstance(ev, StepEvent):
-                early.disarm()  # from the first step on, a signal saves a checkpoint (StopSignals)
-                tokens += ev.tokens
-                if ev.losses is not None:
+    with contextlib.closing(metrics) if metrics else contextlib.nullcontext():  # flushes what it holds
+        with contextlib.closing(training_steps(run)) as events, early, distributed.StopSignals() as stop, \
+                export.progress(run.total_steps, run.step) as bar:
+            for ev in events:
+                if isinstance(ev, StepEvent):
+                    early.disarm()  # from the first step on, a signal saves a checkpoint (StopSignals)
+                    tokens += ev.tokens
+                    if ev.losses is not None:
+                        if metrics:
+                            metrics.write({"type": "train", "step": ev.step, "epoch": ev.epoch_progress,
+                                           "loss": float(np.mean(ev.losses)), "learning_rate": ev.learning_rate})
+                        bar.set_postfix(loss=f"{np.mean(ev.losses):.4f}", lr=f"{ev.learning_rate:.2e}",
+                                        tok_s=f"{tokens / (time.perf_counter() - t_log):.0f}")
+                        tokens, t_log = 0, time.perf_counter()
+                    bar.update(1)
+                    checkpoints.on_step(ev)
+                    if distributed.agree(bool(stop.signum)):
+                        if checkpoints.saved != ev.step:
+                            checkpoints.save(ev.step, ev.state)
+                        run.ckpt.close()
+                        raise Interrupted(stop.signum or signal.SIGTERM, ev.step, rd.path)
+                else:
                     if metrics:
-                        metrics.write({"type": "train", "step": ev.step, "epoch": ev.epoch_progress,
-                                       "loss": float(np.mean(ev.losses)), "learning_rate": ev.learning_rate})
-                    bar.set_postfix(loss=f"{np.mean(ev.losses):.4f}", lr=f"{ev.learning_rate:.2e}",
-                                    tok_s=f"{tokens / (time.perf_counter() - t_log):.0f}")
-                    tokens, t_log = 0, time.perf_counter()
-                bar.update(1)
-                checkpoints.on_step(ev)
-                if distributed.agree(bool(stop.signum)):
-                    if checkpoints.saved != ev.step:
-                        checkpoints.save(ev.step, ev.state)
-                    run.ckpt.close()
-                    raise Interrupted(stop.signum or signal.SIGTERM, ev.step, rd.path)
-            else:
-                if metrics:
-                    metrics.write(ev.scores)
-                best.on_epoch(ev)
-                checkpoints.on_epoch(ev)
-    summary = _summary(run)
-    if "test" in run.splits:
-        params = best.params
-        if params is None:  # resumed after the best epoch: take it from the best checkpoint
-            params = run.ckpt.restore(abstract(run.state), which="best")[0]["params"]
-        summary.test = run.evaluate("test", jax.device_put(params, run.rt.replicated))
-        if metrics:
-            metrics.write({"type": "test", "step": run.step, **summary.test})
+                        metrics.write(ev.scores)
+                    best.on_eval(ev)
+                    checkpoints.on_eval(ev)
+                    if ev.stop:
+                        log_early_stop(run, ev)
+        summary = _summary(run)
+        if "test" in run.splits:
+            params = best.params
+            if params is None:  # resumed after the best evaluation: take it from the best checkpoint
+                params = run.ckpt.restore(abstract(run.state), which="best")[0]["params"]
+            summary.test = run.evaluate("test", jax.device_put(params, run.rt.replicated))
+            if metrics:
+                metrics.write({"type": "test", "step": run.step, **summary.test})
     run.ckpt.close()
     summary.total_s = time.perf_counter() - run.t0
     if primary:
