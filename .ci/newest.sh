@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes .venv-newest with flaxner's dependencies (the [test] extra included) at the newest releases
 # pyproject.toml's ranges admit, resolved fresh from PyPI (no constraints.txt), on Python 3.12 (jax 0.11 and later
-# need it), without torch (.ci/newest-overrides.txt); prints what it chose. uv (a pinned release, in .venv-tools)
+# need it), without torch (the core and the test extra install none: docs/install.md); prints what it chose. uv (a pinned release, in .venv-tools)
 # resolves and installs. flaxner itself is installed afterwards (.ci/run: `uv pip install --no-deps -e .`), so that
 # this can run beside step 1's editable install of the same folder.
 set -euo pipefail
@@ -18,7 +18,7 @@ PY=$(find_python)
 python3 -m venv .venv-tools
 .venv-tools/bin/pip install -q 'uv==0.13.9'
 .venv-tools/bin/uv venv -q --python "$PY" .venv-newest
-.venv-tools/bin/uv pip install -q --python .venv-newest/bin/python --overrides .ci/newest-overrides.txt -r pyproject.toml --extra test
+.venv-tools/bin/uv pip install -q --python .venv-newest/bin/python -r pyproject.toml --extra test
 .venv-newest/bin/python - <<'PY'
 import sys
 from importlib.metadata import version

@@ -3,6 +3,7 @@
   flaxner train --config quickstart --output-dir runs/q        train (configs/base.yaml lists every key)
   flaxner eval --model runs/q --split test                    score a trained model
   flaxner tag corpus.jsonl --model runs/q                     tag a JSONL or text corpus
+  flaxner fetch minilm                                        the offline MiniLM of --config quickstart
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 
+from flaxner import interrupts
 from flaxner.config import ConfigError, as_options, load_config
+from flaxner.models import minilm
 from flaxner.tagging.options import TAG_OPTIONS, add_tag_arguments, tag_child_args  # noqa: F401 (cli.TAG_OPTIONS)
 
 
@@ -92,7 +96,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from flaxner.training.evaluate import predict_split
     # Every sentence of the split unless --limit says otherwise (a run's own data.limit cut its training only).
     try:
-        out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data, batch_size=args.batch_size)
+        with interrupts.PromptExit("eval", "while loading, compiling or scoring; nothing written"):
+            out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data,
+                                batch_size=args.batch_size)
     except ConfigError as e:
         given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
         raise as_options(e, {k: v for k, v in given.items() if v}) from None
@@ -113,16 +119,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
-class _Signal(KeyboardInterrupt):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_signal(signum, frame):
-    raise _Signal(signum)
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -184,10 +180,11 @@ def _tag(args: argparse.Namespace) -> int:
 
         return run_processes(args, tag_child_args(args))
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_signal)  # a TERM commits what was written, as Ctrl-C does
+        signal.signal(signal.SIGTERM, interrupts.raise_signal)  # a TERM commits what was written, as Ctrl-C does
     from flaxner.tagging.tagger import Tagger
 
-    tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
+    with interrupts.PromptExit("tag", "while loading the model; nothing written"):
+        tagger = Tagger.from_pretrained(args.model, text_field=args.text_field, **overrides)
     progress = not args.no_progress and not (output == "-" and sys.stdout.isatty())  # no bar amid stdout lines
     summary = tagger.tag_file(args.input, output, id_field=args.id_field, keep_fields=args.keep_fields,
                               fmt=args.input_format, shard=args.shard, resume=args.resume, overwrite=args.overwrite,
@@ -231,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tag", help="tag a JSONL/text corpus with a trained model")
     add_tag_arguments(p)
     p.set_defaults(func=cmd_tag)
+    minilm.add_command(sub)
     return parser
 
 
@@ -253,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     from flaxner import hostmem
 
     hostmem.tune()  # before anything starts JAX's CPU client
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found": the core has none
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -184,6 +184,7 @@ class TrainConfig:
     coordinator_address: str = ""
     num_processes: int = _min(0, 0, "0 (detect) or a process count")
     process_id: int = _min(-1, -1, "-1 (detect) or this process's index")
+    distributed_timeout: int = _min(300, 1, "a number of seconds, 1 or more")  # for all processes to join
     # Hold only the embedding rows of ids in the run's data in the optimizer; exact when weight_decay is 0.
     compact_vocab: bool = True
 
@@ -313,9 +314,8 @@ def to_dict(cfg: Config) -> dict:
     return conv(dataclasses.asdict(cfg))
 
 
-# Per-launch settings, left out of a run's saved config: a resume may start on other hosts, or on each host from
-# the one config.yaml process 0 wrote (which must not hand every host process 0's id).
-LAUNCH_KEYS = ("coordinator_address", "num_processes", "process_id")
+# Per-launch settings, not saved with a run: a resume may start on other hosts, each reading process 0's config.yaml.
+LAUNCH_KEYS = ("coordinator_address", "num_processes", "process_id", "distributed_timeout")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,16 @@ def test_initialize_skips_without_distributed(tiny_cfg, monkeypatch):
                                "train.num_processes=4", "train.process_id=0"])
     distributed.initialize(cfg.train)
     assert called[-1] == ("h0:1234", 4, 0)
+    # JAX's own join timeout (its C++ abort) lies past train.distributed_timeout, where flaxner's line comes first
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: called.append(k))
+    distributed.initialize(load_config("tiny", ["train.distributed=true", "train.distributed_timeout=7"]).train)
+    assert called[-1] == {"initialization_timeout": 67}
+    # an error of JAX's own propagates, and the watchdog stands down (it would end this process otherwise)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        distributed.initialize(load_config("tiny", ["train.distributed=true", "train.distributed_timeout=1"]).train)
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name == "flaxner-join-watchdog"]
 
 
 def test_stop_signals_on_and_off_the_main_thread():
@@ -256,6 +267,26 @@ def test_hosts_with_different_output_folders_stop_with_one_clear_error(tmp_path,
         assert rc == 2, f"process {i} exited {rc}:\n{log[-3000:]}"
         assert "the hosts do not share the output folder: process 1" in log, log[-2000:]
     assert not (dirs[0] / "checkpoints").exists() and not (dirs[1] / "checkpoints").exists()
+
+
+@pytest.mark.multihost
+def test_a_process_started_alone_ends_with_one_timeout_line(tmp_path, cache):
+    """Process 0 of 2 started without process 1: after train.distributed_timeout, one line naming the flags and
+    the key, exit 2, no run folder (JAX alone aborts after 300 s and heartbeats, with a C++ stack trace)."""
+    out, addr = tmp_path / "run", f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "flaxner.cli", "train", "--config", "tiny", "--output-dir", str(out),
+           "--coordinator-address", addr, "--num-processes", "2", "--process-id", "0",
+           "train.distributed_timeout=5", f"train.compilation_cache={cache}"]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, timeout=LAUNCH_S)
+    assert time.monotonic() - t0 < 120
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"flaxner train: error: process 0 of 2 processes: they did not all join the coordinator {addr} within 5 s "
+        f"(train.distributed_timeout): start every process with the same --coordinator-address and "
+        f"--num-processes, each with its own --process-id, or raise train.distributed_timeout")
+    assert "Check failure" not in p.stderr and not out.exists()
 
 
 # Trainer habits on several hosts: accumulation, evaluations between epochs, early stopping, warm-up by ratio and

@@ -27,6 +27,26 @@ def test_metrics_equal_seqeval(gold, pred):
         assert row["f1"] == rep[typ]["f1-score"] and row["support"] == rep[typ]["support"]
 
 
+def test_metrics_equal_seqeval_on_random_tags():
+    """compute_metrics (flaxner's own, so the core install needs no seqeval or scikit-learn) gives seqeval's
+    numbers exactly, on random IOB2 gold and predictions with stray I- tags and types only one side has."""
+    rng = np.random.default_rng(11)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    for _ in range(200):
+        lengths = rng.integers(0, 9, rng.integers(1, 6))
+        gold = [[tags[i] for i in rng.integers(0, 5, n)] for n in lengths]
+        pred = [[tags[i] for i in rng.integers(0, 7, n)] for n in lengths]
+        if not sum(lengths):
+            continue
+        m = compute_metrics(gold, pred)
+        assert (m["precision"], m["recall"], m["f1"], m["accuracy"]) == (
+            precision_score(gold, pred, zero_division=0), recall_score(gold, pred, zero_division=0),
+            f1_score(gold, pred, zero_division=0), accuracy_score(gold, pred))
+        rep = classification_report(gold, pred, output_dict=True, zero_division=0)
+        assert m["per_type"] == {k: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
+                                     "support": v["support"]} for k, v in rep.items() if not k.endswith(" avg")}
+
+
 def test_hand_case_values():
     m = compute_metrics(*CASES[1])
     # gold spans: PER(0-2), LOC(3), ORG(0); predicted: PER(0-1), LOC(3), ORG(0) -> 2 of 3 right

@@ -82,3 +82,15 @@ def test_scheme_round_trip_keeps_seqeval_spans(scheme):
         assert get_entities(conv) == get_entities(back)
         if scheme != "io":
             assert back == seq and get_entities(conv) == get_entities(seq)
+
+
+def test_conlleval_spans_equal_seqeval_get_entities_on_random_tags():
+    """flaxner's conlleval chunking (the core install has no seqeval) finds seqeval's entities on random tags of
+    every prefix, stray and mixed ones included."""
+    from flaxner.data.labels import conlleval_spans
+
+    rng = np.random.default_rng(7)
+    tags = ["O", *(f"{p}-{t}" for p in "BIES" for t in ("PER", "LOC"))]
+    for _ in range(3000):
+        seq = [tags[i] for i in rng.integers(0, len(tags), rng.integers(0, 10))]
+        assert conlleval_spans(seq) == [(t, a, b + 1) for t, a, b in get_entities(seq)]

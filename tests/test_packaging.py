@@ -92,7 +92,7 @@ def test_bench_uses_no_private_names():
 
 # The rooms and the one direction imports point: a module imports its own room and the rooms below it only
 # (`cli -> training | tagging -> models -> data -> the bottom`); training and tagging never import each other.
-BOTTOM = {"__init__", "config", "configfile", "rundir", "runtime", "hostmem", "precompile"}
+BOTTOM = {"__init__", "config", "configfile", "rundir", "runtime", "hostmem", "precompile", "interrupts"}
 RANK = {"bottom": 0, "data": 1, "models": 2, "training": 3, "tagging": 3, "cli": 4}
 # Modules over the size a newcomer reads in one go; each may only shrink (the house issue's debt, named here).
 MAX_LINES = 350

@@ -121,14 +121,32 @@ def to_iob2(tags: Sequence[str], scheme: str) -> list[str]:
     original (BILOU's L-/U- are BIOES's E-/S-). IOB2 input is returned as given."""
     if scheme == "iob2":
         return list(tags)
-    from seqeval.metrics.sequence_labeling import get_entities
-
     tags = [{"L": "E", "U": "S"}.get(t[:1], t[:1]) + t[1:] if t[1:2] == "-" else t for t in tags]
     out = ["O"] * len(tags)
-    for typ, a, b in get_entities(list(tags)):
+    for typ, a, b in conlleval_spans(tags):
         out[a] = f"B-{typ}"
-        out[a + 1:b + 1] = [f"I-{typ}"] * (b - a)
+        out[a + 1:b] = [f"I-{typ}"] * (b - a - 1)
     return out
+
+
+# conlleval's chunk rules for (previous prefix, prefix) pairs, beyond a change of type and E-/S- closing a chunk
+_ENDS = {("B", "B"), ("B", "S"), ("B", "O"), ("I", "B"), ("I", "S"), ("I", "O")}
+_STARTS = {("E", "E"), ("E", "I"), ("S", "E"), ("S", "I"), ("O", "E"), ("O", "I")}
+
+
+def conlleval_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first, last+1) spans of B-/I-/E-/S-/O tags in any scheme, by conlleval's chunk rules as seqeval's
+    default mode applies them (its `get_entities`; tests/test_labels.py compares the two on random tags)."""
+    spans: list[tuple[str, int, int]] = []
+    prev_tag, prev_type, begin = "O", "", 0
+    for i, chunk in enumerate([*tags, "O"]):
+        tag, typ = chunk[0], chunk[1:].split("-", 1)[-1] or "_"
+        if prev_tag in ("E", "S") or (prev_tag, tag) in _ENDS or (prev_tag not in ("O", ".") and prev_type != typ):
+            spans.append((prev_type, begin, i))
+        if tag in ("B", "S") or (prev_tag, tag) in _STARTS or (tag not in ("O", ".") and prev_type != typ):
+            begin = i
+        prev_tag, prev_type = tag, typ
+    return spans
 
 
 def from_iob2(tags: Sequence[str], scheme: str) -> list[str]:

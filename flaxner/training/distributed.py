@@ -9,8 +9,10 @@ same order: they are collective. Host-to-host agreement goes through the key-val
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -44,10 +46,32 @@ def initialize(tc: TrainConfig) -> None:
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         log.warning("jax_cpu_collectives_implementation is %r: CPU runs across processes need 'gloo'",
                     jax.config.jax_cpu_collectives_implementation)
-    jax.distributed.initialize(tc.coordinator_address or None, tc.num_processes or None,
-                               None if tc.process_id < 0 else tc.process_id)
+    joined = threading.Event()
+    threading.Thread(target=_join_watchdog, args=(tc, joined), name="flaxner-join-watchdog", daemon=True).start()
+    # JAX's own timeout, later than the watchdog's: when it expires, its client aborts the process from C++
+    try:
+        jax.distributed.initialize(tc.coordinator_address or None, tc.num_processes or None,
+                                   None if tc.process_id < 0 else tc.process_id,
+                                   initialization_timeout=tc.distributed_timeout + 60)
+    finally:  # an error of its own is reported as it is
+        joined.set()
     log.info("process %d of %d, %d local device(s)", jax.process_index(), jax.process_count(),
              jax.local_device_count())
+
+
+def _join_watchdog(tc: TrainConfig, joined: threading.Event) -> None:
+    """End the process with one line when the processes have not all joined within train.distributed_timeout.
+    JAX's client would end it anyway (a C++ abort and stack trace, 300 s + heartbeats later), so exiting here
+    loses nothing; nothing of the run is written before everyone has joined."""
+    if joined.wait(tc.distributed_timeout):
+        return
+    who = f"process {tc.process_id}" if tc.process_id >= 0 else "this process"
+    sys.stderr.write(f"\nflaxner train: error: {who} of {tc.num_processes or 'the'} processes: they did not all join "
+                     f"the coordinator {tc.coordinator_address or '(detected)'} within {tc.distributed_timeout} s "
+                     f"(train.distributed_timeout): start every process with the same --coordinator-address and "
+                     f"--num-processes, each with its own --process-id, or raise train.distributed_timeout\n")
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def is_primary() -> bool:

@@ -1,17 +1,18 @@
-"""Predict over fixed-shape batches, keep labelled positions only, and score with seqeval."""
+"""Predict over fixed-shape batches, keep labelled positions only, and score as seqeval does."""
 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
 import numpy as np
-from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from flaxner.data.batching import iter_batches
+from flaxner.data.labels import spans_from_tags
 from flaxner.config import DataConfig, TrainConfig, check_fields, load_config
 from flaxner.data.splits import Encoded
 from flaxner.models.heads import loss_sum, predict_ids
@@ -46,19 +47,35 @@ def predict(step_fn: Callable, params, enc: Encoded, batch_size: int, buckets: S
     return words, loss_sum / max(count, 1)
 
 
+def _prf(correct: int, pred: int, true: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 as seqeval computes them (0 where undefined: its zero_division=0)."""
+    p = correct / pred if pred else 0.0
+    r = correct / true if true else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
 def compute_metrics(true_tags: list[list[str]], pred_tags: list[list[str]]) -> dict:
-    """seqeval micro precision/recall/F1 (default mode, as the HF card), token accuracy, and per-type scores."""
-    report = classification_report(true_tags, pred_tags, output_dict=True, zero_division=0)
-    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
-                    "support": int(v["support"])}
-                for k, v in report.items() if not k.endswith(" avg")}
-    return {
-        "precision": float(precision_score(true_tags, pred_tags, zero_division=0)),
-        "recall": float(recall_score(true_tags, pred_tags, zero_division=0)),
-        "f1": float(f1_score(true_tags, pred_tags, zero_division=0)),
-        "accuracy": float(accuracy_score(true_tags, pred_tags)),
-        "per_type": per_type,
-    }
+    """seqeval's scores (default mode, as the HF card; tests/test_evaluate.py checks them against seqeval):
+    entity-level micro precision/recall/F1, token accuracy, and per-type scores for every type in gold or
+    predictions. Computed here, so the core install needs no seqeval (and no scikit-learn under it)."""
+    correct: Counter = Counter()
+    n_pred: Counter = Counter()
+    n_true: Counter = Counter()
+    tokens = right = 0
+    for t, p in zip(true_tags, pred_tags, strict=True):
+        gold, pred = set(spans_from_tags(t)), set(spans_from_tags(p))
+        n_true.update(s[0] for s in gold)
+        n_pred.update(s[0] for s in pred)
+        correct.update(s[0] for s in gold & pred)
+        tokens += len(t)
+        right += sum(a == b for a, b in zip(t, p, strict=True))
+    per_type = {}
+    for typ in sorted(n_true.keys() | n_pred.keys()):
+        prec, rec, f1 = _prf(correct[typ], n_pred[typ], n_true[typ])
+        per_type[typ] = {"precision": prec, "recall": rec, "f1": f1, "support": n_true[typ]}
+    prec, rec, f1 = _prf(sum(correct.values()), sum(n_pred.values()), sum(n_true.values()))
+    return {"precision": prec, "recall": rec, "f1": f1, "accuracy": right / tokens if tokens else 0.0,
+            "per_type": per_type}
 
 
 def evaluate(step_fn: Callable, params, enc: Encoded, true_tags: list[list[str]], labels: Sequence[str],

@@ -26,6 +26,7 @@ from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, absolute_paths, check_positions, save_config
 from flaxner.training.evaluate import evaluate, jit_eval_step
 from flaxner.models.checks import check_tokenizer_fits
+from flaxner import interrupts
 from flaxner.models.loading import make_model, make_tokenizer, model_positions
 from flaxner.precompile import Precompiler, submit_run, workers_for
 from flaxner.rundir import RunDir
@@ -138,6 +139,8 @@ def build_run(cfg: Config, run_dir: str | Path | None = None, resume: bool = Fal
     rd = RunDir(run_dir or distributed.broadcast(f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     created = not rd.path.exists()
     rd.prepare(resume, overwrite, delete=distributed.is_primary())
+    if created and distributed.is_primary():  # a signal before the first step: no half-made run is left
+        interrupts.on_interrupt(lambda: rd.discard() or f"removed the new run folder {rd.path}")
     try:
         return _build(cfg, rd, resume, keep_model_vocab, t0, compiles0)
     except BaseException:
@@ -290,7 +293,10 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     """Run the recipe of `cfg` into `output_dir` (or continue it with `resume`); returns the final summary. A
     resumed run that had finished returns its saved summary."""
     check_reporters(cfg.train)
-    run = build_run(cfg, output_dir, resume, overwrite)
+    # Loading, tracing and the first compiles keep nothing yet: a signal ends them at once (flaxner/interrupts.py).
+    early = interrupts.PromptExit("train", "while loading and compiling, before the first step")
+    with early:
+        run = build_run(cfg, output_dir, resume, overwrite)
     rd, primary = run.dir, distributed.is_primary()
     if resume and run.finished and rd.summary.is_file():
         run.ckpt.close()
@@ -300,10 +306,11 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     checkpoints, best = Checkpoints(run), BestModel(run)
     tokens, t_log = 0, time.perf_counter()
     with contextlib.closing(metrics) if metrics else contextlib.nullcontext():  # flushes what it holds
-        with contextlib.closing(training_steps(run)) as events, distributed.StopSignals() as stop, \
+        with contextlib.closing(training_steps(run)) as events, early, distributed.StopSignals() as stop, \
                 export.progress(run.total_steps, run.step) as bar:
             for ev in events:
                 if isinstance(ev, StepEvent):
+                    early.disarm()  # from the first step on, a signal saves a checkpoint (StopSignals)
                     tokens += ev.tokens
                     if ev.losses is not None:
                         if metrics:
