@@ -27,10 +27,9 @@ from flax.linen.attention import dot_product_attention_weights
 from flaxner.models.registry import family_of
 from flaxner.models.weights import stack_layers, to_pytorch_names
 
-ACTIVATIONS = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # BERT's reference GELU (erf)
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True), "relu": jax.nn.relu}
+_TANH_GELU = functools.partial(jax.nn.gelu, approximate=True)
+ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),  # BERT's reference GELU (erf)
+               "gelu_new": _TANH_GELU, "gelu_pytorch_tanh": _TANH_GELU, "relu": jax.nn.relu}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +100,7 @@ class BertConfig:
         """config.json that transformers' PyTorch `...ForTokenClassification.from_pretrained` reads."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "labels"}
         d.update(architectures=[family_of(self.model_type).pytorch_architecture], position_embedding_type="absolute",
-                 id2label={str(i): lab for i, lab in enumerate(self.labels)},
-                 label2id={lab: i for i, lab in enumerate(self.labels)})
+                 id2label={str(i): lab for i, lab in self.id2label.items()}, label2id=self.label2id)
         if self.model_type in ("roberta", "xlm-roberta"):
             d.update(bos_token_id=0, eos_token_id=2)
         return dict(sorted(d.items()))
@@ -209,36 +207,38 @@ class Layer(nn.Module):
 
 
 class Layers(nn.Module):
-    """`layer/0`, `layer/1`, ...: the HF per-layer tree, unrolled."""
+    """`layer/0`, `layer/1`, ...: the per-layer tree of `block`s (BERT's `Layer` or a family's own), unrolled."""
 
     config: BertConfig
     dtype: Any = jnp.float32
     deterministic: bool = True
     remat: bool = False
+    block: Any = Layer
 
     @nn.compact
     def __call__(self, h, mask):
-        cls = nn.remat(Layer) if self.remat else Layer
+        cls = nn.remat(self.block) if self.remat else self.block
         for i in range(self.config.num_hidden_layers):
             h, _ = cls(self.config, self.dtype, self.deterministic, name=str(i))(h, mask)
         return h
 
 
 class Encoder(nn.Module):
-    """HF's `encoder`: the layer stack, scanned (stacked params under `layer/`) or unrolled (`layer/0`, ...)."""
+    """HF's `encoder` (DistilBERT's `transformer`): `block`s scanned (stacked under `layer/`) or unrolled."""
 
     config: BertConfig
     dtype: Any = jnp.float32
     deterministic: bool = True
     scan_layers: bool = False
     remat: bool = False
+    block: Any = Layer
 
     @nn.compact
     def __call__(self, h, mask):
         cfg = self.config
         if not self.scan_layers:
-            return Layers(cfg, self.dtype, self.deterministic, self.remat, name="layer")(h, mask)
-        block = nn.remat(Layer, prevent_cse=False) if self.remat else Layer
+            return Layers(cfg, self.dtype, self.deterministic, self.remat, self.block, name="layer")(h, mask)
+        block = nn.remat(self.block, prevent_cse=False) if self.remat else self.block
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                           in_axes=nn.broadcast, length=cfg.num_hidden_layers)
         h, _ = scanned(cfg, self.dtype, self.deterministic, name="layer")(h, mask)

@@ -176,43 +176,6 @@ class TransformerBlock(nn.Module):
         return _layer_norm(self.dtype, "output_layer_norm")(f + a), None
 
 
-class Layers(nn.Module):
-    """`layer/0`, `layer/1`, ...: the per-layer tree, unrolled."""
-
-    config: DistilBertConfig
-    dtype: Any = jnp.float32
-    deterministic: bool = True
-    remat: bool = False
-
-    @nn.compact
-    def __call__(self, h, mask):
-        cls = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        for i in range(self.config.n_layers):
-            h, _ = cls(self.config, self.dtype, self.deterministic, name=str(i))(h, mask)
-        return h
-
-
-class Transformer(nn.Module):
-    """PyTorch's `transformer`: the layer stack, scanned (stacked params under `layer/`) or unrolled."""
-
-    config: DistilBertConfig
-    dtype: Any = jnp.float32
-    deterministic: bool = True
-    scan_layers: bool = False
-    remat: bool = False
-
-    @nn.compact
-    def __call__(self, h, mask):
-        cfg = self.config
-        if not self.scan_layers:
-            return Layers(cfg, self.dtype, self.deterministic, self.remat, name="layer")(h, mask)
-        block = nn.remat(TransformerBlock, prevent_cse=False) if self.remat else TransformerBlock
-        scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                          in_axes=nn.broadcast, length=cfg.n_layers)
-        h, _ = scanned(cfg, self.dtype, self.deterministic, name="layer")(h, mask)
-        return h
-
-
 class TokenClassifier(nn.Module):
     """`distilbert` (embeddings + transformer) + dropout + linear classifier: logits [batch, seq, num_labels].
     Called as BERT's module (`token_type_ids` accepted and unused), so bert's wrapper builds and saves it."""
@@ -240,8 +203,8 @@ class DistilBertModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids, mask, position_ids, deterministic: bool):
         h = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, position_ids, deterministic)
-        return Transformer(self.config, self.dtype, deterministic, self.scan_layers, self.remat,
-                           name="transformer")(h, mask)
+        return bert.Encoder(self.config, self.dtype, deterministic, self.scan_layers, self.remat, TransformerBlock,
+                            name="transformer")(h, mask)
 
 
 class FlaxDistilBertForTokenClassification(bert.FlaxBertForTokenClassification):
