@@ -136,3 +136,42 @@ def test_tag_vs_eval_documents_tiny(tiny_run, tmp_path):
     for key in ("tag_none_spaces", "tag_none_running", "tag_document_spaces", "tag_document_running",
                 "tag_none_lines", "tag_document_lines"):
         assert 0.0 <= res[key] <= 1.0, key
+
+
+def test_tag_speed_onnx_tiny(tmp_path):
+    """bench.tag_speed's contenders on the tiny model and CoNLL-2003 test lines, ONNX Runtime first (the order is
+    the one asked for): a ratio to flaxner and an F1 on the gold words for each."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "tag_speed.json"
+    order = ["onnx", "flaxner", "torch", "onnx-int8"]
+    proc = run("tag_speed", "--model", "tiny", "--corpus", "test", "--lines", "12", "--repeats", "1", "--scale", "1",
+               "--contenders", ",".join(order), "--json", str(out))
+    assert "| ONNX Runtime fp32, sorted loop, batch 32 |" in proc.stdout and "flaxner ×" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["corpus"] == "test" and res["lines"] == 12 and res["tokens"] > 12 and res["over_512"] == 0
+    assert list(res["results"]) == order
+    assert res["onnx_export"]["fp32_mib"] > 0 and res["onnx_export"]["int8_mib"] > 0
+    assert res["onnx_export"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    for c, r in res["results"].items():
+        assert r["error"] is None, (c, r["error"])
+        assert r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 and r["peak_rss_mib_large"] > 0
+        assert 0.0 <= r["f1"] <= 1.0, c
+        assert (r["flaxner_x"] is None) == (c == "flaxner")
+        assert c == "flaxner" or r["flaxner_x"] == pytest.approx(res["results"]["flaxner"]["tokens_per_s"]
+                                                                  / r["tokens_per_s"])
+    assert res["results"]["flaxner"]["compiles"] >= 1
+
+
+def test_first_subtoken_tags_label_each_word_by_its_first_subtoken(monkeypatch):
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(REPO))
+
+    from bench.tag_loops import first_subtoken_tags
+
+    names = ["O", "B-PER", "I-PER"]
+    # "[CLS] Jo ##hn Smith [SEP]" over "John Smith" truncated before the third word "went"
+    offsets = np.array([[0, 0], [0, 2], [2, 4], [5, 10], [0, 0]])
+    labels = np.array([0, 1, 0, 2, 0])
+    assert first_subtoken_tags(labels, offsets, [(0, 4), (5, 10), (11, 15)], names) == ["B-PER", "I-PER", "O"]
