@@ -14,8 +14,7 @@ import yaml
 from flaxner.configfile import (ConfigError, as_options, build_dataclass, check_fields, parse_override,  # noqa: F401
                                 read_yaml, resolve_config_path)
 
-# Every choice list, declared once: the fields are typed with these, `validate` checks membership
-# (typing.get_args) and the CLI's argparse `choices=` read them (`choices(Alias)`).
+# Every choice list, declared once: fields are typed with these, validated by membership, argparse's choices=.
 Scheme = Literal["auto", "iob2", "iob1", "bioes", "bilou", "io"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 TagDtype = Literal["auto", ModelDtype]
@@ -24,8 +23,7 @@ LossNorm = Literal["auto", "batch", "dataset"]
 EvalTest = Literal["auto", True, False]
 Aggregation = Literal["first", "average", "max"]
 Words = Literal["conll", "tokenizer"]
-# What a model row may see around the words it predicts (flaxner.data.rows explains each); training builds rows
-# of the first two, tagging of all three ("auto": the run's data.context).
+# What a model row may see (flaxner.data.rows); training builds the first two, tagging all ("auto": the run's).
 TrainContext = Literal["none", "neighbours"]
 Context = Literal[TrainContext, "document"]
 TagContext = Literal["auto", Context]
@@ -201,6 +199,8 @@ class TagConfig:
     buckets: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 384, 512)
     # Padded tokens per batch: short windows go many to a batch, long ones few; 0 = always batch_size rows.
     batch_tokens: int = _min(2048, 0, "0 (batch_size rows) or more")
+    # Windows of at most this many positions share rows of this length (flaxner.tagging.packing); 0: one a row.
+    pack_length: int = _min(128, 0, "0 (off) or a row length")
     # "auto": bfloat16 on accelerators, float32 on CPU.
     dtype: TagDtype = "auto"
     # Batches tokenized ahead of the device.

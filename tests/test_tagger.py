@@ -190,13 +190,15 @@ def test_output_order_on_a_shuffled_length_corpus(tiny_ner_dir, tagger, tmp_path
     assert _key([r["entities"] for r in out[:12]]) == _key(one_by_one)
 
 
-def test_compile_count_bounded_on_mixed_lengths(tiny_ner_dir):
-    cfg = _tag_config(buckets=(16, 32, 64, 128), max_length=128, stride=32)
+@pytest.mark.parametrize("pack_length,lengths", [(0, (16, 32, 64, 128)), (64, (64, 128))])
+def test_compile_count_bounded_on_mixed_lengths(tiny_ner_dir, pack_length, lengths):
+    """One window a row: a full and a small shape per bucket; packed rows: per packed length and longer bucket."""
+    cfg = _tag_config(buckets=(16, 32, 64, 128), max_length=128, stride=32, pack_length=pack_length)
     tagger = Tagger.from_pretrained(tiny_ner_dir, cfg)
     texts = _corpus(120, seed=2) + [" ".join(SENTENCES) * 3]
     tagger.tag(texts)
-    assert 1 < tagger.compiles <= tagger.max_compiles == 2 * len(cfg.buckets)
-    assert {s for _, s in tagger.shapes} <= set(cfg.buckets)
+    assert 1 < tagger.compiles <= tagger.max_compiles == 2 * len(lengths)
+    assert {s for _, s in tagger.shapes} <= set(lengths)
     tagger.tag(list(reversed(texts)))
     assert tagger.compiles == tagger.forward.fn._cache_size() <= tagger.max_compiles
     before = tagger.compiles

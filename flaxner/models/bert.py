@@ -24,6 +24,7 @@ import numpy as np
 from flax import struct
 from flax.linen.attention import dot_product_attention_weights
 
+from flaxner.models.masks import key_mask, model_mask, position_ids_for
 from flaxner.models.registry import family_of
 from flaxner.models.weights import stack_layers, to_pytorch_names
 
@@ -137,7 +138,7 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, h, mask):
-        """h [batch, seq, hidden], mask [batch, seq] (1 = token) -> [batch, seq, hidden]."""
+        """h [batch, seq, hidden], mask [batch, seq] (1 = token) or packed (`masks`) -> [batch, seq, hidden]."""
         cfg = self.config
         heads = cfg.num_attention_heads
         split = lambda x: x.reshape(x.shape[:2] + (heads, cfg.hidden_size // heads))  # noqa: E731
@@ -146,13 +147,13 @@ class SelfAttention(nn.Module):
         if not self.deterministic and rate > 0:
             # Dropout on the attention probabilities (BERT's reference) needs the probabilities themselves, which
             # the fused kernels never materialise.
-            bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
+            bias = jnp.where(key_mask(mask), 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
             w = dot_product_attention_weights(q, k, bias=bias, dropout_rng=self.make_rng("dropout"),
                                               dropout_rate=rate, broadcast_dropout=True, deterministic=False,
                                               dtype=self.dtype)
             out = jnp.einsum("...hqk,...khd->...qhd", w, v)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=(mask > 0)[:, None, None, :], implementation=None)
+            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask(mask), implementation=None)
         return out.reshape(out.shape[:2] + (cfg.hidden_size,))
 
 
@@ -284,18 +285,11 @@ class TokenClassifierOutput:
     logits: jax.Array  # [batch, seq, num_labels]
 
 
-def position_ids_for(input_ids, config: BertConfig):
-    """BERT: 0..seq-1. RoBERTa/XLM-R: pad_token_id + running count of non-pad tokens (pads keep pad_token_id)."""
-    if not family_of(config.model_type).positions_after_pad:
-        return jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
-    real = (input_ids != config.pad_token_id).astype(jnp.int32)
-    return jnp.cumsum(real, axis=-1) * real + config.pad_token_id
-
-
 class FlaxBertForTokenClassification:
     """The model other modules use: `model(input_ids, attention_mask, params=..., dropout_rng=..., train=...)`
     returns `.logits`; `params` is always the per-layer HF tree. A family with BERT's inputs names its module."""
     module_class = TokenClassifier
+    packs_rows = True  # segments may share a row (`masks`): nothing mixes tokens outside attention
 
     def __init__(self, config: BertConfig, dtype=jnp.float32, scan_layers: bool = False, remat: bool = False):
         self.config, self.dtype = config, dtype
@@ -303,11 +297,12 @@ class FlaxBertForTokenClassification:
         self.module = self.module_class(config, dtype, scan_layers, remat)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, params=None,
-                 dropout_rng=None, train: bool = False) -> TokenClassifierOutput:
+                 dropout_rng=None, train: bool = False, segment_ids=None) -> TokenClassifierOutput:
         input_ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        mask = model_mask(input_ids, attention_mask, segment_ids)
         token_type_ids = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        position_ids = position_ids_for(input_ids, self.config) if position_ids is None else position_ids
+        if position_ids is None:
+            position_ids = position_ids_for(input_ids, self.config, segment_ids)
         if self.scan_layers:
             params = stack_layers(params, self.config.prefix)
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}

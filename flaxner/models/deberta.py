@@ -26,6 +26,7 @@ import numpy as np
 from flax import struct
 
 from flaxner.models.deberta_layers import ACTIVATIONS, PREFIX, TokenClassifier
+from flaxner.models.masks import model_mask, plain_positions
 from flaxner.models.registry import family_of
 from flaxner.models.weights import from_pytorch_names as generic_from_pytorch_names
 from flaxner.models.weights import stack_layers, to_pytorch_names
@@ -139,18 +140,23 @@ class FlaxDebertaV2ForTokenClassification:
     """The model other modules use: `model(input_ids, attention_mask, params=..., dropout_rng=..., train=...)`
     returns `.logits`; `params` is always the per-layer tree with PyTorch's names."""
 
+    @property
+    def packs_rows(self) -> bool:
+        """Segments may share a row (`masks`) unless a convolution mixes neighbouring tokens."""
+        return not self.config.conv_kernel_size
+
     def __init__(self, config: DebertaV2Config, dtype=jnp.float32, scan_layers: bool = False, remat: bool = False):
         self.config, self.dtype = config, dtype
         self.scan_layers, self.remat = scan_layers, remat
         self.module = TokenClassifier(config, dtype, scan_layers, remat)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, params=None,
-                 dropout_rng=None, train: bool = False) -> TokenClassifierOutput:
+                 dropout_rng=None, train: bool = False, segment_ids=None) -> TokenClassifierOutput:
         input_ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        mask = model_mask(input_ids, attention_mask, segment_ids)
         token_type_ids = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
+            position_ids = plain_positions(input_ids, segment_ids)
         if self.scan_layers:
             params = self._scanned(params)
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxner.models.bert import ACTIVATIONS as BERT_ACTIVATIONS
+from flaxner.models.masks import key_mask, token_mask
 
 if TYPE_CHECKING:
     from flaxner.models.deberta import DebertaV2Config
@@ -64,7 +65,7 @@ class Embeddings(_Part):
             h = h + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         if width != cfg.hidden_size:
             h = _dense(cfg, cfg.hidden_size, self.dtype, "embed_proj", use_bias=False)(h)
-        h = _layer_norm(cfg, self.dtype)(h) * mask[..., None].astype(self.dtype)
+        h = _layer_norm(cfg, self.dtype)(h) * token_mask(mask)[..., None].astype(self.dtype)
         return nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=self.deterministic)
 
 
@@ -102,11 +103,11 @@ class SelfAttention(_Part):
         rate = cfg.attention_probs_dropout_prob
         if not self.deterministic and rate > 0:  # dropout needs the probabilities, which fused kernels never hold
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / scale + (0 if bias is None else bias)
-            logits = jnp.where(mask[:, None, None, :] > 0, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            logits = jnp.where(key_mask(mask), logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
             w = nn.Dropout(rate)(jax.nn.softmax(logits, axis=-1).astype(self.dtype), deterministic=False)
             out = jnp.einsum("bhqk,bkhd->bqhd", w, v)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=(mask > 0)[:, None, None, :],
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=key_mask(mask),
                                                scale=1.0 / scale)
         return out.reshape(out.shape[:2] + (cfg.hidden_size,))
 
@@ -152,7 +153,7 @@ class ConvLayer(_Part):
     @nn.compact
     def __call__(self, emb, h, mask):
         cfg, k = self.config, self.config.conv_kernel_size
-        m = mask[..., None].astype(self.dtype)
+        m = token_mask(mask)[..., None].astype(self.dtype)
         out = nn.Conv(cfg.hidden_size, (k,), padding=[((k - 1) // 2,) * 2], feature_group_count=cfg.conv_groups,
                       dtype=self.dtype, kernel_init=nn.initializers.normal(cfg.initializer_range), name="conv")(emb)
         out = nn.Dropout(cfg.hidden_dropout_prob)(out * m, deterministic=self.deterministic)

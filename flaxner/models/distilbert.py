@@ -19,6 +19,7 @@ import numpy as np
 from flax.linen.attention import dot_product_attention_weights
 
 from flaxner.models import bert
+from flaxner.models.masks import key_mask, model_mask, plain_positions
 from flaxner.models.registry import family_of
 from flaxner.models.weights import from_pytorch_names as bert_names
 from flaxner.models.weights import stack_layers
@@ -138,13 +139,13 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v = (split(_dense(cfg, cfg.dim, self.dtype, n)(h)) for n in ("q_lin", "k_lin", "v_lin"))
         if not self.deterministic and cfg.attention_dropout > 0:
             # dropout on the probabilities, which the fused kernels never materialise (as bert.SelfAttention)
-            bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
+            bias = jnp.where(key_mask(mask), 0.0, jnp.finfo(self.dtype).min).astype(self.dtype)
             w = dot_product_attention_weights(q, k, bias=bias, dropout_rng=self.make_rng("dropout"),
                                               dropout_rate=cfg.attention_dropout, broadcast_dropout=True,
                                               deterministic=False, dtype=self.dtype)
             out = jnp.einsum("...hqk,...khd->...qhd", w, v)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=(mask > 0)[:, None, None, :], implementation=None)
+            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask(mask), implementation=None)
         return _dense(cfg, cfg.dim, self.dtype, "out_lin")(out.reshape(out.shape[:2] + (cfg.dim,)))
 
 
@@ -214,11 +215,11 @@ class FlaxDistilBertForTokenClassification(bert.FlaxBertForTokenClassification):
     module_class = TokenClassifier
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, params=None,
-                 dropout_rng=None, train: bool = False) -> bert.TokenClassifierOutput:
+                 dropout_rng=None, train: bool = False, segment_ids=None) -> bert.TokenClassifierOutput:
         input_ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        mask = model_mask(input_ids, attention_mask, segment_ids)
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
+            position_ids = plain_positions(input_ids, segment_ids)
         if self.scan_layers:
             params = stack_layers(params, self.config.prefix, LAYERS)
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}

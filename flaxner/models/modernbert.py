@@ -20,6 +20,7 @@ import numpy as np
 
 from flaxner.models.bert import ACTIVATIONS, FlaxBertForTokenClassification, TokenClassifierOutput
 from flaxner.models.modernbert_config import GLOBAL, LOCAL, ModernBertConfig, from_pytorch_names
+from flaxner.models.masks import key_mask, model_mask, plain_positions
 
 __all__ = ["FlaxModernBertForTokenClassification", "ModernBertConfig", "from_pytorch_names"]
 
@@ -78,7 +79,7 @@ class Attention(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = _rotate(q, *cos_sin), _rotate(k, *cos_sin)
         window = cfg.local_attention // 2 if self.local else None
-        keys = (mask > 0)[:, None, None, :]
+        keys = key_mask(mask)
         if not self.deterministic and cfg.attention_dropout > 0:
             # Dropout on the probabilities needs them materialised: the window as an explicit mask.
             if window is not None:
@@ -274,11 +275,11 @@ class FlaxModernBertForTokenClassification(FlaxBertForTokenClassification):
         self.module = TokenClassifier(config, dtype, scan_layers, remat)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, params=None,
-                 dropout_rng=None, train: bool = False) -> TokenClassifierOutput:
+                 dropout_rng=None, train: bool = False, segment_ids=None) -> TokenClassifierOutput:
         input_ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        mask = model_mask(input_ids, attention_mask, segment_ids)
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
+            position_ids = plain_positions(input_ids, segment_ids)
         if self.scan_layers:
             params = stack_groups(params, self.config.attention_types)
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}

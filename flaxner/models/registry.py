@@ -28,7 +28,7 @@ class Family:
     # Top-level names of a bare encoder's checkpoint (BertModel's `embeddings.`, `encoder.`, ...): they load under
     # `prefix` (a token-classification checkpoint names them `prefix.embeddings....`).
     bare_keys: tuple[str, ...] = ("embeddings", "encoder", "pooler")
-    # RoBERTa / XLM-R number positions from pad_token_id + 1 (bert.position_ids_for): a table of N rows then holds
+    # RoBERTa / XLM-R number positions from pad_token_id + 1 (masks.position_ids_for): a table of N rows then holds
     # N - pad_token_id - 1 tokens (514 -> 512).
     positions_after_pad: bool = False
 

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from flaxner.config import TagConfig
-from flaxner.tagging.windows import rows_per_batch, scatter, small_rows
+from flaxner.tagging.packing import rows_per_batch, small_rows
+from flaxner.tagging.windows import scatter
 
 
 class CompiledForward:
@@ -38,9 +39,16 @@ class CompiledForward:
                                   params)
         self.params = jax.device_put(params, repl)
         aggregation = cfg.aggregation
+        # Windows share rows of this length (`tagging.packing`; 0: one window a row), the mask then holding
+        # segment ids; a model that mixes neighbouring tokens outside attention cannot.
+        self.pack_length = cfg.pack_length if getattr(model, "packs_rows", False) else 0
+        packed = self.pack_length > 0
 
         def forward(params, input_ids, attention_mask):
-            logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, labels]
+            if packed:
+                logits = model(input_ids, params=params, segment_ids=attention_mask).logits
+            else:
+                logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, labels]
             return tag_scores(logits, aggregation)
 
         self.fn = jax.jit(forward, in_shardings=(repl, data, data), out_shardings=data)
@@ -50,13 +58,19 @@ class CompiledForward:
 
     @property
     def max_compiles(self) -> int:
-        """The bound on the shapes run: a full and a small batch shape per bucket."""
-        return 2 * len(self.cfg.buckets)
+        """The bound on the shapes run: a full and a small batch shape per row length."""
+        return 2 * len(self.lengths())
+
+    def lengths(self, buckets: Iterable[int] | None = None) -> list[int]:
+        """The row lengths batches of these buckets (default: all) run at: with packed rows, the packed length
+        for the buckets up to it."""
+        p = self.pack_length
+        return sorted({p if b <= p else b for b in (self.cfg.buckets if buckets is None else buckets)})
 
     def batch_shapes(self, buckets: Iterable[int] | None = None) -> list[tuple[int, int]]:
-        """The full and the small batch shape of each bucket (default: all), shortest bucket first."""
+        """The full and the small batch shape of each row length (`lengths`), shortest first."""
         out = []
-        for b in sorted(set(self.cfg.buckets if buckets is None else buckets)):
+        for b in self.lengths(buckets):
             full = rows_per_batch(b, self.cfg.batch_size, self.cfg.batch_tokens, self.n_devices)
             out += [(n, b) for n in sorted({full, small_rows(full, self.n_devices)}, reverse=True)]
         return out
@@ -100,5 +114,6 @@ class CompiledForward:
             pred, score = (np.asarray(x) for x in out)
         else:
             pred, score = np.asarray(out), None
-        for r, row in enumerate(rows):
-            scatter(row, pred[r], None if score is None else score[r])
+        for row in rows:
+            r, a = row.slot, row.offset
+            scatter(row, pred[r, a:], None if score is None else score[r, a:])

@@ -49,6 +49,9 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
     (("--batch-size",), dict(type=int, default=None, help="rows per batch when --batch-tokens is 0"), "lpr"),
     (("--batch-tokens",), dict(type=int, default=None, help="padded tokens per batch (rows = this / length)"),
      "lpr"),
+    (("--pack-length",), dict(type=int, default=None,
+                              help="windows this short share rows of this length, each seeing only itself "
+                                   "(default 128; 0: one window a row)"), "lpr"),
     (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), "lpr"),
     (("--dtype",), dict(default=None, choices=choices(TagDtype),
                         help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU)"), "lpr"),

@@ -19,8 +19,8 @@ from flaxner.config import TagConfig
 from flaxner.data.rows import cuts_sentences, side_context
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.reading import Record
-from flaxner.tagging.windows import DocState, Row, collate, encode, entities_many, join_lines, pack, rows_for, \
-    split_parts
+from flaxner.tagging.packing import collate, pack
+from flaxner.tagging.windows import DocState, Row, encode, entities_many, join_lines, rows_for, split_parts
 
 
 @dataclass
@@ -131,6 +131,7 @@ class Pipeline:
             raise SystemExit  # the consumer has gone; end this thread quietly
 
         cfg, tok, stats, n_dev = self.cfg, self.tokens, self.stats, self.forward.n_devices
+        pack_length = self.forward.pack_length
 
         def batch(b: int, rows: list[Row], n: int) -> Batch:
             return Batch(b, *collate(rows, b, n, tok.cls_id, tok.sep_id, tok.pad_id), rows)
@@ -159,12 +160,14 @@ class Pipeline:
                 stats.windows += len(rows)
                 put(Docs(docs))
                 # A bucket's tail waits for the next chunk's rows once, never twice (bounded reorder buffer).
-                batches, carry = pack(carry + rows, cfg.buckets, cfg.batch_size, cfg.batch_tokens, n_dev)
+                batches, carry = pack(carry + rows, cfg.buckets, cfg.batch_size, cfg.batch_tokens, n_dev,
+                                      pack_length=pack_length)
                 for r in carry:
                     r.carried = True
                 for b, rs, n in batches:
                     put(batch(b, rs, n))
-            for b, rs, n in pack(carry, cfg.buckets, cfg.batch_size, cfg.batch_tokens, n_dev, flush=True)[0]:
+            for b, rs, n in pack(carry, cfg.buckets, cfg.batch_size, cfg.batch_tokens, n_dev, flush=True,
+                                 pack_length=pack_length)[0]:
                 put(batch(b, rs, n))
             put(End())
         except SystemExit:

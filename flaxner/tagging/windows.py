@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
-from flaxner.data.batching import bucket_for
 from flaxner.data.labels import spans_from_ids
 from flaxner.data.rows import cuts_sentences, plan_rows, sentence_token_starts
 
@@ -56,6 +55,10 @@ class Row:
     own_start: int
     own_end: int
     carried: bool = False  # its bucket's tail waited for the next chunk once already
+    # Where the batch holds it (`packing`): row `slot`, from column `offset`, as segment `segment` of that row.
+    slot: int = 0
+    offset: int = 0
+    segment: int = 1
 
     @property
     def length(self) -> int:
@@ -72,63 +75,6 @@ def rows_for(doc: DocState, size: int, stride: int, context: int = 0, segment: i
                                                 segments=doc.segments, context=context)]
     return [Row(doc, *w) for w in plan_rows(len(doc.ids), segment, "windows", stride=segment // 4,
                                             segments=doc.segments, context=context, total=size)]
-
-
-def rows_per_batch(bucket: int, batch_size: int, batch_tokens: int, multiple: int) -> int:
-    """Rows of a batch of padded length `bucket`: a fixed token budget (short rows, many of them) when
-    `batch_tokens` is set, else `batch_size`; a multiple of the device count."""
-    rows = max(batch_tokens // bucket, 1) if batch_tokens else batch_size
-    return max(multiple, rows // multiple * multiple)
-
-
-def small_rows(full: int, multiple: int) -> int:
-    """Rows of a batch that flushes a bucket's last few rows: an eighth of a full batch (one more shape per
-    bucket at most), so a small tail is not padded out to a whole batch of empty rows."""
-    return max(multiple, (full // 8) // multiple * multiple)
-
-
-def pack(rows: list[Row], buckets: Sequence[int], batch_size: int, batch_tokens: int, multiple: int = 1,
-         flush: bool = False) -> tuple[list[tuple[int, list[Row], int]], list[Row]]:
-    """Group rows (given in input order) by their bucket and cut each group, in input order, into full
-    (bucket, rows, n_rows) batches, returned in the input order of their first rows: the head of the look-ahead
-    completes first, so documents are released (and committed) steadily, not all at a chunk's end. Every row of
-    a bucket is padded to the bucket whatever its neighbours, so input order pads as little as length order.
-
-    A group's tail is returned to be topped up by later rows, unless `flush` is set or a row of it was carried
-    once already: then it goes out in batches of `small_rows` rows."""
-    groups: dict[int, list[tuple[int, Row]]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(bucket_for(r.length, buckets), []).append((i, r))
-    out: list[tuple[int, tuple[int, list[Row], int]]] = []
-    rest: list[tuple[int, Row]] = []
-    for b, group in groups.items():
-        k = rows_per_batch(b, batch_size, batch_tokens, multiple)
-        full = len(group) // k * k
-        cuts = [(group[i:i + k], k) for i in range(0, full, k)]
-        tail = group[full:]
-        if tail and (flush or any(r.carried for _, r in tail)):
-            n = small_rows(k, multiple)
-            cuts += [(tail[i:i + n], n) for i in range(0, len(tail), n)]
-        else:
-            rest.extend(tail)
-        out += [(c[0][0], (b, [r for _, r in c], n)) for c, n in cuts]
-    out.sort(key=lambda x: x[0])
-    rest.sort(key=lambda x: x[0])
-    return [x for _, x in out], [r for _, r in rest]
-
-
-def collate(rows: list[Row], bucket: int, n_rows: int, cls_id: int, sep_id: int,
-            pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """input_ids and attention_mask, [n_rows, bucket] int32; missing rows are all padding."""
-    ids = np.full((n_rows, bucket), pad_id, dtype=np.int32)
-    mask = np.zeros((n_rows, bucket), dtype=np.int32)
-    for r, row in enumerate(rows):
-        m = row.end - row.start
-        ids[r, 0] = cls_id
-        ids[r, 1:m + 1] = row.doc.ids[row.start:row.end]
-        ids[r, m + 1] = sep_id
-        mask[r, :m + 2] = 1
-    return ids, mask
 
 
 def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
