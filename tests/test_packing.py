@@ -148,7 +148,8 @@ def test_packed_rows_tag_as_one_window_a_row(tiny_ner_dir):
     for p in (0, 64):  # sentences share rows of 64, the long text's windows of 128 have one each
         tagger = Tagger.from_pretrained(tiny_ner_dir, tag_config(pack_length=p))
         got[p] = tagger.tag(texts)
-        assert tagger.forward.pack_length == p and (64 in {s for _, s in tagger.shapes}) == bool(p)
+        lengths = {s for _, s in tagger.shapes}
+        assert tagger.forward.pack_length == p and (lengths == {64, 128} if p else min(lengths) < 64)
     key = lambda res: [[(e["label"], e["start"], e["end"]) for e in ents] for ents in res]  # noqa: E731
     assert key(got[0]) == key(got[64]) and sum(map(len, got[0])) > 50
     np.testing.assert_allclose([e["score"] for ents in got[64] for e in ents],
