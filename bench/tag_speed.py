@@ -43,10 +43,14 @@ from pathlib import Path
 from bench.common import TORCH_ENV, bench_command, header, markdown_table, median, peak_rss_mib, run_child, \
     write_json
 
-CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "pipeline": "HF pipeline, PyTorch, batch 32",
+CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "flaxner-mixed": "flaxner Tagger, --dtype mixed",
+              "flaxner-unpacked": "flaxner Tagger, --pack-length 0", "pipeline": "HF pipeline, PyTorch, batch 32",
               "torch": "plain sorted PyTorch loop, batch 32", "onnx": "ONNX Runtime fp32, sorted loop, batch 32",
               "onnx-int8": "ONNX Runtime int8 (dynamic), sorted loop, batch 32"}
 ONNX = ("onnx", "onnx-int8")
+# flaxner's variants: tag options over the run's (or the defaults)
+FLAXNER = {"flaxner": {}, "flaxner-mixed": {"dtype": "mixed"}, "flaxner-unpacked": {"pack_length": 0}}
+VARIANTS = ("flaxner-mixed", "flaxner-unpacked")  # only when asked for
 DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "distilbert-base-cased": 1000, "electra-base-discriminator": 1000,
                  "deberta-v3-base": 1000, "tiny": 200}
 TEST_LINES = 10_000  # --corpus test with a real model (MiniLM, --run): issue 25's corpus
@@ -112,11 +116,11 @@ def contender(args, corpus: Path, model_dir: Path):
     sentences."""
     import bench.tag_loops as tag_loops
 
-    if args.worker == "flaxner":
+    if args.worker in FLAXNER:
         from flaxner.tagging.tagger import Tagger
 
-        out = corpus.parent / f"{corpus.stem}.flaxner.jsonl"
-        tagger = Tagger.from_pretrained(args.tagger_dir or model_dir)
+        out = corpus.parent / f"{corpus.stem}.{args.worker}.jsonl"
+        tagger = Tagger(args.tagger_dir or model_dir, **FLAXNER[args.worker])
 
         def score(result, picks):
             ents = [json.loads(x).get("entities") or [] for x in out.read_text(encoding="utf-8").splitlines()]
@@ -157,7 +161,7 @@ def worker(args) -> None:
         if k:
             times.append(time.perf_counter() - t0)
     out = {"times": times, "peak_rss_mib": peak_rss_mib()}
-    if args.worker == "flaxner":
+    if args.worker in FLAXNER:
         out.update(compiles=result.compiles, shapes=result.shapes)
     if args.gold:
         out["f1"] = score(result, json.loads(Path(args.gold).read_text()))
@@ -190,7 +194,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.contenders is None:
         have_ort = importlib.util.find_spec("onnxruntime") is not None
-        args.contenders = ",".join(c for c in CONTENDERS if have_ort or c not in ONNX)
+        args.contenders = ",".join(c for c in CONTENDERS if (have_ort or c not in ONNX) and c not in VARIANTS)
     args.contenders = [c for c in args.contenders.split(",") if c]
     if unknown := [c for c in args.contenders if c not in CONTENDERS]:
         p.error(f"--contenders: unknown {', '.join(unknown)} (known: {', '.join(CONTENDERS)})")
@@ -246,7 +250,7 @@ def main() -> None:
         results = {}
         for c in contenders:
             child = bench_command("tag_speed", "--worker", c, *base)
-            e = {} if c == "flaxner" else env
+            e = {} if c in FLAXNER else env
             r = run_child(child + ["--corpus-file", str(small), "--repeats", str(args.repeats),
                                    "--json", str(tmp / f"{c}.json")] + ["--gold", str(gold)] * (gold is not None),
                           tmp / f"{c}.json", env=e)
@@ -274,16 +278,21 @@ def report(args, info: dict, label: str, tokens: int, over: int, results: dict, 
     print(f"\n## {label}: {args.lines} documents of CoNLL-2003 {args.corpus}, {tokens} sub-word tokens, "
           f"median of {args.repeats}\n")
     fx = results.get("flaxner", {}).get("tokens_per_s")
+    ox = results.get("onnx", {}).get("tokens_per_s")
     rows = []
     for c, r in results.items():
         r["flaxner_x"] = fx / r["tokens_per_s"] if fx and c != "flaxner" else None
+        r["over_onnx"] = r["tokens_per_s"] / ox if ox and c != "onnx" else None
         rows.append({**r, "name": CONTENDERS[c]})
     cols = [("name", "contender", ""), ("seconds", "s", ".2f"), ("tokens_per_s", "sub-word tokens/s", ",.0f"),
             ("flaxner_x", "flaxner ×", ".2f"), ("f1", "F1", ".4f"), ("peak_rss_mib", "peak RSS MiB", ",.0f")]
+    if ox:
+        cols.insert(4, ("over_onnx", "× ONNX fp32", ".2f"))
     if args.scale:
         cols.append(("peak_rss_mib_large", f"peak RSS MiB, {args.scale}× input", ",.0f"))
     print(markdown_table(rows, cols))
-    print("\nflaxner × is flaxner's sub-word tokens/s over the contender's (above 1: flaxner is faster). F1: entity F1 "
+    print("\nflaxner × is flaxner's sub-word tokens/s over the contender's (above 1: flaxner is faster); × ONNX fp32 "
+          "is the contender's over ONNX Runtime fp32's. F1: entity F1 "
           "on CoNLL-2003 test gold words (--corpus test).")
     if any(c != "flaxner" for c in results):
         print(f"The pipeline and the loops truncate each text at 512 sub-tokens, where flaxner windows it: {over} of "

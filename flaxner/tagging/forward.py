@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -28,13 +29,17 @@ class CompiledForward:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
         from flaxner.models.heads import tag_scores
+        from flaxner.models.matmul import bf16_kernels, bf16_matmuls
 
         self.cfg, self.pad_id = cfg, pad_id
         devices = jax.local_devices()
         self.n_devices = len(devices)
         mesh = Mesh(np.array(devices), ("data",))
         data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-        if cfg.dtype != "float32":
+        mixed = cfg.dtype == "mixed"  # bfloat16 products into float32 (flaxner.models.matmul)
+        if mixed:
+            params = bf16_kernels(params)
+        elif cfg.dtype != "float32":
             params = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                                   params)
         self.params = jax.device_put(params, repl)
@@ -45,10 +50,11 @@ class CompiledForward:
         packed = self.pack_length > 0
 
         def forward(params, input_ids, attention_mask):
-            if packed:
-                logits = model(input_ids, params=params, segment_ids=attention_mask).logits
-            else:
-                logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, labels]
+            with bf16_matmuls() if mixed else contextlib.nullcontext():
+                if packed:
+                    logits = model(input_ids, params=params, segment_ids=attention_mask).logits
+                else:
+                    logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, C]
             return tag_scores(logits, aggregation)
 
         self.fn = jax.jit(forward, in_shardings=(repl, data, data), out_shardings=data)

@@ -44,7 +44,7 @@ class Tagger:
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
         cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), run)
-        model, params, tokenizer, labels = load_trained(model_dir, cfg.dtype)
+        model, params, tokenizer, labels = load_trained(model_dir, "float32" if cfg.dtype == "mixed" else cfg.dtype)
         check_iob2(labels)
         check_tag_config(cfg, family_of(model.config.model_type).max_positions(model.config))
         check_tokenizer(tokenizer)

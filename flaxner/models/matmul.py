@@ -1,0 +1,66 @@
+"""bfloat16 matrix products with float32 results, for every family without touching its modules.
+
+Inside `bf16_matmuls()`, every `flax.linen.Dense` the model calls (all of each family's projections and its
+classifier: nearly all of an encoder's FLOPs) multiplies bfloat16 copies of its input and kernel and accumulates in
+float32; everything else (embeddings, LayerNorm, activations, attention's softmax) stays in the model's dtype. On a
+CPU with bfloat16 matrix units (Intel AMX, `amx_bf16` in /proc/cpuinfo) XLA runs such a product several times
+faster than a float32 one, while a bfloat16 product with a bfloat16 result (what `dtype: bfloat16` computes) takes
+the slow path there. The price is the inputs' rounding to 8 bits of mantissa: measure the F1 before relying on it
+(docs/benchmarks.md).
+
+It acts while a function is traced (`flax.linen.intercept_methods`), so use it inside the jitted function:
+
+    def forward(params, ids, mask):
+        with bf16_matmuls():
+            return model(ids, mask, params=params).logits
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _dense(x, kernel, bias):
+    y = jax.lax.dot_general(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
+                            (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+@contextlib.contextmanager
+def bf16_matmuls():
+    """Trace every `nn.Dense` call inside this context as a bfloat16 x bfloat16 -> float32 product."""
+    def interceptor(next_fun, args, kwargs, context):
+        m = context.module
+        if type(m) is not nn.Dense or context.method_name != "__call__" or len(args) != 1 or kwargs:
+            return next_fun(*args, **kwargs)
+        kernel = m.get_variable("params", "kernel")
+        if kernel is None:  # initialisation: let Dense create its parameters
+            return next_fun(*args, **kwargs)
+        return _dense(args[0], kernel, m.get_variable("params", "bias") if m.use_bias else None)
+
+    with nn.intercept_methods(interceptor):
+        yield
+
+
+def bf16_kernels(params):
+    """The parameters with every Dense kernel (2-D leaves named `kernel`) stored in bfloat16 ahead, so the
+    compiled forward does not convert them at every call."""
+    def cast(path, x):
+        name = getattr(path[-1], "key", None)
+        return x.astype(jnp.bfloat16) if name == "kernel" and x.ndim == 2 and x.dtype == jnp.float32 else x
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def has_bf16_units() -> bool:
+    """Whether this machine's CPU has bfloat16 matrix units (Linux: `amx_bf16` among /proc/cpuinfo's flags)."""
+    try:
+        return " amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
