@@ -7,6 +7,7 @@
     checkpoints/    orbax checkpoints: last/ (rolling) and best/
     model/          the best epoch's HF-format model
     README.md       the model card (also model/README.md)
+    samples.html    the card's sample predictions as a page (also model/samples.html)
     tensorboard/    TensorBoard event files, with train.report_to: [tensorboard]
 """
 
@@ -53,6 +54,10 @@ class RunDir:
         return self.path / "README.md"
 
     @property
+    def samples(self) -> Path:
+        return self.path / "samples.html"
+
+    @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
@@ -67,7 +72,7 @@ class RunDir:
     def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
         found there first (where `delete`: on one host of several sharing the folder)."""
-        for p in (self.config, self.metrics, self.summary, self.card, self.checkpoints, self.model,
+        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.checkpoints, self.model,
                   self.tensorboard, self.checkpoints / "last", self.checkpoints / "best"):
             if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
                 raise RunDirError(f"{p}: is a symlink; flaxner writes no run file through a link it did not make: "
@@ -83,7 +88,7 @@ class RunDir:
                 raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
                                   f"with --overwrite")
             if delete:
-                for p in (self.config, self.metrics, self.summary, self.card):
+                for p in (self.config, self.metrics, self.summary, self.card, self.samples):
                     p.unlink(missing_ok=True)
                 for p in (self.checkpoints, self.model, self.tensorboard):
                     shutil.rmtree(p, ignore_errors=True)
@@ -92,7 +97,7 @@ class RunDir:
     def discard(self) -> None:
         """Remove what a run that failed to start wrote into this folder, which it created, and the folder when
         nothing else is left in it."""
-        for p in (self.config, self.metrics, self.summary, self.card):
+        for p in (self.config, self.metrics, self.summary, self.card, self.samples):
             p.unlink(missing_ok=True)
         for p in (self.checkpoints, self.model, self.tensorboard):
             shutil.rmtree(p, ignore_errors=True)

@@ -98,12 +98,13 @@ def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
 
 
 def assert_same_run(summary, ref, out: Path) -> None:
-    """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, exported weights."""
+    """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, the card's sample predictions,
+    exported weights."""
     import jax
 
     from flaxner.models.loading import load_trained
 
-    assert summary.steps == ref.steps
+    assert summary.steps == ref.steps and summary.samples == ref.samples
     for x, y in zip(summary.history, ref.history, strict=True):
         assert x["step"] == y["step"]
         assert x["f1"] == pytest.approx(y["f1"], abs=1e-9)
@@ -113,3 +114,4 @@ def assert_same_run(summary, ref, out: Path) -> None:
     pb = load_trained(Path(ref.run_dir) / "model")[1]
     for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
