@@ -303,7 +303,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         run.ckpt.close()
         log.info("%s: the run is already finished (%d steps); nothing to do", rd.path, run.step)
         return Summary.from_json(json.loads(rd.summary.read_text()))
-    metrics = Reporters(rd, cfg.train, resumed_at=run.step) if primary else None
+    metrics = Reporters(rd, run.cfg, resumed_at=run.step) if primary else None
     checkpoints, best = Checkpoints(run), BestModel(run)
     tokens, t_log = 0, time.perf_counter()
     with contextlib.closing(metrics) if metrics else contextlib.nullcontext():  # flushes what it holds
