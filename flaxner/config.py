@@ -34,7 +34,7 @@ OutputFormat = Literal["jsonl", "conll", "label-studio", "spacy", "html"]
 OnError = Literal["record", "fail"]
 Engine = Literal["local", "ray"]
 # Where training metrics go besides metrics.jsonl (flaxner.training.reporting).
-ReportTo = Literal["tensorboard"]
+ReportTo = Literal["tensorboard", "mlflow", "wandb"]
 
 
 def choices(alias: Any) -> tuple:

@@ -7,7 +7,10 @@
     checkpoints/    orbax checkpoints: last/ (rolling) and best/
     model/          the best epoch's HF-format model
     README.md       the model card (also model/README.md)
+    samples.html    the card's sample predictions as a page (also model/samples.html)
     tensorboard/    TensorBoard event files, with train.report_to: [tensorboard]
+    trackers.json   the MLflow and W&B run ids, with train.report_to: [mlflow] / [wandb] (a resumed run continues them)
+    wandb/          W&B's local files, with train.report_to: [wandb] (unless WANDB_DIR is set)
 """
 
 from __future__ import annotations
@@ -53,8 +56,20 @@ class RunDir:
         return self.path / "README.md"
 
     @property
+    def samples(self) -> Path:
+        return self.path / "samples.html"
+
+    @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def trackers(self) -> Path:
+        return self.path / "trackers.json"
+
+    @property
+    def wandb(self) -> Path:
+        return self.path / "wandb"
 
     def has_run(self) -> bool:
         """True when a run was started here (its config, metrics or checkpoints are present)."""
@@ -67,8 +82,8 @@ class RunDir:
     def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
         found there first (where `delete`: on one host of several sharing the folder)."""
-        for p in (self.config, self.metrics, self.summary, self.card, self.checkpoints, self.model,
-                  self.tensorboard, self.checkpoints / "last", self.checkpoints / "best"):
+        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers, self.checkpoints,
+                  self.model, self.tensorboard, self.wandb, self.checkpoints / "last", self.checkpoints / "best"):
             if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
                 raise RunDirError(f"{p}: is a symlink; flaxner writes no run file through a link it did not make: "
                                   f"remove the link (its target is kept) and run again")
@@ -83,18 +98,18 @@ class RunDir:
                 raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
                                   f"with --overwrite")
             if delete:
-                for p in (self.config, self.metrics, self.summary, self.card):
+                for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers):
                     p.unlink(missing_ok=True)
-                for p in (self.checkpoints, self.model, self.tensorboard):
+                for p in (self.checkpoints, self.model, self.tensorboard, self.wandb):
                     shutil.rmtree(p, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def discard(self) -> None:
         """Remove what a run that failed to start wrote into this folder, which it created, and the folder when
         nothing else is left in it."""
-        for p in (self.config, self.metrics, self.summary, self.card):
+        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers):
             p.unlink(missing_ok=True)
-        for p in (self.checkpoints, self.model, self.tensorboard):
+        for p in (self.checkpoints, self.model, self.tensorboard, self.wandb):
             shutil.rmtree(p, ignore_errors=True)
         try:
             self.path.rmdir()

@@ -98,12 +98,13 @@ def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
 
 
 def assert_same_run(summary, ref, out: Path) -> None:
-    """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, exported weights."""
+    """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, the card's sample predictions,
+    exported weights."""
     import jax
 
     from flaxner.models.loading import load_trained
 
-    assert summary.steps == ref.steps
+    assert summary.steps == ref.steps and summary.samples == ref.samples
     for x, y in zip(summary.history, ref.history, strict=True):
         assert x["step"] == y["step"]
         assert x["f1"] == pytest.approx(y["f1"], abs=1e-9)
@@ -113,3 +114,76 @@ def assert_same_run(summary, ref, out: Path) -> None:
     pb = load_trained(Path(ref.run_dir) / "model")[1]
     for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+# MLflow and W&B for a test (tests/test_trackers.py, the multihost one): a sqlite store and W&B offline, everything
+# under one folder, no network.
+def tracker_env(store: Path) -> dict[str, str]:
+    """The environment a tracked run takes: MLflow's store and W&B's files, logs and cache all under `store`."""
+    home = {k: str(store / "wandb-home" / k.lower()) for k in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR",
+                                                               "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")}
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
+            **home}
+
+
+def metrics_by_name(run: Path) -> dict[tuple[str, int], list[float]]:
+    """(name, step) -> values: every number of every metrics.jsonl row as `<type>/<key>`, and each type's F1 as
+    `<type>/f1_<type>`: what a tracker should hold."""
+    out: dict[tuple[str, int], list[float]] = {}
+    for r in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()):
+        named = {k: v for k, v in r.items()
+                 if k not in ("type", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        named.update({f"f1_{t}": s["f1"] for t, s in (r.get("per_type") or {}).items()})
+        for k, v in named.items():
+            out.setdefault((f"{r['type']}/{k}", r["step"]), []).append(float(v))
+    return out
+
+
+def mlflow_metrics(uri: str, run_id: str) -> tuple[dict[tuple[str, int], list[float]], object]:
+    """(name, step) -> values of an MLflow run's metric histories, and the run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    got, run = {}, client.get_run(run_id)
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run_id, key):
+            got.setdefault((key, m.step), []).append(m.value)
+    return got, run
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows of a W&B run file (.wandb: a LevelDB-style log of `Record` protobufs in 32 KiB blocks)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, rows, pos, part = path.read_bytes(), [], 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        part, pos = part + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):  # a full record, or the last piece of one
+            rec = pb.Record()
+            rec.ParseFromString(part)
+            part = b""
+            if rec.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+    return rows
+
+
+def wandb_metrics(run: Path, run_id: str) -> dict[tuple[str, int], list[float]]:
+    """(name, step) -> values of the offline W&B run `run_id` in <run>/wandb, every session of it (a resumed run's)."""
+    got: dict[tuple[str, int], list[float]] = {}
+    files = sorted((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert files, f"no offline W&B run {run_id} in {run / 'wandb'}"
+    for f in files:
+        for row in wandb_history(f):
+            for k, v in row.items():
+                if not k.startswith("_") and k != "step":
+                    got.setdefault((k, row["step"]), []).append(float(v))
+    return got

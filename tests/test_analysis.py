@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxner.tagging import display
+from flaxner.data import display
 from flaxner.training import analysis, evaluate
 from flaxner.training.analysis import MISSED, SPURIOUS
 from flaxner.config import DataConfig, ModelConfig

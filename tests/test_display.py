@@ -1,6 +1,7 @@
 """`flaxner tag --format html` in a real browser (marker `browser`: headless Chromium from the Debian packages,
 `apt-get install -y chromium`): the page loads with no console error, shows every entity with its score on hover
-and the count per label; Chromium's screenshot of it is a PNG (docs/tagging.md shows one of a trained run's page)."""
+and the count per label; Chromium's screenshot of it is a PNG (docs/tagging.md shows one of a trained run's page).
+The model card's samples.html (the same renderer) loads there too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flaxner.tagging.display import html_page
+from flaxner.data.display import html_page, samples_page
 
 CHROMIUM = os.environ.get("FLAXNER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser,
@@ -66,6 +67,19 @@ def test_the_page_loads_without_console_errors_and_shows_the_entities(tmp_path):
     counts = dict(re.findall(r"<mark[^>]*>(\w+)</mark></td><td>(\d+)</td>", dom))
     assert counts == {"LOC": "2", "MISC": "2", "ORG": "1", "PER": "1"}
     assert "<script>" not in dom and "not JSON" in dom  # an id is text, never markup; an error is shown
+
+
+def test_the_cards_samples_page_loads_without_console_errors_and_shows_gold_and_predicted(tmp_path):
+    """samples.html, the model card's sample predictions as a page (flaxner.training.export), in the browser."""
+    items = [{"index": 3, "errors": 1, "tokens": ["Peter", "Blackburn", "<b>in</b>", "Zürich"],
+              "gold_tags": ["B-PER", "I-PER", "O", "B-LOC"], "pred_tags": ["B-PER", "I-PER", "O", "B-ORG"]}]
+    page = tmp_path / "samples.html"
+    page.write_text(samples_page(items, "tiny-run: sample predictions", "The first sentence."), encoding="utf-8")
+    run = _chromium("--dump-dom", page.as_uri())
+    assert run.returncode == 0 and _console_errors(run.stderr) == [], run.stderr[-2000:]
+    marks = re.findall(r'<mark [^>]*title="(\w+)"[^>]*>([^<]*)</mark>', run.stdout)
+    assert marks == [("PER", "Peter Blackburn"), ("LOC", "Zürich"), ("PER", "Peter Blackburn"), ("ORG", "Zürich")]
+    assert "<b>in</b>" not in run.stdout and "&lt;b&gt;in&lt;/b&gt;" in run.stdout
 
 
 def test_a_broken_page_is_caught(tmp_path):

@@ -319,3 +319,27 @@ def test_two_hosts_accumulate_evaluate_and_stop_as_one_process(tmp_path, cache):
     sa, sb = (json.loads((runs[k] / "summary.json").read_text()) for k in ("2x1", "1x2"))
     assert (sa["steps"], sa["best_step"], sa["stopped_early"]) == (sb["steps"], sb["best_step"], sb["stopped_early"])
     assert len(list((runs["2x1"] / "tensorboard").iterdir())) == 1  # written by process 0 only
+
+
+@pytest.mark.multihost
+@pytest.mark.trackers
+def test_two_hosts_report_to_mlflow_and_wandb_from_process_0_only(tmp_path, cache):
+    """Two processes reporting to MLflow and W&B make one MLflow run and one W&B run (process 0's), holding the
+    rows of metrics.jsonl."""
+    pytest.importorskip("mlflow", reason="the mlflow extra: pip install 'flaxner[mlflow]'")
+    pytest.importorskip("wandb", reason="the wandb extra: pip install 'flaxner[wandb]'")
+    from mlflow.tracking import MlflowClient
+
+    from helpers import metrics_by_name, mlflow_metrics, tracker_env, wandb_metrics
+
+    env, out = tracker_env(tmp_path), tmp_path / "run"
+    _ok(_launch(out, 2, 1, cache, "train.report_to=[mlflow,wandb]", "train.epochs=1", env=env))
+    ids, want = json.loads((out / "trackers.json").read_text()), metrics_by_name(out)
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_id for r in runs] == [ids["mlflow"]]
+    got = mlflow_metrics(env["MLFLOW_TRACKING_URI"], ids["mlflow"])[0]
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
+    assert [p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*")] == [ids["wandb"]]
+    wb = wandb_metrics(out, ids["wandb"])
+    assert wb.keys() == want.keys() and all(wb[k] == pytest.approx(want[k], rel=1e-6) for k in want)

@@ -1,8 +1,11 @@
+import html
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flaxner.data.labels import spans_from_tags
 from flaxner.data.splits import DataConfig, encode, load_split
 from flaxner.models.loading import load_trained
 
@@ -59,3 +62,62 @@ def test_a_run_records_its_sentence_length_for_the_tagger(tiny_run):
 
     saved = load_config(f"{tiny_run['run_dir']}/config.yaml")
     assert saved.tag.segment_length > 0 and saved.tag.segment_length <= saved.data.max_length
+
+
+MARK = re.compile(r"<mark [^>]*>(.*?)</mark><sup[^>]*>(.*?)</sup>")
+
+
+def _marked(cell: str) -> list[tuple[str, str]]:
+    return [(html.unescape(text), html.unescape(label)) for text, label in MARK.findall(cell)]
+
+
+def _spans(tokens, tags) -> list[tuple[str, str]]:
+    return [(" ".join(tokens[a:b]), t) for t, a, b in spans_from_tags(tags)]
+
+
+def test_the_card_shows_the_exported_models_tags_of_validation_sentences(tiny_run):
+    """README.md's sample predictions, inline and in samples.html (flaxner.data.display's table), are the first
+    validation sentences with an entity, with their gold spans and the spans the exported model predicts for them
+    when loaded back from model/."""
+    from flaxner.training.evaluate import predict_split
+
+    run = Path(tiny_run["run_dir"])
+    ref = predict_split(run, "validation")
+    shown = [i for i, g in enumerate(ref.gold) if len(g) <= 64 and any(t != "O" for t in g)][:5]
+    card = (run / "README.md").read_text()
+    section = card.split("\n## Sample predictions\n")[1].split("\n## Training procedure\n")[0]
+    table = next(line for line in section.splitlines() if line.startswith("<table>"))
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td>(.*?)</tr>", table)
+    assert [int(i) for i, _, _ in rows] == shown and len(shown) == 5
+    predicted = 0
+    for i, errors, cells in ((int(i), int(e), c) for i, e, c in rows):
+        gold_cell, pred_cell = cells.split('</td><td style="text-align:left">')
+        gold, pred = _spans(ref.tokens[i], ref.gold[i]), _spans(ref.tokens[i], ref.pred[i])
+        assert _marked(gold_cell) == gold and _marked(pred_cell) == pred
+        assert errors == len(set(spans_from_tags(ref.gold[i])) ^ set(spans_from_tags(ref.pred[i])))
+        predicted += len(pred)
+    assert predicted > 0  # the tiny model tags something: the predicted cells are checked, not only empty
+    page = (run / "samples.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and table in page and page.rstrip().endswith("</html>")
+    assert (run / "model" / "samples.html").read_text(encoding="utf-8") == page
+    assert (run / "model" / "README.md").read_text() == card
+
+
+def test_a_card_without_samples_has_no_section_and_no_stale_page(tiny_run, tiny_cfg, tmp_path):
+    """A run resumed from a checkpoint older than the samples: its card says nothing of them, and a samples.html
+    left from before is removed rather than shown beside a card that does not describe it."""
+    import json
+
+    from flaxner.training.export import write_card
+
+    summary = json.loads((Path(tiny_run["run_dir"]) / "summary.json").read_text())
+    (tmp_path / "samples.html").write_text("old")
+    write_card(tmp_path, tiny_cfg, {**summary, "samples": []})
+    assert "Sample predictions" not in (tmp_path / "README.md").read_text()
+    assert not (tmp_path / "samples.html").exists()
+    tokens = ["<script>", "Zürich", "&"]
+    write_card(tmp_path, tiny_cfg, {**summary, "samples": [
+        {"index": 7, "tokens": tokens, "gold_tags": ["O", "B-LOC", "O"], "pred_tags": ["B-ORG", "B-LOC", "O"]}]})
+    card = (tmp_path / "README.md").read_text()
+    assert "<script>" not in card and _marked(card) == [("Zürich", "LOC"), ("<script>", "ORG"), ("Zürich", "LOC")]
+    assert "<tr><td>7</td><td>1</td>" in card and (tmp_path / "samples.html").is_file()

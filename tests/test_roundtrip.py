@@ -14,7 +14,7 @@ from flaxner.config import DataConfig, load_config
 from flaxner.data.readers import read_conll, read_file
 from flaxner.data.splits import load_split
 from flaxner.data.labels import CONLL_LABELS
-from flaxner.tagging.display import words_to_text
+from flaxner.data.display import words_to_text
 from test_annotations import ls_annotation, ls_task
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -163,12 +163,13 @@ def test_warmup_ratio_is_warmup_steps_of_the_run(tiny_cfg):
     (["train.warmup_ratio=1.0"], r"train.warmup_ratio: must be in \[0, 1\)"),
     (["train.grad_accum=0"], "train.grad_accum: must be positive"),
     (["train.patience=-1"], "train.patience: must be 0"),
-    (["train.report_to=wandb"], r"train.report_to\[0\]: expected one of tensorboard"),
+    (["train.report_to=comet"], r"train.report_to\[0\]: expected one of tensorboard, mlflow, wandb, got 'comet'"),
 ])
 def test_bad_values_are_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", overrides)
     assert load_config("tiny", ["train.report_to=tensorboard"]).train.report_to == ("tensorboard",)
+    assert load_config("tiny", ["train.report_to=[mlflow,wandb]"]).train.report_to == ("mlflow", "wandb")
 
 
 def test_per_type_table_is_seqevals_report():
@@ -187,13 +188,17 @@ def test_per_type_table_is_seqevals_report():
         assert cells == [f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1-score']:.4f}", str(r["support"])]
 
 
-def test_a_missing_reporter_package_is_one_line_before_anything_is_written(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("name, module", [("tensorboard", "tensorboardX"), ("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_a_missing_reporter_package_is_one_line_before_anything_is_written(monkeypatch, tmp_path, capsys, name,
+                                                                           module):
     import flaxner.training.reporting as reporting
 
     real = reporting.importlib.util.find_spec
-    monkeypatch.setattr(reporting.importlib.util, "find_spec", lambda n: None if n == "tensorboardX" else real(n))
-    assert main(["train", "--config", "tiny", "--output-dir", str(tmp_path / "run"), "train.report_to=tensorboard"]) == 2
-    assert "pip install 'flaxner[tensorboard]'" in capsys.readouterr().err
+    monkeypatch.setattr(reporting.importlib.util, "find_spec", lambda n: None if n == module else real(n))
+    assert main(["train", "--config", "tiny", "--output-dir", str(tmp_path / "run"),
+                 f"train.report_to=[tensorboard,{name}]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"train.report_to: {name} needs the {module} package: pip install 'flaxner[{name}]'")
     assert not (tmp_path / "run").exists()
 
 

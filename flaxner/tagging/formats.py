@@ -187,7 +187,7 @@ def write_docbin(records: Iterator[dict], f: BinaryIO, spec: OutputSpec) -> dict
 
 
 def write_html(records: Iterator[dict], f: BinaryIO, spec: OutputSpec) -> dict:
-    from flaxner.tagging.display import html_page
+    from flaxner.data.display import html_page
 
     return html_page(records, f, spec.model_version)
 

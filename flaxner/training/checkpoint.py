@@ -35,12 +35,13 @@ class LoopState:
     best_step: int = 0  # the step of the best evaluation
     best_per_type: dict = field(default_factory=dict)  # its scores per entity type
     bad_evals: int = 0  # evaluations since the best one (train.patience stops when it reaches the patience)
+    best_samples: list = field(default_factory=list)  # its predicted tags of the card's sample sentences
     # Step metrics not read back from the device yet (reading waits for the step), and losses read but not logged.
     pending: list = field(default_factory=list, repr=False, compare=False)
     window: list[float] = field(default_factory=list, repr=False, compare=False)
 
     SAVED = ("epoch", "batch", "best_f1", "history", "labels", "epoch_loss", "epoch_batches", "last_eval",
-             "best_step", "best_per_type", "bad_evals")
+             "best_step", "best_per_type", "bad_evals", "best_samples")
 
     def flush(self) -> None:
         """Read the pending steps' losses into the epoch's sum and the log window (this waits for those steps)."""

@@ -69,6 +69,8 @@ class Summary:
     stopped_early: bool = False  # train.patience ended the run
     labels: list[str] = dataclasses.field(default_factory=list)  # the label inventory, in id order
     train_sentences: int = 0  # sentences the train split held (after data.limit)
+    # The card's sample sentences of the validation split: index, tokens, gold_tags and the exported model's pred_tags.
+    samples: list[dict] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

@@ -126,8 +126,26 @@ def _versions() -> str:
         ("Flax", flax.__version__), ("Optax", optax.__version__), ("Python", platform.python_version())))
 
 
+def sample_predictions(samples: list[dict], title: str) -> tuple[str, str]:
+    """The card's section of sample predictions (summary.json's `samples`, gold and predicted side by side in
+    flaxner's entity renderer, inline HTML that a Markdown viewer shows) and samples.html, the same table as a
+    page; both empty without samples."""
+    from flaxner.data.display import samples_page, worst_html
+    from flaxner.training.analysis import span_errors
+
+    if not samples:
+        return "", ""
+    items = [{**s, "errors": span_errors(s["gold_tags"], s["pred_tags"])} for s in samples]
+    intro = (f"The first {len(items)} validation sentences with an entity, annotated (gold) and as this model tags "
+             f"them (predicted), with the span errors of each")
+    section = (f"## Sample predictions\n\n{intro} (also [samples.html](samples.html), a page any browser opens):"
+               f"\n\n{worst_html(items)}\n\n")
+    return section, samples_page(items, f"{title}: sample predictions", intro + ".")
+
+
 def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None:
-    """README.md in the seed card's format, beside the exported model; `summary` is summary.json's content."""
+    """README.md in the seed card's format, with samples.html, beside the exported model; `summary` is
+    summary.json's content."""
     from flaxner.data.splits import describe_model, describe_source
 
     rd = RunDir(run_dir)
@@ -157,6 +175,7 @@ def write_card(run_dir: str | Path | RunDir, cfg: Config, summary: dict) -> None
     if test:
         results += (f"\nOn the test set: precision {test['precision']:.4f}, recall {test['recall']:.4f}, "
                     f"F1 {test['f1']:.4f}, accuracy {test['accuracy']:.4f}.\n")
+    samples_md, samples_html = sample_predictions(summary.get("samples") or [], title)
     card = f"""---
 library_name: transformers
 tags:
@@ -170,7 +189,7 @@ tags:
 This model is a fine-tuned version of {base} on {describe_source(d)}, trained with flaxner (JAX/Flax).
 {data_line}
 {results}
-## Training procedure
+{samples_md}## Training procedure
 
 ### Training hyperparameters
 
@@ -198,6 +217,8 @@ The following hyperparameters were used during training:
 
 {_versions()}
 """
-    rd.card.write_text(card)
-    if rd.model.is_dir():
-        (rd.model / "README.md").write_text(card)
+    for folder in (rd.path, rd.model) if rd.model.is_dir() else (rd.path,):
+        (folder / rd.card.name).write_text(card)
+        (folder / rd.samples.name).unlink(missing_ok=True)
+        if samples_html:
+            (folder / rd.samples.name).write_text(samples_html, encoding="utf-8")

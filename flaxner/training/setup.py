@@ -22,7 +22,9 @@ RESUME_HARMLESS = ("name", "train.log_every", "train.save_every", "train.keep_ch
                    "train.compilation_cache", "train.eval_test", "train.report_to", "tag.",
                    # where the run is launched (per launch, never saved), not what it computes
                    "train.distributed", "train.coordinator_address", "train.num_processes", "train.process_id")
-
+# The model card shows the exported model's tags of this many validation sentences: the first ones with an entity
+# and at most CARD_WORDS words (a card stays short to read).
+CARD_SAMPLES, CARD_WORDS = 5, 64
 
 
 @dataclass
@@ -32,6 +34,16 @@ class Split:
     name: str  # the data's split name (e.g. validation)
     enc: Encoded
     gold: list[list[str]]
+    samples: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # the card's sentences: index -> words
+
+
+def card_samples(split: Split, loop) -> list[dict]:
+    """The card's sample sentences (index, tokens, gold_tags) with the best evaluation's pred_tags (`loop` a
+    `LoopState`); none where the checkpoint a run resumed from predates them."""
+    if len(loop.best_samples) != len(split.samples):
+        return []
+    return [{"index": i, "tokens": words, "gold_tags": split.gold[i], "pred_tags": list(pred)}
+            for (i, words), pred in zip(split.samples.items(), loop.best_samples, strict=True)]
 
 
 def resolved_loss_norm(tc: TrainConfig) -> str:
@@ -125,7 +137,9 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
     for role, name in roles.items():
         cols = ds[name][:]  # read the columns once, for the gold tags and the encoding
         gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
-        out[role] = Split(name, encode(cols, tokenizer, d, labels), gold)
+        shown = [i for i, g in enumerate(gold) if len(g) <= CARD_WORDS and any(t != "O" for t in g)][:CARD_SAMPLES] \
+            if role == "eval" else []
+        out[role] = Split(name, encode(cols, tokenizer, d, labels), gold, {i: list(cols["tokens"][i]) for i in shown})
     return out, tuple(labels)
 
 

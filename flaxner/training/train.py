@@ -36,8 +36,8 @@ from flaxner.models.vocab import compact_model
 from flaxner.training.events import EpochEvent, EvalEvent, StepEvent, Summary
 from flaxner.training.handlers import BestModel, Checkpoints, log_early_stop
 from flaxner.training.reporting import Reporters, check_reporters
-from flaxner.training.setup import Split, check_resume_config, load_splits, loss_denominator, resolved_loss_norm, \
-    tagging_defaults
+from flaxner.training.setup import Split, card_samples, check_resume_config, load_splits, loss_denominator, \
+    resolved_loss_norm, tagging_defaults
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,12 @@ class Run:
         bs = self.cfg.train.eval_batch_size
         return {k: eval_lengths(s.enc.lengths, bs, self.plan.buckets) for k, s in self.splits.items() if k != "train"}
 
-    def evaluate(self, split: str, params=None) -> dict:
-        """seqeval scores and loss of `params` (default: the state's) on one split."""
+    def evaluate(self, split: str, params=None) -> tuple[dict, list[list[str]]]:
+        """seqeval scores and loss of `params` (default: the state's) on one split, and the predicted tags."""
         s = self.splits[split]
         params = self.state["params"] if params is None else params
-        scores, _ = evaluate(self.eval_fn, params, s.enc, s.gold, self.labels, self.cfg.train.eval_batch_size,
-                             self.plan.buckets, self.rt.put, self.pad_id)
-        return scores
+        return evaluate(self.eval_fn, params, s.enc, s.gold, self.labels, self.cfg.train.eval_batch_size,
+                        self.plan.buckets, self.rt.put, self.pad_id)
 
     def export_params(self, params) -> dict:
         """`params` on the host, in the full model's shape (the vocabulary expanded back)."""
@@ -255,7 +254,7 @@ def _evaluate(run: Run, keys: list, end_of_epoch: bool) -> Iterator[EvalEvent]:
     loop, t_ev = run.loop, time.perf_counter()
     loop.flush()
     run.timings.compile_wait_eval_s += run.precompiler.claim(*keys)
-    scores = run.evaluate("eval")
+    scores, pred = run.evaluate("eval")
     run.timings.eval_s += time.perf_counter() - t_ev
     epoch = loop.epoch + 1 if end_of_epoch else round(loop.epoch + loop.batch / run.plan.steps_per_epoch, 4)
     row = {"type": "eval", "epoch": epoch, "step": run.step,
@@ -265,6 +264,7 @@ def _evaluate(run: Run, keys: list, end_of_epoch: bool) -> Iterator[EvalEvent]:
     if improved:
         loop.best_f1, loop.best_step, loop.bad_evals = scores["f1"], run.step, 0
         loop.best_per_type = scores.get("per_type", {})
+        loop.best_samples = [pred[i] for i in run.splits["eval"].samples]
     else:
         loop.bad_evals += 1
     loop.last_eval = run.step
@@ -285,7 +285,8 @@ def _summary(run: Run) -> Summary:
                    compile_s=compile_stats()["seconds"] - run.compiles0["seconds"], compile_workers=pre.workers,
                    compiled_ahead=len(pre.done), devices=run.rt.n_devices, best_step=run.loop.best_step,
                    best_per_type=run.loop.best_per_type, stopped_early=run.stopped, labels=list(run.labels),
-                   train_sentences=len(run.splits["train"].gold), **dataclasses.asdict(t))
+                   train_sentences=len(run.splits["train"].gold), samples=card_samples(run.splits["eval"], run.loop),
+                   **dataclasses.asdict(t))
 
 
 def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = False,
@@ -302,7 +303,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         run.ckpt.close()
         log.info("%s: the run is already finished (%d steps); nothing to do", rd.path, run.step)
         return Summary.from_json(json.loads(rd.summary.read_text()))
-    metrics = Reporters(rd, cfg.train, resumed_at=run.step) if primary else None
+    metrics = Reporters(rd, run.cfg, resumed_at=run.step) if primary else None
     checkpoints, best = Checkpoints(run), BestModel(run)
     tokens, t_log = 0, time.perf_counter()
     with contextlib.closing(metrics) if metrics else contextlib.nullcontext():  # flushes what it holds
@@ -338,7 +339,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             params = best.params
             if params is None:  # resumed after the best evaluation: take it from the best checkpoint
                 params = run.ckpt.restore(abstract(run.state), which="best")[0]["params"]
-            summary.test = run.evaluate("test", jax.device_put(params, run.rt.replicated))
+            summary.test = run.evaluate("test", jax.device_put(params, run.rt.replicated))[0]
             if metrics:
                 metrics.write({"type": "test", "step": run.step, **summary.test})
     run.ckpt.close()

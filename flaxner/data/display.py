@@ -1,6 +1,7 @@
 """Entities to look at: text with each entity highlighted per label (scores on hover), for the notebook
-(`tagged_html`, `worst_html`) and `flaxner tag --format html` (`html_page`: a self-contained page with a count per
-label). One renderer, `highlight_html`, for all of them; it imports no JAX."""
+(`tagged_html`, `worst_html`), the model card's sample predictions (`worst_html` in the card, `samples_page`) and
+`flaxner tag --format html` (`html_page`: a self-contained page with a count per label). One renderer,
+`highlight_html`, for all of them; below training and tagging alike, it imports no JAX."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ PAGE_STYLE = """body{font-family:system-ui,sans-serif;max-width:60em;margin:2em 
 table.counts{border-collapse:collapse;margin:1em 0}table.counts td,table.counts th{border:1px solid #ccc;
 padding:2px 8px;text-align:right}.doc{border-top:1px solid #eee;padding:.5em 0}.id{color:#888;font-size:80%}
 .error{color:#b00020}mark{padding:0 2px;border-radius:3px}"""
+
+
+def page_head(title: str) -> str:
+    """The start of a self-contained page (its style inline, nothing fetched) up to its heading."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
+
+
 def words_to_text(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[dict]]:
     """Words joined by spaces, and the spans of IOB2 `tags` as entities with character offsets into that text."""
     starts, pos = [], 0
@@ -73,10 +82,13 @@ def tagged_html(texts: Sequence[str], results: Sequence[Sequence[dict] | dict]) 
 
 
 def worst_html(items: Sequence[dict]) -> str:
-    """`worst_sentences` as an HTML table: gold and predicted spans highlighted side by side."""
+    """Sentences (`index`, `errors`, `tokens`, `gold_tags`, `pred_tags`: `worst_sentences`' items, the card's
+    samples) as an HTML table on one line: gold and predicted spans highlighted side by side, a label one colour."""
+    texts = [[words_to_text(it["tokens"], it[k]) for k in ("gold_tags", "pred_tags")] for it in items]
+    colors = label_colors(sorted({e["label"] for pair in texts for _, ents in pair for e in ents}))
     rows = []
-    for it in items:
-        cells = [highlight_html(*words_to_text(it["tokens"], it[k])) for k in ("gold_tags", "pred_tags")]
+    for it, pair in zip(items, texts, strict=True):
+        cells = [highlight_html(text, ents, colors) for text, ents in pair]
         rows.append(f"<tr><td>{it['index']}</td><td>{it['errors']}</td>"
                     f'<td style="text-align:left">{cells[0]}</td><td style="text-align:left">{cells[1]}</td></tr>')
     return ("<table><tr><th>sentence</th><th>errors</th><th>gold</th><th>predicted</th></tr>"
@@ -99,12 +111,15 @@ def html_page(records: Iterable[dict], f: BinaryIO, title: str) -> dict:
     colors = label_colors(sorted(counts))
     rows = "".join(f'<tr><td style="text-align:left"><mark style="background:{colors[lab]}">{html.escape(lab)}'
                    f"</mark></td><td>{k}</td></tr>" for lab, k in sorted(counts.items()))
-    f.write((f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-             f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-             f"<p>{n} texts, {sum(counts.values())} entities (hover over one for its score)</p>"
+    f.write((f"{page_head(title)}<p>{n} texts, {sum(counts.values())} entities (hover over one for its score)</p>"
              f'<table class="counts"><tr><th>label</th><th>entities</th></tr>{rows}</table>\n').encode())
     for b in blocks:
         part = b if isinstance(b, str) else f"{b[0]}{highlight_html(b[1], b[2], colors)}</div>"
         f.write((part + "\n").encode("utf-8", "surrogatepass"))
     f.write(b"</body></html>\n")
     return {"written": n, "entities": dict(counts)}
+
+
+def samples_page(items: Sequence[dict], title: str, intro: str) -> str:
+    """A self-contained page of `worst_html`'s table under `intro` (plain text): the model card's samples.html."""
+    return f"{page_head(title)}<p>{html.escape(intro)}</p>\n{worst_html(items)}\n</body></html>\n"
