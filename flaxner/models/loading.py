@@ -304,7 +304,8 @@ def load_params(folder: Path, model, prefer_pt: bool = False, seed: int = 0,
     if fresh:
         parts.append(f"new {_short(sorted({'.'.join(k[:-1]) for k in fresh}))} (not in the checkpoint)")
     log.info("; ".join(parts))
-    return unflatten_dict({k: jnp.asarray(v) for k, v in params.items()})
+    # device_put, not jnp.asarray: a plain copy, where jnp.asarray compiles a program per shape (jax 0.10)
+    return jax.device_put(unflatten_dict(params))
 
 
 def _short(names: list[str], n: int = 4) -> str:
