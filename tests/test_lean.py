@@ -4,6 +4,7 @@ flaxner/models/minilm.py), and tagging's start-up without torch."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -126,3 +127,63 @@ def test_the_named_tokenizer_class_tokenizes_as_autotokenizer(folder):
         a = ours(words, is_split_into_words=True, return_offsets_mapping=True)
         b = auto(words, is_split_into_words=True, return_offsets_mapping=True)
         assert (a["input_ids"], a["offset_mapping"], a.word_ids()) == (b["input_ids"], b["offset_mapping"], b.word_ids())
+
+
+def _bytelevel_folder(tmp_path):
+    from test_bytelevel import modernbert_tokenizer
+
+    return modernbert_tokenizer(tmp_path / "bytelevel")
+
+
+@pytest.mark.parametrize("which", ["tests/fixtures/tiny-bert", "tests/fixtures/old-run-tiny/model", "bytelevel"])
+def test_the_tag_tokenizer_from_the_cache_is_the_loaded_one(which, tmp_path, monkeypatch):
+    """load_tag_tokenizer: what the Tagger reads of load_tokenizer's tokenizer (for_words applied to byte-level
+    ones), stored on first use and read back without transformers after: the same Rust tokenizer, special ids and
+    top id, the same encodings."""
+    from flaxner.models import tokenizer as T
+
+    folder = _bytelevel_folder(tmp_path) if which == "bytelevel" else ROOT / which
+    ref = T.TagTokenizer.of(T.load_tokenizer(folder))
+    cache = tmp_path / "cache"
+    first = T.load_tag_tokenizer(folder, str(cache))
+    assert [p.name for p in (cache / T.CACHE_FOLDER).iterdir()] == [f"{T.cache_key(folder)}.json"]
+    monkeypatch.setattr(T, "load_tokenizer", lambda *a: pytest.fail("built again despite the cache"))
+    again = T.load_tag_tokenizer(folder, str(cache))
+    texts = ["Peter Blackburn lives in Zürich, Köln and São Paulo!", "EU rejects German call ."]
+    for tok in (first, again):
+        assert tok.backend.to_str() == ref.backend.to_str()
+        assert (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.max_id) == (
+            ref.cls_token_id, ref.sep_token_id, ref.pad_token_id, ref.max_id)
+        for a, b in zip(tok.backend.encode_batch(texts), ref.backend.encode_batch(texts)):
+            assert (a.ids, a.offsets, a.word_ids) == (b.ids, b.offsets, b.word_ids)
+
+
+def test_a_damaged_or_outdated_tokenizer_cache_entry_is_not_used(tmp_path, monkeypatch):
+    import shutil
+
+    from flaxner.models import tokenizer as T
+
+    folder = tmp_path / "model"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "tiny-bert", folder)
+    cache = tmp_path / "cache"
+    T.load_tag_tokenizer(folder, "")
+    assert not cache.exists()  # no cache dir (tag.compilation_cache: ""), nothing written
+    ref = T.load_tag_tokenizer(folder, str(cache))
+    entry = cache / T.CACHE_FOLDER / f"{T.cache_key(folder)}.json"
+    for damage in ("{not json", '{"format": 1, "backend": "{}", "ids": [1, 2, 3, 4]}', ""):
+        entry.write_text(damage)
+        tok = T.load_tag_tokenizer(folder, str(cache))
+        assert tok.backend.to_str() == ref.backend.to_str() and tok.max_id == ref.max_id
+        assert T.TagTokenizer.from_json(entry.read_text()).backend.to_str() == ref.backend.to_str()  # rewritten
+    # any tokenizer file changed: another key, built afresh
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
+    assert not (cache / T.CACHE_FOLDER / f"{T.cache_key(folder)}.json").exists()
+    built = []
+    monkeypatch.setattr(T, "load_tokenizer", lambda f, load=T.load_tokenizer: built.append(f) or load(f))
+    T.load_tag_tokenizer(folder, str(cache))
+    assert built == [folder] and len(list((cache / T.CACHE_FOLDER).iterdir())) == 2
+    # weights are not part of the key
+    (folder / "model.safetensors").write_bytes(b"x")
+    assert (cache / T.CACHE_FOLDER / f"{T.cache_key(folder)}.json").exists()
+
