@@ -136,3 +136,20 @@ def test_tag_vs_eval_documents_tiny(tiny_run, tmp_path):
     for key in ("tag_none_spaces", "tag_none_running", "tag_document_spaces", "tag_document_running",
                 "tag_none_lines", "tag_document_lines"):
         assert 0.0 <= res[key] <= 1.0, key
+
+
+def test_startup_tiny(tmp_path):
+    """bench.startup on the old tiny run (HOME in tmp_path: its caches are fresh ones there)."""
+    import os
+
+    out = tmp_path / "startup.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.startup", "--model", "tests/fixtures/old-run-tiny",
+                           "--repeats", "2", "--breakdown", "--work", str(tmp_path / "work"), "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert len(res["wall_s"]) == len(res["cpu_s"]) == 2 and res["wall_median_s"] > 0 and res["output"]
+    b = res["breakdown"]
+    assert b["rc"] == 0 and "transformers" not in b["heavy"] and b["imports"]["jax"] > 0
+    assert b["events"]["cache_hits"][0] == 1 and "cache_misses" not in b["events"]

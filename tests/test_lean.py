@@ -187,3 +187,49 @@ def test_a_damaged_or_outdated_tokenizer_cache_entry_is_not_used(tmp_path, monke
     (folder / "model.safetensors").write_bytes(b"x")
     assert (cache / T.CACHE_FOLDER / f"{T.cache_key(folder)}.json").exists()
 
+
+HEAVY = ("torch", "transformers", "datasets", "scipy", "sklearn", "pandas", "pyarrow", "ray", "optax", "seqeval",
+         "huggingface_hub")
+# `flaxner tag` as its console script runs it (main() reads sys.argv), with JAX's compile events counted.
+TAG_AND_REPORT = """
+import json, sys
+import jax
+events = []
+jax.monitoring.register_event_listener(lambda e, **_: events.append(e))
+jax.monitoring.register_event_duration_secs_listener(lambda e, d, **_: events.append(e))
+from flaxner.cli import main
+sys.argv = ["flaxner", *sys.argv[1:]]
+rc = main()
+print(json.dumps({"rc": rc, "heavy": sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY)),
+                  "compiles": events.count("/jax/core/compile/backend_compile_duration"),
+                  "hits": events.count("/jax/compilation_cache/cache_hits"),
+                  "misses": events.count("/jax/compilation_cache/cache_misses")}))
+"""
+
+
+def test_a_warm_tag_start_imports_nothing_heavy_and_compiles_nothing(tiny_ner_dir, tmp_path):
+    """`flaxner tag` on a one-line file, twice, in fresh processes (HOME in tmp_path: the default
+    `tag.compilation_cache`, ~/.cache/flaxner/jax, is a fresh one). The second run loads its program and its
+    tokenizer from the caches: it compiles nothing (its one XLA executable, the forward of the one batch shape a
+    line needs, is a persistent-cache hit) and imports none of transformers, torch, datasets, optax and the like.
+    In a subprocess, not timed (bench.startup times it)."""
+    (tmp_path / "one.jsonl").write_text('{"text": "John lives in Berlin ."}\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    env.pop("XDG_CACHE_HOME", None)
+    runs, outputs = [], []
+    for n in (1, 2):
+        out = tmp_path / f"out{n}.jsonl"
+        done = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}" + TAG_AND_REPORT, "tag", "one.jsonl",
+                               "--model", str(tiny_ner_dir), "-o", str(out), "--no-progress"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        summary = json.loads(done.stderr.strip().splitlines()[-1])["summary"]
+        assert summary["lines"] == 1 and len(summary["shapes"]) == 1  # one small shape, no bucket precompiled
+        outputs.append(out.read_bytes())
+    first, second = runs
+    assert first["rc"] == second["rc"] == 0 and first["misses"] >= 1  # the first run filled the cache
+    assert second["misses"] == 0 and second["compiles"] == second["hits"] == 1, second  # the forward, from the cache
+    assert second["heavy"] == [], second
+    assert outputs[0] == outputs[1]
+    assert (tmp_path / ".cache" / "flaxner" / "jax" / "flaxner-tokenizers").is_dir()
