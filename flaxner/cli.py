@@ -264,6 +264,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flaxner {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if argv is None and args.command == "tag":  # the process' own command line: it exits next
+            _fast_exit()
+
+
+def _fast_exit() -> None:
+    """Spare the exiting interpreter its last garbage collection over every object JAX, flax and the model made
+    (0.15-0.2 s of a one-line `flaxner tag`): frozen objects are not traversed. `flaxner tag` has closed its
+    output by then; the interpreter still joins threads, runs atexit handlers and flushes stdout/stderr. Never for
+    an in-process call (`main([...])` from Python), whose objects must stay collectable."""
+    import gc
+
+    gc.freeze()
 
 
 if __name__ == "__main__":

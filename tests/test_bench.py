@@ -175,3 +175,20 @@ def test_first_subtoken_tags_label_each_word_by_its_first_subtoken(monkeypatch):
     offsets = np.array([[0, 0], [0, 2], [2, 4], [5, 10], [0, 0]])
     labels = np.array([0, 1, 0, 2, 0])
     assert first_subtoken_tags(labels, offsets, [(0, 4), (5, 10), (11, 15)], names) == ["B-PER", "I-PER", "O"]
+
+
+def test_startup_tiny(tmp_path):
+    """bench.startup on the old tiny run (HOME in tmp_path: its caches are fresh ones there)."""
+    import os
+
+    out = tmp_path / "startup.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.startup", "--model", "tests/fixtures/old-run-tiny",
+                           "--repeats", "2", "--breakdown", "--work", str(tmp_path / "work"), "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert len(res["wall_s"]) == len(res["cpu_s"]) == 2 and res["wall_median_s"] > 0 and res["output"]
+    b = res["breakdown"]
+    assert b["rc"] == 0 and "transformers" not in b["heavy"] and b["imports"]["jax"] > 0
+    assert b["events"]["cache_hits"][0] == 1 and "cache_misses" not in b["events"]

@@ -322,7 +322,7 @@ class FlaxBertForTokenClassification:
     def params_shape(self) -> dict:
         """The params tree as `jax.ShapeDtypeStruct`s (no memory)."""
         unrolled = self.module_class(self.config, self.dtype, scan_layers=False)
-        ids = jnp.zeros((1, 1), jnp.int32)
+        ids = np.zeros((1, 1), np.int32)  # numpy: jnp.zeros would compile a program outside the trace
         return jax.eval_shape(lambda: unrolled.init(jax.random.PRNGKey(0), ids, ids, ids, ids)["params"])
 
     def save_pretrained(self, out, params: dict) -> None:

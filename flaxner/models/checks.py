@@ -40,7 +40,11 @@ def check_bounds(kw: dict, source: str) -> None:
 def check_tokenizer_fits(tokenizer, vocab_size: int, where) -> None:
     """Refuse a tokenizer with ids past the embedding table: the model would read rows that do not exist (JAX
     clamps the index, so every such token would silently read the last row)."""
-    top = max(tokenizer.get_vocab().values(), default=-1)
+    check_ids_fit(max(tokenizer.get_vocab().values(), default=-1), vocab_size, where)
+
+
+def check_ids_fit(top: int, vocab_size: int, where) -> None:
+    """`check_tokenizer_fits` given the tokenizer's largest id (`TagTokenizer.max_id`)."""
     if top >= vocab_size:
         raise ModelFileError(f"{where}: the tokenizer has ids up to {top}, past the model's vocab_size {vocab_size} "
                              f"(config.json): a tokenizer of another model?")

@@ -184,7 +184,7 @@ class FlaxDebertaV2ForTokenClassification:
 
     def params_shape(self) -> dict:
         """The params tree as `jax.ShapeDtypeStruct`s (no memory)."""
-        return jax.eval_shape(self._init, jax.random.PRNGKey(0))
+        return jax.eval_shape(lambda: self._init(jax.random.PRNGKey(0)))  # the key traced, not compiled
 
     def save_pretrained(self, out, params: dict) -> None:
         """An HF folder (no tokenizer): config.json and model.safetensors (PyTorch names), float32."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from flaxner.data.labels import IGNORE
 
@@ -17,6 +16,8 @@ from flaxner.data.labels import IGNORE
 def masked_ce(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Cross-entropy of every token [batch, seq] (0 where unlabelled) and the mask of labelled tokens
     (`labels != IGNORE`: padding, specials and later sub-tokens are unlabelled)."""
+    import optax  # here: tagging (tag_scores) does not import it
+
     mask = labels != IGNORE
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(mask, labels, 0))
     return ce, mask

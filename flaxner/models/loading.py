@@ -156,6 +156,14 @@ def _random_config(cfg: ModelConfig, conf, vocab_size: int | None):
 def load_trained(path: str | Path, dtype: str = "float32", scan_layers: bool = False):
     """A fine-tuned token-classification model (an HF folder, or a run folder holding `model/`): (model, params,
     tokenizer, labels)."""
+    folder, model, params = load_trained_model(path, dtype, scan_layers)
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, folder)
+    return model, params, tokenizer, list(model.config.labels)
+
+
+def load_trained_model(path: str | Path, dtype: str = "float32", scan_layers: bool = False):
+    """`load_trained` without the tokenizer: (the model's folder, model, params)."""
     from flaxner.rundir import RunDir
 
     p = RunDir(path).model_dir() or Path(path)
@@ -166,10 +174,7 @@ def load_trained(path: str | Path, dtype: str = "float32", scan_layers: bool = F
     if not conf.labels:
         raise ModelFileError(f"{folder}/config.json: no id2label (not a token-classification model)")
     model = build(conf, ModelConfig(name=str(folder), dtype=dtype, scan_layers=scan_layers))
-    params = load_params(folder, model, checkpoint_labels=conf.labels)
-    tokenizer = load_tokenizer(folder)
-    check_tokenizer_fits(tokenizer, conf.vocab_size, folder)
-    return model, params, tokenizer, list(conf.labels)
+    return folder, model, load_params(folder, model, checkpoint_labels=conf.labels)
 
 
 
@@ -304,7 +309,8 @@ def load_params(folder: Path, model, prefer_pt: bool = False, seed: int = 0,
     if fresh:
         parts.append(f"new {_short(sorted({'.'.join(k[:-1]) for k in fresh}))} (not in the checkpoint)")
     log.info("; ".join(parts))
-    return unflatten_dict({k: jnp.asarray(v) for k, v in params.items()})
+    # device_put, not jnp.asarray: a plain copy, where jnp.asarray compiles a program per shape (jax 0.10)
+    return jax.device_put(unflatten_dict(params))
 
 
 def _short(names: list[str], n: int = 4) -> str:

@@ -296,4 +296,4 @@ class FlaxModernBertForTokenClassification(FlaxBertForTokenClassification):
         return jax.jit(self._init)(jax.random.PRNGKey(seed))
 
     def params_shape(self) -> dict:
-        return jax.eval_shape(self._init, jax.random.PRNGKey(0))
+        return jax.eval_shape(lambda: self._init(jax.random.PRNGKey(0)))  # the key traced, not compiled

@@ -41,12 +41,25 @@ def resolve_dtype(dtype: str) -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
+_LAST_RUN_CONFIG: dict[tuple, Config] = {}
+
+
 def run_config(model_dir: str | Path) -> Config | None:
-    """A run folder's saved config.yaml (how its model was trained and is to be used), else None."""
+    """A run folder's saved config.yaml (how its model was trained and is to be used), else None. The last one
+    read is kept (a Config is immutable) while the file's size and time stay: `flaxner tag` reads it for its
+    option checks, then the Tagger does."""
     from flaxner.config import load_config
 
     saved = Path(model_dir) / "config.yaml"
-    return load_config(saved) if saved.is_file() else None
+    if not saved.is_file():
+        return None
+    st = saved.stat()
+    key = (str(saved.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _LAST_RUN_CONFIG:
+        cfg = load_config(saved)
+        _LAST_RUN_CONFIG.clear()
+        _LAST_RUN_CONFIG[key] = cfg
+    return _LAST_RUN_CONFIG[key]
 
 
 def run_tag_config(model_dir: str | Path) -> TagConfig:

@@ -13,8 +13,8 @@ from typing import Any, overload
 import numpy as np
 
 from flaxner.config import TagConfig, validate_tag
-from flaxner.tagging.checks import check_iob2, check_tag_config, check_tokenizer, resolve_context, resolve_dtype, \
-    run_config, run_tag_config
+from flaxner.tagging.checks import check_iob2, check_tag_config, resolve_context, resolve_dtype, run_config, \
+    run_tag_config
 from flaxner.tagging.filejob import tag_file
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.pipeline import Pipeline, TagStats, Tokens
@@ -32,10 +32,10 @@ class Tagger:
     tagging after that runs it: the benchmarks put a stand-in model there to time the host-side work alone."""
 
     def __init__(self, model_dir: str | Path, config: TagConfig | None = None, text_field: str = "text", **overrides):
-        from tokenizers import Tokenizer
-
-        from flaxner.models.loading import load_trained
+        from flaxner.models.checks import check_ids_fit
+        from flaxner.models.loading import load_trained_model
         from flaxner.models.registry import family_of
+        from flaxner.models.tokenizer import load_tag_tokenizer
         from flaxner.runtime import enable_compilation_cache
 
         run = run_config(model_dir)  # read once: the tag section and the rows the model was trained on
@@ -44,14 +44,18 @@ class Tagger:
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
         cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), run)
-        model, params, tokenizer, labels = load_trained(model_dir, "float32" if cfg.dtype == "mixed" else cfg.dtype)
+        folder, model, params = load_trained_model(model_dir, "float32" if cfg.dtype == "mixed" else cfg.dtype)
+        # What load_trained's fast tokenizer holds, from the cache beside the compiled programs when it is there
+        # (no transformers import).
+        tokenizer = load_tag_tokenizer(folder, cfg.compilation_cache)
+        check_ids_fit(tokenizer.max_id, model.config.vocab_size, folder)
+        labels = model.config.labels
         check_iob2(labels)
         check_tag_config(cfg, family_of(model.config.model_type).max_positions(model.config))
-        check_tokenizer(tokenizer)
         enable_compilation_cache(cfg.compilation_cache)
         self.cfg, self.labels, self.text_field, self.model_dir = cfg, list(labels), text_field, str(model_dir)
-        # A private copy of the Rust tokenizer with any truncation/padding of tokenizer.json switched off.
-        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        # The tokenizer's private copy of the Rust tokenizer, with any truncation/padding of tokenizer.json off.
+        backend = tokenizer.backend
         backend.no_truncation()
         backend.no_padding()
         self.tokens = Tokens(backend, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0)
