@@ -16,8 +16,8 @@ from flaxner.configfile import (ConfigError, as_options, build_dataclass, check_
 
 # Every choice list, declared once: fields are typed with these, validated by membership, argparse's choices=.
 Scheme = Literal["auto", "iob2", "iob1", "bioes", "bilou", "io"]
-ModelDtype = Literal["float32", "bfloat16", "float16"]
-TagDtype = Literal["auto", ModelDtype, "mixed"]  # mixed: flaxner.models.matmul
+ModelDtype = Literal["float32", "bfloat16", "float16", "mixed"]  # mixed: flaxner.models.matmul
+TagDtype = Literal["auto", ModelDtype]
 Batching = Literal["grouped", "random"]
 LossNorm = Literal["auto", "batch", "dataset"]
 EvalTest = Literal["auto", True, False]

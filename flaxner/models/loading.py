@@ -21,13 +21,14 @@ from flaxner.config import ModelConfig
 from flaxner.data.labels import CONLL_LABELS
 from flaxner.models.weights import from_pytorch_names
 from flaxner.models.checks import ModelFileError, check_bounds, check_tokenizer_fits
+from flaxner.models.matmul import MixedPrecision
 from flaxner.models.tokenizer import TOKENIZER_FILES, load_tokenizer  # noqa: F401 (loading.load_tokenizer)
 from flaxner.models.registry import family_of
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "mixed": jnp.float32}
 MINILM = "minilm"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # Architecture configs shipped so that random-weight models of hub shapes build offline (speed work).
@@ -126,7 +127,8 @@ def model_positions(cfg: ModelConfig) -> int:
 def build(config, cfg: ModelConfig):
     """The model of `config`'s family (its registry row's model class), in `cfg`'s dtype and layer layout."""
     model_class = family_of(config.model_type).model_class()
-    return model_class(config, DTYPES[cfg.dtype], scan_layers=cfg.scan_layers, remat=cfg.remat)
+    model = model_class(config, DTYPES[cfg.dtype], scan_layers=cfg.scan_layers, remat=cfg.remat)
+    return MixedPrecision(model) if cfg.dtype == "mixed" else model
 
 
 def make_model(cfg: ModelConfig, labels: Sequence[str] = CONLL_LABELS, seed: int = 0, vocab_size: int | None = None):

@@ -8,6 +8,8 @@ faster than a float32 one, while a bfloat16 product with a bfloat16 result (what
 the slow path there. The price is the inputs' rounding to 8 bits of mantissa: measure the F1 before relying on it
 (docs/benchmarks.md).
 
+`model.dtype: mixed` (training, evaluation) and `flaxner tag --dtype mixed` build the model as `MixedPrecision`. The
+gradients' products run the same way (`bf16_dot`'s custom VJP), the parameters and the optimizer stay float32.
 It acts while a function is traced (`flax.linen.intercept_methods`), so use it inside the jitted function:
 
     def forward(params, ids, mask):
@@ -25,9 +27,35 @@ import jax
 import jax.numpy as jnp
 
 
+def _dot(a, b, dims):
+    return jax.lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def bf16_dot(x, kernel):
+    """x [..., k] @ kernel [k, n] as bfloat16 x bfloat16 -> float32; the gradients' products too (the incoming
+    gradient rounded to bfloat16, as mixed-precision training does), each returned in its input's dtype."""
+    return _dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), ((x.ndim - 1,), (0,)))
+
+
+def _fwd(x, kernel):
+    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    return _dot(xb, kb, ((x.ndim - 1,), (0,))), (xb, kb, jnp.zeros((), x.dtype), jnp.zeros((), kernel.dtype))
+
+
+def _bwd(res, g):
+    xb, kb, x_type, k_type = res
+    gb = g.astype(jnp.bfloat16)
+    dx = _dot(gb, kb, ((g.ndim - 1,), (1,)))  # [..., n] x [k, n] -> [..., k]
+    dk = _dot(xb.reshape(-1, xb.shape[-1]), gb.reshape(-1, gb.shape[-1]), ((0,), (0,)))  # [k, n]
+    return dx.astype(x_type.dtype), dk.astype(k_type.dtype)
+
+
+bf16_dot.defvjp(_fwd, _bwd)
+
+
 def _dense(x, kernel, bias):
-    y = jax.lax.dot_general(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
-                            (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    y = bf16_dot(x, kernel)
     if bias is not None:
         y = y + bias.astype(jnp.float32)
     return y.astype(x.dtype)
@@ -47,6 +75,24 @@ def bf16_matmuls():
 
     with nn.intercept_methods(interceptor):
         yield
+
+
+class MixedPrecision:
+    """A model (any family's wrapper) whose calls run inside `bf16_matmuls`: `model.dtype: mixed`. Everything else
+    is the wrapped model's; `resized` (the compact vocabulary) keeps the wrapping."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        with bf16_matmuls():
+            return self.model(*args, **kwargs)
+
+    def resized(self, vocab_size: int) -> MixedPrecision:
+        return MixedPrecision(self.model.resized(vocab_size))
 
 
 def bf16_kernels(params):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -29,15 +28,14 @@ class CompiledForward:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
         from flaxner.models.heads import tag_scores
-        from flaxner.models.matmul import bf16_kernels, bf16_matmuls
+        from flaxner.models.matmul import bf16_kernels
 
         self.cfg, self.pad_id = cfg, pad_id
         devices = jax.local_devices()
         self.n_devices = len(devices)
         mesh = Mesh(np.array(devices), ("data",))
         data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-        mixed = cfg.dtype == "mixed"  # bfloat16 products into float32 (flaxner.models.matmul)
-        if mixed:
+        if cfg.dtype == "mixed":  # the model's products are bfloat16 into float32 (flaxner.models.matmul)
             params = bf16_kernels(params)
         elif cfg.dtype != "float32":
             params = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
@@ -50,11 +48,10 @@ class CompiledForward:
         packed = self.pack_length > 0
 
         def forward(params, input_ids, attention_mask):
-            with bf16_matmuls() if mixed else contextlib.nullcontext():
-                if packed:
-                    logits = model(input_ids, params=params, segment_ids=attention_mask).logits
-                else:
-                    logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, C]
+            if packed:
+                logits = model(input_ids, params=params, segment_ids=attention_mask).logits
+            else:
+                logits = model(input_ids, attention_mask, params=params, train=False).logits  # [batch, seq, labels]
             return tag_scores(logits, aggregation)
 
         self.fn = jax.jit(forward, in_shardings=(repl, data, data), out_shardings=data)

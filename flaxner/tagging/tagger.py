@@ -44,7 +44,7 @@ class Tagger:
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
         cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), run)
-        folder, model, params = load_trained_model(model_dir, "float32" if cfg.dtype == "mixed" else cfg.dtype)
+        folder, model, params = load_trained_model(model_dir, cfg.dtype)
         # What load_trained's fast tokenizer holds, from the cache beside the compiled programs when it is there
         # (no transformers import).
         tokenizer = load_tag_tokenizer(folder, cfg.compilation_cache)
