@@ -192,3 +192,11 @@ def test_startup_tiny(tmp_path):
     b = res["breakdown"]
     assert b["rc"] == 0 and "transformers" not in b["heavy"] and b["imports"]["jax"] > 0
     assert b["events"]["cache_hits"][0] == 1 and "cache_misses" not in b["events"]
+
+
+def test_matmul_dtypes_tiny():
+    """bench.matmul_dtypes on the tiny BERT: every product and pass is timed (the figures mean nothing here)."""
+    proc = run("matmul_dtypes", "--model", "tiny", "--tokens", "256", "--repeats", "2")
+    for what in ("float32 |", "bfloat16 -> float32 (mixed) |", "int8 -> int32 |", "forward [2, 128] mixed |",
+                 "loss gradients [2, 128] float32 |"):
+        assert what in proc.stdout, proc.stdout
