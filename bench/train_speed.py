@@ -2,7 +2,7 @@
 
 Contenders, each in its own process (they would fight over the cores and the allocator otherwise):
   a  flaxner: the train step of `flaxner.training.train.build_run` on fixed-shape bucketed batches, grouped by length, as
-     `flaxner train` runs it
+     `flaxner train` runs it; with `--pack-length N`, each batch's sentences packed into rows of N (data.pack_length)
   b  PyTorch BertForTokenClassification + the Trainer's AdamW, linear schedule and clipping, random batches with
      dynamic padding (DataCollatorForTokenClassification): the HF Trainer's defaults, as the seed model was made
   c  the same PyTorch step on length-grouped batches (the Trainer's group_by_length)
@@ -11,6 +11,7 @@ All three draw the same `--steps` x batch sentences of CoNLL-2003 train. Each wa
 bucket shape, which compiles), then runs `--repeats` timed passes over its batches; figures are medians.
 
     python -m bench.train_speed --model minilm
+    python -m bench.train_speed --model minilm --pack-length 128   # (a) on packed rows
     python -m bench.train_speed --model mbert        # mBERT shape (vocab 119,547, 12x768), random weights
     python -m bench.train_speed --model distilbert-base-cased       # other families: their base shape, random
     python -m bench.train_speed --model electra-base-discriminator  # weights, the MiniLM tokenizer
@@ -106,7 +107,6 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
 
     import jax
 
-    from flaxner.data.batching import collate
     from flaxner.training.step import TRAIN_STEP_NAMES
     from flaxner.training.train import build_run
 
@@ -114,10 +114,12 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     # the schedule of a --total-steps run, as before; no test split, no checkpoints (nothing saves them)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.total_steps,
                                                              eval_test=False))
+    if args.pack_length is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pack_length=args.pack_length))
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(cfg, Path(tmp) / "run", keep_model_vocab=vocab is None)
         run.ckpt.close()
-    tc, rt, step_fn, pad_id, buckets = cfg.train, run.rt, run.step_fn, run.pad_id, run.plan.buckets
+    tc, rt, step_fn, pad_id, plan = cfg.train, run.rt, run.step_fn, run.pad_id, run.plan
     enc = run.splits["train"].enc  # the same rows as the caller's, in the compact vocabulary
     batches = order(enc, subset, tc.batch_size, tc.seed, tc.batching)
     state = run.state
@@ -126,7 +128,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     def one_pass(idx_list) -> list[float]:
         losses, pending = [], []
         for idx in idx_list:
-            batch = collate(enc, idx, tc.batch_size, buckets, pad_id)
+            batch = plan.collate(enc, idx, pad_id)  # padded or packed as `flaxner train` does
             state_box[0], m = step_fn(state_box[0], rt.put(batch))
             pending.append(m)
             if len(pending) >= tc.log_every:  # `flaxner train` reads the losses back this often
@@ -137,9 +139,11 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
         return losses
 
     state_box = [state]
-    first_of_shape = {}
+    first_of_shape, padded = {}, 0
     for idx in batches:
-        first_of_shape.setdefault(collate(enc, idx, tc.batch_size, buckets, pad_id)["input_ids"].shape[1], idx)
+        batch = plan.collate(enc, idx, pad_id)
+        first_of_shape.setdefault(plan.shape_of(batch), idx)
+        padded += batch["input_ids"].size
     snap = counter.snapshot()
     t0 = time.perf_counter()
     one_pass(list(first_of_shape.values()))
@@ -151,12 +155,12 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
         t0 = time.perf_counter()
         losses = one_pass(batches)
         times.append(time.perf_counter() - t0)
-    padded = sum(tc.batch_size * s for s in (collate(enc, i, tc.batch_size, buckets, pad_id)["input_ids"].shape[1]
-                                             for i in batches))
+    # shapes: padded lengths, or (rows, row length) of packed batches
     return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": n_compiles,
             "compile_s": compile_s, "recompiles_in_passes": counter.since(snap)[0],
-            "shapes": sorted(int(s) for s in first_of_shape), "buckets": list(buckets), "last_loss": losses[-1],
-            "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, tc.batching, buckets),
+            "shapes": sorted(first_of_shape), "buckets": list(plan.buckets), "pack_length": plan.pack_length,
+            "last_loss": losses[-1], "epoch_padding": plan.padding_stats(enc.lengths)["padding"]
+            if plan.pack_length else epoch_padding(enc, tc.batch_size, tc.seed, tc.batching, plan.buckets),
             "devices": [str(d) for d in jax.devices()]}
 
 
@@ -255,7 +259,10 @@ def worker(args) -> None:
         out = run_torch(args, cfg, tok, enc, subset, vocab, "random" if args.worker == "b" else "grouped")
     real = int(enc.lengths[subset].sum())
     pass_s = median(out["pass_s"])
-    out.update(contender=args.worker, label=CONTENDERS[args.worker], steps=args.steps, sentences=len(subset),
+    label = CONTENDERS[args.worker]
+    if args.worker == "a" and out.get("pack_length"):
+        label = f"flaxner (rows of {out['pack_length']} packed, grouped)"
+    out.update(contender=args.worker, label=label, steps=args.steps, sentences=len(subset),
                real_tokens=real, padding=1 - real / out["padded_tokens"], median_pass_s=pass_s,
                s_per_step=pass_s / args.steps, real_tok_s=real / pass_s, padded_tok_s=out["padded_tokens"] / pass_s,
                load_s=load_s, peak_rss_mib=peak_rss_mib(), malloc=malloc_status())
@@ -283,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-cache", default="", help="JAX persistent cache dir; default none, so compile "
                    "time is the cold figure")
     p.add_argument("--only", default="abc", help="contenders to run, e.g. 'ab'")
+    p.add_argument("--pack-length", type=int, default=None, metavar="N", help="flaxner (a) packs each batch's "
+                   "sentences into rows of N (data.pack_length; 0: one a row; default: the config's)")
     p.add_argument("--json", default="", help="where to write the figures (default bench/out/train_speed-MODEL.json)")
     p.add_argument("--torch-malloc", choices=sorted(TORCH_ENV), default="system",
                    help="allocator settings for the PyTorch contenders (default glibc's own)")
@@ -308,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--compile-cache",
                                 args.compile_cache, "--worker", c, "--json", f"{tmp}/{c}.json")
             cmd += ["--config", args.config] if args.config else []
+            cmd += ["--pack-length", str(args.pack_length)] if args.pack_length is not None else []
             if args.in_process:  # smoke tests: no interpreter start per contender, figures not comparable
                 worker(argparse.Namespace(**{**vars(args), "worker": c, "json": f"{tmp}/{c}.json"}))
                 results[c] = json.loads(Path(f"{tmp}/{c}.json").read_text())

@@ -81,8 +81,7 @@ class DataConfig:
     # CoNLL columns: which one holds the word and which the tag (negative: from the end).
     token_column: int = 0
     tag_column: int = -1
-    # Stripped from every word that starts with it (WikiANN's export writes `en:word`).
-    token_prefix: str = ""
+    token_prefix: str = ""  # stripped from every word that starts with it (WikiANN's export writes `en:word`)
     # Word and tag columns of HF datasets and keys of JSON Lines words/tags records.
     tokens_column: str = "tokens"
     tags_column: str = "ner_tags"
@@ -95,9 +94,10 @@ class DataConfig:
     # > 0: training pads to this many lengths fitted to the run's own batches (least padding over all epochs),
     # followed by the `buckets` above them; 0: `buckets` as given.
     fit_buckets: int = _min(12, 0, "0 (off) or a count of lengths")
+    # > 0: a training or evaluation batch's sentences share rows of this length (flaxner.data.packing); 0: off.
+    pack_length: int = _min(0, 0, "0 (off) or a row length")
     label_all_tokens: bool = False
-    # Cap on sentences per split, for quick runs and tests; 0 means all.
-    limit: int = _min(0, 0, "0 (all sentences) or a count")
+    limit: int = _min(0, 0, "0 (all sentences) or a count")  # sentences per split, for quick runs and tests
     # What a row sees besides its sentence (flaxner.data.rows): none, or neighbours: up to `context_size`
     # sub-tokens of the sentence's document on each side, unlabelled. Tagging and evaluation follow the run's.
     context: TrainContext = "none"

@@ -24,6 +24,7 @@ from flaxner.runtime import abstract
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+PACKED_KEYS = ("input_ids", "segment_ids", "labels")  # `flaxner.data.packing.collate_packed`
 THREAD_PREFIX = "flaxner-compile"
 
 
@@ -35,9 +36,11 @@ def auto_workers(platform: str, cpus: int | None = None) -> int:
     return 0 if platform == "cpu" else max(1, min(8, cpus // 2))
 
 
-def batch_spec(rows: int, length: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
-    """The abstract batch `batching.collate` makes, placed as `Runtime.put` places it."""
-    return {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding) for k in BATCH_KEYS}
+def batch_spec(rows: int, length: int, sharding, packed: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+    """The abstract batch `batching.collate` (or, `packed`, `packing.collate_packed`) makes, placed as
+    `Runtime.put` places it."""
+    return {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=sharding)
+            for k in (PACKED_KEYS if packed else BATCH_KEYS)}
 
 
 class Precompiler:
@@ -112,14 +115,14 @@ def submit_run(pre: Precompiler, run) -> dict[str, list[tuple[str, int]]]:
     if not pre.workers:
         return keys
     steps_left = (run.total_steps - run.step) * tc.grad_accum  # in batches (an optimizer step takes grad_accum)
-    spec, step = abstract(run.state), run.step_fn
+    spec, step, packed, shard = abstract(run.state), run.step_fn, plan.pack_length > 0, run.rt.batch_sharding
     ahead = [(0, "update", step.update, spec, spec["params"], *step.update_extra)]
-    ahead += [(s, ("train", n), step.grad, spec, batch_spec(tc.batch_size, n, run.rt.batch_sharding),
-               *step.grad_extra) for s, n in plan.first_uses(loop.epoch, loop.batch, steps_left)]
+    ahead += [(s, ("train", shape), step.grad, spec, batch_spec(*plan.dims(shape), shard, packed),
+               *step.grad_extra) for s, shape in plan.first_uses(loop.epoch, loop.batch, steps_left)]
     for name, split_keys in keys.items():
         at = min(plan.steps_per_epoch - loop.batch, steps_left) if name == "eval" else steps_left
-        ahead += [(at, key, run.eval_fn, spec["params"],
-                   batch_spec(tc.eval_batch_size, key[1], run.rt.batch_sharding)) for key in split_keys]
+        ahead += [(at, key, run.eval_fn, spec["params"], batch_spec(tc.eval_batch_size, key[1], shard, packed))
+                  for key in split_keys]
     for _, key, fn, *args in sorted(ahead, key=lambda p: p[0]):
         pre.submit(key, fn, *args)
     log.info("compiling %d shapes ahead on %d thread(s)", len({p[1] for p in ahead}), pre.workers)

@@ -12,7 +12,7 @@ import pytest
 
 from flaxner.config import replace
 from flaxner.models.matmul import MixedPrecision, bf16_kernels
-from test_packing import model_and_params
+from helpers import model_and_params
 
 
 def _dots(fn, *args) -> list[tuple[str, str]]:

@@ -2,46 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import jax
 import numpy as np
 import pytest
 
 from flaxner.models.masks import packed_mask, segment_positions
-from flaxner.models.registry import family_of
-
-LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
-SMALL = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-             max_position_embeddings=66)
-DEBERTA = dict(model_type="deberta-v2", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=37, max_position_embeddings=64, relative_attention=True, position_buckets=4,
-               max_relative_positions=-1, pos_att_type="p2c|c2p", share_att_key=True, norm_rel_ebd="layer_norm",
-               position_biased_input=False, type_vocab_size=0, pad_token_id=0)
-CONFIGS = {
-    "bert": dict(model_type="bert", **SMALL),
-    "roberta": dict(model_type="roberta", pad_token_id=1, **SMALL),
-    "distilbert": dict(model_type="distilbert", vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                       max_position_embeddings=64),
-    "electra": dict(model_type="electra", embedding_size=16, **SMALL),
-    "deberta-v3": DEBERTA,
-    "deberta-v2-absolute": {**DEBERTA, "position_biased_input": True, "pos_att_type": ["c2p"], "type_vocab_size": 2,
-                            "share_att_key": False},
-    # 3 layers, one global: a window of +-4 inside segments longer than it
-    "modernbert": dict(model_type="modernbert", vocab_size=100, hidden_size=32, intermediate_size=48,
-                       num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=64, local_attention=8,
-                       global_attn_every_n_layers=3, pad_token_id=3, cls_token_id=1, sep_token_id=2),
-}
-
-
-def model_and_params(name: str, **kw):
-    conf = json.loads(json.dumps({**CONFIGS[name], **kw, "id2label": dict(enumerate(LABELS))}))
-    family = family_of(conf["model_type"])
-    model = family.model_class()(family.config_class().from_dict(conf))
-    p = model.init_params(0)
-    keys = iter(jax.random.split(jax.random.PRNGKey(1), len(jax.tree.leaves(p))))
-    return model, jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape), p)
-
+from helpers import CONFIGS, model_and_params
 
 SEGMENTS = [[5, 11, 3], [14], [2, 2, 9]]  # lengths of the segments of each row of 24 (the rest padding)
 

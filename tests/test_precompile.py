@@ -91,11 +91,13 @@ def test_eval_lengths_are_the_evaluation_batches(tiny_cfg, tiny_tokenizer):
 
 
 @pytest.mark.slow
-def test_training_with_compile_threads_compiles_once_and_equals_without(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("pack_length", [0, 32])
+def test_training_with_compile_threads_compiles_once_and_equals_without(tiny_cfg, tmp_path, pack_length):
     # A batch size and learning rate no other test uses, so that JAX's in-process caches hold none of these
-    # programs yet and every one is really compiled (and counted) here.
-    cfg = replace(tiny_cfg, train={"epochs": 1, "compilation_cache": "", "batch_size": 6, "eval_batch_size": 6,
-                                   "learning_rate": 9.87e-4})
+    # programs yet and every one is really compiled (and counted) here; packed rows compile their own shapes.
+    cfg = replace(tiny_cfg, data={"pack_length": pack_length},
+                  train={"epochs": 1, "compilation_cache": "", "batch_size": 6, "eval_batch_size": 6,
+                         "learning_rate": 9.87e-4})
     counts: dict[str, int] = {}
     counting = [True]
 

@@ -1,17 +1,23 @@
 """Batching and shape policy: bucket lengths (given or fitted), the batch order of every epoch (the epoch plan),
-collation into fixed shapes, and padding statistics. A pure function of the data's lengths, the config and the
-seed, so the loop, the compile-ahead, a resumed run and the notebook all read the same plan."""
+collation into fixed shapes (packed rows with `data.pack_length`), and padding statistics. A pure function of the
+data's lengths, the config and the seed, so the loop, the compile-ahead, a resumed run and the notebook all read
+the same plan."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from flaxner.config import DataConfig, TrainConfig
+from flaxner.data.packing import best_fit, collate_packed, pack_batch
 from flaxner.data.splits import DataError, Encoded
 from flaxner.data.labels import IGNORE
+
+# Packed training batches take one of at most this many row counts per row length, fitted to the run's batches
+# as `fit_buckets` fits lengths: each count is one more compiled shape, each row short of it costs a padded row.
+ROW_COUNTS = 6
 
 
 def bucket_for(length: int, buckets: Sequence[int]) -> int:
@@ -76,12 +82,19 @@ def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, mod
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """Every training batch of a run: per epoch, the row indices of each batch and the length it is padded to."""
+    """Every training batch of a run: per epoch, the row indices of each batch and the shape it is padded to.
+
+    A batch's shape is its padded length or, with packed rows (`pack_length` > 0), (rows, row length): its
+    sentences share rows of `pack_length` (of their bucket when the longest is longer; `packing.pack_batch`),
+    and it takes the next of the row counts fitted for that length (`row_counts`)."""
 
     batch_size: int
     buckets: tuple[int, ...]
     orders: tuple[tuple[np.ndarray, ...], ...]  # orders[epoch][batch]: row indices
-    padded: tuple[tuple[int, ...], ...]  # padded[epoch][batch]: the bucket length of that batch
+    padded: tuple[tuple[int, ...], ...]  # padded[epoch][batch]: the (packed) row length of that batch
+    pack_length: int = 0
+    rows: tuple[tuple[int, ...], ...] = ()  # packed: rows[epoch][batch], the batch's row count
+    row_counts: dict[int, tuple[int, ...]] = field(default_factory=dict)  # packed: row length -> its row counts
 
     @property
     def epochs(self) -> int:
@@ -91,45 +104,101 @@ class EpochPlan:
     def steps_per_epoch(self) -> int:
         return len(self.orders[0])
 
-    def first_uses(self, epoch: int = 0, batch: int = 0, steps: int | None = None) -> list[tuple[int, int]]:
-        """(step, padded length) where each training shape is first used from (epoch, batch) on, steps counted
-        from there, within `steps` steps (default: to the end of the plan)."""
+    def shape(self, epoch: int, batch: int) -> int | tuple[int, int]:
+        """The compiled shape of one batch: its padded length, or (rows, row length) when packed."""
+        return (self.rows[epoch][batch], self.padded[epoch][batch]) if self.pack_length else self.padded[epoch][batch]
+
+    def dims(self, shape: int | tuple[int, int]) -> tuple[int, int]:
+        """(rows, length) of a `shape`."""
+        return shape if isinstance(shape, tuple) else (self.batch_size, shape)
+
+    def row_length(self, longest: int) -> int:
+        """The row length of a packed batch whose longest sentence has `longest` tokens."""
+        return self.pack_length if longest <= self.pack_length else bucket_for(longest, self.buckets)
+
+    def rows_for(self, used: int, length: int) -> int:
+        """Rows of a packed batch that fills `used` rows of `length`: the next fitted count (batch_size above)."""
+        return next((n for n in self.row_counts.get(length, ()) if n >= used), self.batch_size)
+
+    def collate(self, enc: Encoded, idx: np.ndarray, pad_id: int = 0) -> dict[str, np.ndarray]:
+        """Rows `idx` as the plan pads them: `collate`'s batch, or packed (input_ids, segment_ids, labels)."""
+        if not self.pack_length:
+            return collate(enc, idx, self.batch_size, self.buckets, pad_id)
+        lengths = np.array([len(enc.input_ids[i]) for i in idx])
+        n = self.row_length(int(lengths.max()))
+        slots = [[idx[i] for i in s] for s in pack_batch(lengths, n)]
+        return collate_packed(enc, slots, self.rows_for(len(slots), n), n, pad_id)
+
+    def shape_of(self, batch: dict[str, np.ndarray]) -> int | tuple[int, int]:
+        """The `shape` of a collated batch."""
+        rows, length = batch["input_ids"].shape
+        return (rows, length) if self.pack_length else length
+
+    def first_uses(self, epoch: int = 0, batch: int = 0,
+                   steps: int | None = None) -> list[tuple[int, int | tuple[int, int]]]:
+        """(step, shape) where each training shape is first used from (epoch, batch) on, steps counted from
+        there, within `steps` steps (default: to the end of the plan)."""
         out, seen, step = [], set(), 0
         for e in range(epoch, self.epochs):
-            for length in self.padded[e][batch if e == epoch else 0:]:
+            for b in range(batch if e == epoch else 0, self.steps_per_epoch):
                 if steps is not None and step >= steps:
                     return out
-                if length not in seen:
-                    seen.add(length)
-                    out.append((step, length))
+                shape = self.shape(e, b)
+                if shape not in seen:
+                    seen.add(shape)
+                    out.append((step, shape))
                 step += 1
         return out
 
-    def shapes(self) -> list[int]:
-        """The padded lengths the plan's batches use."""
-        return sorted({n for ep in self.padded for n in ep})
+    def shapes(self) -> list[int | tuple[int, int]]:
+        """The shapes the plan's batches use."""
+        return sorted({self.shape(e, b) for e in range(self.epochs) for b in range(self.steps_per_epoch)})
+
+    def eval_shapes(self, lengths: np.ndarray, batch_size: int) -> list[int]:
+        """The padded lengths an evaluation of rows of `lengths` uses, packed as the run packs (`eval_lengths`)."""
+        return eval_lengths(lengths, batch_size, self.buckets, self.pack_length)
 
     def padding_stats(self, lengths: np.ndarray, epoch: int = 0) -> dict[str, float]:
         """Real and padded token counts of one epoch's batches (rows of `lengths`), and the shapes they compile."""
         real = sum(int(lengths[idx].sum()) for idx in self.orders[epoch])
-        padded = self.batch_size * sum(self.padded[epoch])
+        shapes = [self.shape(epoch, b) for b in range(self.steps_per_epoch)]
+        padded = sum(r * n for r, n in map(self.dims, shapes))
         return {"real_tokens": real, "padded_tokens": padded, "padding": 1 - real / padded,
-                "shapes": sorted(set(self.padded[epoch]))}
+                "shapes": sorted(set(shapes))}
 
 
-def plan_epochs(lengths: np.ndarray, data: DataConfig, train: TrainConfig, multiple: int = 1) -> EpochPlan:
+def plan_epochs(lengths: np.ndarray, data: DataConfig, train: TrainConfig, multiple: int = 1,
+                devices: int = 1) -> EpochPlan:
     """The run's plan: `train.epochs` batch orders (`batch_order`), then the padded lengths: `data.buckets`, or
     with `data.fit_buckets` = k, the k lengths fitted to the batches of all epochs (`fit_buckets`) followed by
-    the configured buckets above them for longer evaluation rows."""
+    the configured buckets above them for longer evaluation rows. With `data.pack_length` (rounded up to
+    `multiple`), the lengths are fitted to the batches too long to pack, and each row length's `ROW_COUNTS`
+    row counts (multiples of `devices`) to its batches."""
     orders = tuple(tuple(batch_order(lengths, train.batch_size, train.seed, epoch, train.batching))
                    for epoch in range(train.epochs))
     maxima = [[int(lengths[idx].max()) for idx in ep] for ep in orders]
+    pack = -(-data.pack_length // multiple) * multiple
     buckets = tuple(data.buckets)
-    if data.fit_buckets:
-        fitted = fit_buckets([m for ep in maxima for m in ep], data.fit_buckets, multiple)
+    longer = [m for ep in maxima for m in ep if m > pack]
+    if data.fit_buckets and longer:
+        fitted = fit_buckets(longer, data.fit_buckets, multiple)
         buckets = tuple(fitted + [b for b in data.buckets if b > fitted[-1]])
-    padded = tuple(tuple(bucket_for(m, buckets) for m in ep) for ep in maxima)
-    return EpochPlan(train.batch_size, buckets, orders, padded)
+    if not pack:
+        return EpochPlan(train.batch_size, buckets, orders,
+                         tuple(tuple(bucket_for(m, buckets) for m in ep) for ep in maxima))
+    plan = EpochPlan(train.batch_size, buckets, orders, (), pack)
+    padded = tuple(tuple(plan.row_length(m) for m in ep) for ep in maxima)
+    used = [[len(pack_batch(lengths[idx], n)) for idx, n in zip(o, p, strict=True)]
+            for o, p in zip(orders, padded, strict=True)]
+    by_length: dict[int, list[int]] = {}
+    for ep_used, ep_padded in zip(used, padded, strict=True):
+        for u, n in zip(ep_used, ep_padded, strict=True):
+            by_length.setdefault(n, []).append(u)
+    plan = EpochPlan(train.batch_size, buckets, orders, padded, pack, (),
+                     {n: tuple(fit_buckets(u, ROW_COUNTS, devices)) for n, u in sorted(by_length.items())})
+    rows = tuple(tuple(plan.rows_for(u, n) for u, n in zip(a, b, strict=True))
+                 for a, b in zip(used, padded, strict=True))
+    return EpochPlan(train.batch_size, buckets, orders, padded, pack, rows, plan.row_counts)
 
 
 def run_buckets(data: DataConfig, train: TrainConfig, lengths: np.ndarray, multiple: int = 1) -> tuple[int, ...]:
@@ -137,10 +206,23 @@ def run_buckets(data: DataConfig, train: TrainConfig, lengths: np.ndarray, multi
     return plan_epochs(lengths, data, train, multiple).buckets
 
 
-def eval_lengths(lengths: np.ndarray, batch_size: int, buckets: Sequence[int]) -> list[int]:
-    """The padded lengths an evaluation of these rows uses (`iter_batches(shuffle=False)`'s batches)."""
-    return sorted({bucket_for(int(lengths[idx].max()), buckets)
-                   for idx in batch_order(lengths, batch_size, 0, 0, shuffle=False)})
+def eval_batches(lengths: np.ndarray, batch_size: int, buckets: Sequence[int],
+                 pack_length: int = 0) -> list[tuple[int, list[list[int]]]]:
+    """Evaluation batches as (padded length, the row indices in each of its rows), longest rows first: batches of
+    `batch_size` rows of one each (`iter_batches(shuffle=False)`'s), or with `pack_length`, the rows that fit
+    share rows of that length (best fit, longest first), `batch_size` rows a batch; longer rows keep one each."""
+    order = np.argsort(-lengths, kind="stable")
+    long = [int(i) for i in order if lengths[i] > pack_length]
+    out = [(bucket_for(int(lengths[long[k]]), buckets), [[i] for i in long[k:k + batch_size]])
+           for k in range(0, len(long), batch_size)]
+    short = order[len(long):]
+    slots = [[int(short[i]) for i in s] for s in best_fit([int(lengths[i]) for i in short], pack_length)]
+    return out + [(pack_length, slots[k:k + batch_size]) for k in range(0, len(slots), batch_size)]
+
+
+def eval_lengths(lengths: np.ndarray, batch_size: int, buckets: Sequence[int], pack_length: int = 0) -> list[int]:
+    """The padded lengths an evaluation of these rows uses (`eval_batches`)."""
+    return sorted({n for n, _ in eval_batches(lengths, batch_size, buckets, pack_length)})
 
 
 def collate(enc: Encoded, idx: np.ndarray, batch_size: int, buckets: Sequence[int],

@@ -66,3 +66,11 @@ def position_ids_for(input_ids, config, segment_ids=None):
         return (segment_positions(segment_ids) + 1) * real + config.pad_token_id
     real = (input_ids != config.pad_token_id).astype(jnp.int32)
     return jnp.cumsum(real, axis=-1) * real + config.pad_token_id
+
+
+def batch_logits(apply_fn, batch: dict, **kw) -> jax.Array:
+    """The logits [batch, seq, labels] of a collated batch: of packed rows when it carries `segment_ids`
+    (`flaxner.data.packing`), else under its `attention_mask`."""
+    if "segment_ids" in batch:
+        return apply_fn(batch["input_ids"], segment_ids=batch["segment_ids"], **kw).logits
+    return apply_fn(batch["input_ids"], batch["attention_mask"], **kw).logits

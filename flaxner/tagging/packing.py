@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flaxner.data.batching import bucket_for
+from flaxner.data.packing import best_fit
 from flaxner.tagging.windows import Row
 
 
@@ -29,21 +30,8 @@ def small_rows(full: int, multiple: int) -> int:
 
 
 def bins(items: list[tuple[int, Row]], length: int) -> list[list[tuple[int, Row]]]:
-    """Best fit in input order: each window goes to the open row with the least room that holds it (the newest
-    of those), else starts a row. Rows come back in the order they were started."""
-    out: list[list[tuple[int, Row]]] = []
-    room: list[list[int]] = [[] for _ in range(length + 1)]  # open rows by their free positions
-    for item in items:
-        n = item[1].length
-        free = next((f for f in range(n, length + 1) if room[f]), None)
-        if free is None:
-            k, free = len(out), length
-            out.append([])
-        else:
-            k = room[free].pop()
-        out[k].append(item)
-        room[free - n].append(k)
-    return out
+    """Windows per packed row (`flaxner.data.packing.best_fit`, in input order), rows in the order started."""
+    return [[items[i] for i in row] for row in best_fit([r.length for _, r in items], length)]
 
 
 def place(batch: list[list[tuple[int, Row]]]) -> list[Row]:

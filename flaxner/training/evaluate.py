@@ -11,39 +11,51 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxner.data.batching import iter_batches
+from flaxner.data.batching import eval_batches, iter_batches
+from flaxner.data.packing import collate_packed
 from flaxner.data.labels import spans_from_tags
 from flaxner.config import DataConfig, TrainConfig, check_fields, load_config
 from flaxner.data.splits import Encoded
 from flaxner.models.heads import loss_sum, predict_ids
+from flaxner.models.masks import batch_logits
 from flaxner.training.distributed import fetch
 
 
 def eval_step(params, batch: dict, apply_fn: Callable) -> dict:
     """Forward without dropout: the head's predictions and summed loss over labelled tokens."""
-    logits = apply_fn(batch["input_ids"], batch["attention_mask"], params=params, train=False).logits
+    logits = batch_logits(apply_fn, batch, params=params, train=False)
     total, count = loss_sum(logits, batch["labels"])  # logits: [batch, seq, num_labels]
     return {"pred": predict_ids(logits), "loss_sum": total, "count": count}
 
 
 def predict(step_fn: Callable, params, enc: Encoded, batch_size: int, buckets: Sequence[int],
-            put: Callable = lambda b: b, pad_id: int = 0) -> tuple[list[np.ndarray], float]:
+            put: Callable = lambda b: b, pad_id: int = 0, pack_length: int = 0) -> tuple[list[np.ndarray], float]:
     """Predicted label id of every word of every sentence (input order; the first sub-token's prediction, 0 for a
     word with no sub-token), and the mean loss per labelled token. Rows are sorted by length into bucketed
-    batches; the last partial batch is padded and masked."""
+    batches (`eval_batches`; with `pack_length`, rows that fit share packed rows); a batch's missing rows are
+    padded and masked."""
     words: list[np.ndarray] = [np.zeros(int(n), np.int32) for n in enc.n_words]
     loss_sum, count = 0.0, 0
-    pending = [(idx, step_fn(params, put(batch)))
-               for idx, batch in iter_batches(enc, batch_size, buckets, shuffle=False, pad_id=pad_id)]
-    for idx, out in pending:
+    # each batch with the sentences of each of its rows, in the order they sit in the row
+    if pack_length:
+        batches = [(collate_packed(enc, slots, batch_size, n, pad_id), slots)
+                   for n, slots in eval_batches(enc.lengths, batch_size, buckets, pack_length)]
+    else:
+        batches = [(batch, [[i] for i in idx])
+                   for idx, batch in iter_batches(enc, batch_size, buckets, shuffle=False, pad_id=pad_id)]
+    pending = [(slots, step_fn(params, put(batch))) for batch, slots in batches]
+    for slots, out in pending:
         out = fetch(out)  # rows held by other hosts' devices too
         pred = out["pred"]
         loss_sum += float(out["loss_sum"])
         count += int(out["count"])
-        for r, i in enumerate(idx):
-            w = enc.word_index[i]
-            keep = w >= 0
-            words[enc.source[i]][w[keep]] = pred[r, :len(w)][keep]
+        for r, members in enumerate(slots):
+            at = 0
+            for i in members:
+                w = enc.word_index[i]
+                keep = w >= 0
+                words[enc.source[i]][w[keep]] = pred[r, at:at + len(w)][keep]
+                at += len(enc.input_ids[i])
     return words, loss_sum / max(count, 1)
 
 
@@ -79,10 +91,10 @@ def compute_metrics(true_tags: list[list[str]], pred_tags: list[list[str]]) -> d
 
 
 def evaluate(step_fn: Callable, params, enc: Encoded, true_tags: list[list[str]], labels: Sequence[str],
-             batch_size: int, buckets: Sequence[int], put: Callable = lambda b: b,
-             pad_id: int = 0) -> tuple[dict, list[list[str]]]:
+             batch_size: int, buckets: Sequence[int], put: Callable = lambda b: b, pad_id: int = 0,
+             pack_length: int = 0) -> tuple[dict, list[list[str]]]:
     """Scores of `params` on an encoded split against its word-level gold tags; also the predicted tags."""
-    preds, loss = predict(step_fn, params, enc, batch_size, buckets, put, pad_id)
+    preds, loss = predict(step_fn, params, enc, batch_size, buckets, put, pad_id, pack_length)
     pred_tags = [[labels[int(p)] for p in row] for row in preds]
     metrics = compute_metrics(true_tags, pred_tags)
     metrics["loss"] = loss
@@ -145,5 +157,6 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
     enc = encode({"tokens": cols["tokens"], "ner_tags": [[to_model[t] for t in tags] for tags in gold],
                   "document": cols.get("document")}, tokenizer, data, labels)
     metrics, pred = evaluate(jit_eval_step(model.__call__), params, enc, gold, labels, batch_size, data.buckets,
-                             pad_id=tokenizer.pad_token_id or 0)
+                             pad_id=tokenizer.pad_token_id or 0,
+                             pack_length=data.pack_length if getattr(model, "packs_rows", False) else 0)
     return SplitPredictions(split, [list(t) for t in cols["tokens"]], gold, pred, metrics)

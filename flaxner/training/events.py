@@ -16,7 +16,7 @@ class StepEvent:
     epoch: int  # 0-based, the epoch this step belongs to
     batch: int  # batches of that epoch done
     epoch_progress: float  # epochs done, fractional
-    seq: int  # padded length of the batch
+    seq: int  # padded length of the batch (its row length when packed)
     tokens: int  # real (unpadded) tokens of the batch
     state: dict
     losses: list[float] | None = None
@@ -51,7 +51,7 @@ class Summary:
     best_f1: float
     loss_norm: str
     buckets: list[int]
-    compiled_train_shapes: list[int]
+    compiled_train_shapes: list  # padded lengths; packed rows (data.pack_length): [rows, row length] pairs
     xla_compiles: int
     compile_s: float
     compile_workers: int

@@ -15,6 +15,7 @@ import optax
 
 from flaxner.config import TrainConfig
 from flaxner.models.heads import token_loss
+from flaxner.models.masks import batch_logits
 from flaxner.runtime import Runtime
 
 
@@ -46,10 +47,10 @@ def make_optimizer(tc: TrainConfig, total_steps: int) -> optax.GradientTransform
 
 
 def loss_fn(params, batch: dict, dropout_rng, apply_fn: Callable, train: bool = True, denom: float | None = None):
-    """The model's forward and the head's loss (`flaxner.models.heads.token_loss`, which explains `denom`).
+    """The model's forward (packed rows or not: `batch_logits`) and the head's loss (`heads.token_loss`, which
+    explains `denom`).
     Returns (loss to differentiate, (labelled tokens, their mean loss))."""
-    logits = apply_fn(batch["input_ids"], batch["attention_mask"], params=params, dropout_rng=dropout_rng,
-                      train=train).logits  # [batch, seq, num_labels]
+    logits = batch_logits(apply_fn, batch, params=params, dropout_rng=dropout_rng, train=train)
     return token_loss(logits, batch["labels"], denom)
 
 

@@ -1,8 +1,7 @@
 """Fine-tuning as build + events: `build_run` sets a run up (data, model, optimizer, step, evaluation, epoch plan,
 restored checkpoint), `training_steps` trains it, yielding a `StepEvent` after every optimizer step and an
-`EvalEvent` after every evaluation (`EpochEvent` after an epoch's), and `train` consumes those with handlers
-(metrics and reporters, checkpoints, progress bar, signals, best-model export), then scores the test split and
-writes the summary and card."""
+`EvalEvent` after every evaluation (`EpochEvent` after an epoch's), and `train` consumes those with handlers (metrics
+and reporters, checkpoints, progress bar, signals, best-model export), then scores the test split, writes the card."""
 
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ import jax
 import numpy as np
 
 from flaxner.training import distributed, export
-from flaxner.data.batching import EpochPlan, collate, eval_lengths, plan_epochs
+from flaxner.data.batching import EpochPlan
+from flaxner.data.packing import real_tokens
 from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, absolute_paths, check_positions, save_config
 from flaxner.training.evaluate import evaluate, jit_eval_step
@@ -37,7 +37,7 @@ from flaxner.training.events import EpochEvent, EvalEvent, StepEvent, Summary
 from flaxner.training.handlers import BestModel, Checkpoints, log_early_stop
 from flaxner.training.reporting import Reporters, check_reporters
 from flaxner.training.setup import Split, card_samples, check_resume_config, load_splits, loss_denominator, \
-    resolved_loss_norm, tagging_defaults
+    resolved_loss_norm, run_plan, tagging_defaults
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Run:
     t0: float
     step: int = 0  # the optimizer step, tracked on the host so that no step waits for the one before it
     precompiler: Precompiler | None = None  # set by `training_steps`
-    compiled_shapes: set[int] = field(default_factory=set)  # train shapes called so far
+    compiled_shapes: set = field(default_factory=set)  # train shapes called so far (`EpochPlan.shape`)
 
     @property
     def finished(self) -> bool:
@@ -108,14 +108,14 @@ class Run:
     def eval_shapes(self) -> dict[str, list[int]]:
         """Padded lengths of each evaluated split's batches."""
         bs = self.cfg.train.eval_batch_size
-        return {k: eval_lengths(s.enc.lengths, bs, self.plan.buckets) for k, s in self.splits.items() if k != "train"}
+        return {k: self.plan.eval_shapes(s.enc.lengths, bs) for k, s in self.splits.items() if k != "train"}
 
     def evaluate(self, split: str, params=None) -> tuple[dict, list[list[str]]]:
         """seqeval scores and loss of `params` (default: the state's) on one split, and the predicted tags."""
         s = self.splits[split]
         params = self.state["params"] if params is None else params
         return evaluate(self.eval_fn, params, s.enc, s.gold, self.labels, self.cfg.train.eval_batch_size,
-                        self.plan.buckets, self.rt.put, self.pad_id)
+                        self.plan.buckets, self.rt.put, self.pad_id, self.plan.pack_length)
 
     def export_params(self, params) -> dict:
         """`params` on the host, in the full model's shape (the vocabulary expanded back)."""
@@ -175,7 +175,7 @@ def _build(cfg: Config, rd: RunDir, resume: bool, keep_model_vocab: bool, t0: fl
     if vocab:
         splits = {k: dataclasses.replace(s, enc=vocab.encode(s.enc)) for k, s in splits.items()}
     train_enc = splits["train"].enc
-    plan = plan_epochs(train_enc.lengths, cfg.data, tc, rt.length_multiple)
+    plan = run_plan(cfg, train_enc.lengths, train_model.packs_rows, rt.length_multiple, rt.n_devices)
     total_steps = tc.max_steps or -(-plan.steps_per_epoch // tc.grad_accum) * tc.epochs  # optimizer steps
     tx = make_optimizer(tc, total_steps)
     state = init_state(params, tx, tc.seed, rt)
@@ -187,7 +187,7 @@ def _build(cfg: Config, rd: RunDir, resume: bool, keep_model_vocab: bool, t0: fl
         log.info("resumed from step %d (epoch %d, batch %d)", int(state["step"]), loop.epoch, loop.batch)
     used = sorted({n for _, n in plan.first_uses(loop.epoch, loop.batch, (total_steps - int(state["step"])) *
                                                  tc.grad_accum)})
-    log.info("padded lengths of the training batches: %s (%d shapes to compile)", used, len(used))
+    log.info("shapes of the training batches: %s (%d to compile)", used, len(used))
     pad_id = int(vocab.remap[tokenizer.pad_token_id]) if vocab else tokenizer.pad_token_id or 0
     return Run(cfg=cfg, dir=rd, rt=rt, labels=labels, tokenizer=tokenizer, model=model, full_params=full_params,
                vocab=vocab, train_model=train_model, splits=splits, plan=plan, total_steps=total_steps,
@@ -222,13 +222,13 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
                         break
                 if run.step >= run.total_steps:
                     break
-                batch = collate(train_enc, idx, tc.batch_size, plan.buckets, run.pad_id)
-                seq = batch["input_ids"].shape[1]
-                if seq not in run.compiled_shapes:  # a new shape: wait for its compile if one is under way
-                    timings.compile_wait_train_s += pre.claim(("train", seq), "update")
-                    run.compiled_shapes.add(seq)
+                batch = plan.collate(train_enc, idx, run.pad_id)
+                shape, seq = plan.shape_of(batch), batch["input_ids"].shape[1]
+                if shape not in run.compiled_shapes:  # a new shape: wait for its compile if one is under way
+                    timings.compile_wait_train_s += pre.claim(("train", shape), "update")
+                    run.compiled_shapes.add(shape)
                 group.append(run.rt.put(batch))
-                tokens += int(batch["attention_mask"].sum())
+                tokens += real_tokens(batch)
                 loop.batch += 1
                 if len(group) < tc.grad_accum and loop.batch < len(order):
                     continue
