@@ -8,6 +8,8 @@ Contenders, each in its own process (`--contenders` picks them and their order):
              dynamic padding, no_grad, argmax (no word grouping or entities: a lower bound on what PyTorch needs)
   onnx       the same loop on ONNX Runtime: the model exported with `torch.onnx.export`, intra-op threads = cores
   onnx-int8  the same with `quantize_dynamic` (QInt8 weights)
+  flaxner-float32, flaxner-mixed, flaxner-unpacked   (only when named) flaxner with `--dtype float32`, with
+             `--dtype mixed`, with float32 and `--pack-length 0` (one window a row)
 
 The model is `--model`'s (exported by flaxner with a fresh CoNLL classifier) or, with `--run RUN`, a trained run's
 (flaxner tags with the run folder, so with its tag settings; the others load RUN/model). The ONNX files are
@@ -43,14 +45,16 @@ from pathlib import Path
 from bench.common import TORCH_ENV, bench_command, header, markdown_table, median, peak_rss_mib, run_child, \
     write_json
 
-CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "flaxner-mixed": "flaxner Tagger, --dtype mixed",
-              "flaxner-unpacked": "flaxner Tagger, --pack-length 0", "pipeline": "HF pipeline, PyTorch, batch 32",
+CONTENDERS = {"flaxner": "flaxner Tagger (JAX)", "flaxner-float32": "flaxner Tagger, --dtype float32",
+              "flaxner-mixed": "flaxner Tagger, --dtype mixed",
+              "flaxner-unpacked": "flaxner Tagger, float32, --pack-length 0", "pipeline": "HF pipeline, PyTorch, batch 32",
               "torch": "plain sorted PyTorch loop, batch 32", "onnx": "ONNX Runtime fp32, sorted loop, batch 32",
               "onnx-int8": "ONNX Runtime int8 (dynamic), sorted loop, batch 32"}
 ONNX = ("onnx", "onnx-int8")
 # flaxner's variants: tag options over the run's (or the defaults)
-FLAXNER = {"flaxner": {}, "flaxner-mixed": {"dtype": "mixed"}, "flaxner-unpacked": {"pack_length": 0}}
-VARIANTS = ("flaxner-mixed", "flaxner-unpacked")  # only when asked for
+FLAXNER = {"flaxner": {}, "flaxner-float32": {"dtype": "float32"}, "flaxner-mixed": {"dtype": "mixed"},
+           "flaxner-unpacked": {"pack_length": 0, "dtype": "float32"}}
+VARIANTS = ("flaxner-float32", "flaxner-mixed", "flaxner-unpacked")  # only when asked for
 DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "distilbert-base-cased": 1000, "electra-base-discriminator": 1000,
                  "deberta-v3-base": 1000, "tiny": 200}
 TEST_LINES = 10_000  # --corpus test with a real model (MiniLM, --run): issue 25's corpus

@@ -201,7 +201,7 @@ class TagConfig:
     batch_tokens: int = _min(2048, 0, "0 (batch_size rows) or more")
     # Windows of at most this many positions share rows of this length (flaxner.tagging.packing); 0: one a row.
     pack_length: int = _min(128, 0, "0 (off) or a row length")
-    # "auto": bfloat16 on accelerators, float32 on CPU.
+    # "auto": bfloat16 on accelerators; CPU: mixed with AMX (flaxner.models.matmul), else float32.
     dtype: TagDtype = "auto"
     # Batches tokenized ahead of the device.
     prefetch: int = _min(4, 1)

@@ -25,6 +25,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _dot(a, b, dims):
@@ -97,10 +98,13 @@ class MixedPrecision:
 
 def bf16_kernels(params):
     """The parameters with every Dense kernel (2-D leaves named `kernel`) stored in bfloat16 ahead, so the
-    compiled forward does not convert them at every call."""
+    compiled forward does not convert them at every call. Converted on the host (numpy with ml_dtypes' bfloat16),
+    so that no conversion program is compiled per kernel shape."""
     def cast(path, x):
         name = getattr(path[-1], "key", None)
-        return x.astype(jnp.bfloat16) if name == "kernel" and x.ndim == 2 and x.dtype == jnp.float32 else x
+        if name == "kernel" and x.ndim == 2 and x.dtype == jnp.float32:
+            return np.asarray(x).astype(jnp.bfloat16)
+        return x
     return jax.tree_util.tree_map_with_path(cast, params)
 
 

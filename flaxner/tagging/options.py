@@ -54,8 +54,8 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
                                    "(default 128; 0: one window a row)"), "lpr"),
     (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), "lpr"),
     (("--dtype",), dict(default=None, choices=choices(TagDtype),
-                        help="compute dtype (auto: bfloat16 on accelerators, float32 on CPU; mixed: bfloat16 matrix products "
-                             "into float32, fast on CPUs with AMX)"), "lpr"),
+                        help="compute dtype (auto: bfloat16 on accelerators; on CPU mixed where it has AMX, else float32; "
+                             "mixed: bfloat16 matrix products into float32)"), "lpr"),
     (("--max-line-bytes",), dict(type=int, default=None, metavar="BYTES",
                                  help="a longer line gets an error record, unread (default 1000000; 0: no cap)"),
      "lpr"),
