@@ -200,7 +200,7 @@ class TagConfig:
     # Padded tokens per batch: short windows go many to a batch, long ones few; 0 = always batch_size rows.
     batch_tokens: int = _min(2048, 0, "0 (batch_size rows) or more")
     # Windows of at most this many positions share rows of this length (flaxner.tagging.packing); 0: one a row.
-    pack_length: int = _min(128, 0, "0 (off) or a row length")
+    pack_length: int = _min(64, 0, "0 (off) or a row length")
     # "auto": bfloat16 on accelerators; CPU: mixed with AMX (flaxner.models.matmul), else float32.
     dtype: TagDtype = "auto"
     # Batches tokenized ahead of the device.

@@ -51,7 +51,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
      "lpr"),
     (("--pack-length",), dict(type=int, default=None,
                               help="windows this short share rows of this length, each seeing only itself "
-                                   "(default 128; 0: one window a row)"), "lpr"),
+                                   "(default 64; 0: one window a row)"), "lpr"),
     (("--lookahead",), dict(type=int, default=None, help="documents read ahead and sorted by length"), "lpr"),
     (("--dtype",), dict(default=None, choices=choices(TagDtype),
                         help="compute dtype (auto: bfloat16 on accelerators; on CPU mixed where it has AMX, else float32; "
