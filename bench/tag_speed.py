@@ -56,12 +56,12 @@ FLAXNER = {"flaxner": {}, "flaxner-float32": {"dtype": "float32"}, "flaxner-mixe
            "flaxner-unpacked": {"pack_length": 0, "dtype": "float32"}}
 VARIANTS = ("flaxner-float32", "flaxner-mixed", "flaxner-unpacked")  # only when asked for
 DEFAULT_LINES = {"minilm": 4000, "mbert": 1000, "distilbert-base-cased": 1000, "electra-base-discriminator": 1000,
-                 "deberta-v3-base": 1000, "tiny": 200}
+                 "deberta-v3-base": 1000, "ModernBERT-base": 1000, "tiny": 200}
 TEST_LINES = 10_000  # --corpus test with a real model (MiniLM, --run): issue 25's corpus
 # the real vocabularies are not available offline: the hub model's shape, random weights, the MiniLM tokenizer
 HUB_SHAPES = {"mbert": "bert-base-multilingual-cased", "distilbert-base-cased": "distilbert-base-cased",
               "electra-base-discriminator": "google/electra-base-discriminator",
-              "deberta-v3-base": "deberta-v3-base"}
+              "deberta-v3-base": "deberta-v3-base", "ModernBERT-base": "answerdotai/ModernBERT-base"}
 
 
 def export_model(kind: str, out: Path) -> None:

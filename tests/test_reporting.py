@@ -99,3 +99,18 @@ def test_a_failing_tracker_is_logged_once_and_training_goes_on(tiny_cfg, tmp_pat
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2 and "ConnectionError: tracking server out of reach" in warned[0]
     assert "2 rows did not reach it" in warned[1]
+
+
+def test_wandb_without_a_key_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    from flaxner.training.reporting import wandb_ready
+
+    for k in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert not wandb_ready()  # no key anywhere: wandb.init would fail after the model loaded
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password KEY\n")
+    assert wandb_ready()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not wandb_ready()  # the key is for another server
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_ready()

@@ -30,6 +30,23 @@ def check_reporters(tc: TrainConfig) -> None:
         module, extra = NEEDS[name]
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"train.report_to: {name} needs the {module} package: pip install '{extra}'")
+        if name == "wandb" and not wandb_ready():
+            raise ConfigError("train.report_to: wandb has no API key here: run `wandb login`, set WANDB_API_KEY, or "
+                              "log locally with WANDB_MODE=offline")
+
+
+def wandb_ready() -> bool:
+    """Whether W&B can open a run: offline or disabled, an API key in the environment, or the key `wandb login`
+    wrote to ~/.netrc for the server (WANDB_BASE_URL's host, api.wandb.ai by default)."""
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    try:
+        return host in Path(os.environ.get("NETRC") or Path.home() / ".netrc").read_text()
+    except OSError:
+        return False
 
 
 def scalars(row: dict) -> dict[str, float]:
