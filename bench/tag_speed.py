@@ -81,6 +81,10 @@ def export_model(kind: str, out: Path) -> None:
     # a vocabulary smaller than the tokenizer's ids (DistilBERT-cased's 28,996): the tokenizer's size
     vocab = len(tok) if kind != "mbert" and cfg.random_init else None
     model, params = make_model(cfg, CONLL_LABELS, seed=0, vocab_size=vocab)
+    if cfg.random_init:  # the special ids are the tokenizer's (ModernBERT's 50,283 is past MiniLM's vocabulary)
+        ids = {"pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id, "sep_token_id": tok.sep_token_id,
+               "bos_token_id": tok.cls_token_id, "eos_token_id": tok.sep_token_id}
+        model = type(model)(model.config.replace(**{k: v for k, v in ids.items() if hasattr(model.config, k)}))
     save_model(model, params, tok, out)
 
 
