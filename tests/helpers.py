@@ -97,6 +97,19 @@ def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
     monkeypatch.setattr(T, "training_steps", steps)
 
 
+def interrupted_then_resumed(cfg, out: Path, monkeypatch, step: int = 4, **resume_train):
+    """Train `cfg` into `out` until a SIGTERM at `step`, then resume it (with `resume_train` as train.* overrides);
+    the resumed run's summary."""
+    from flaxner.config import replace
+    from flaxner.training.train import Interrupted, train
+
+    with monkeypatch.context() as m:
+        interrupt_at(m, step)
+        with pytest.raises(Interrupted, match=f"at step {step}"):
+            train(cfg, out)
+    return train(replace(cfg, train=resume_train) if resume_train else cfg, out, resume=True)
+
+
 def assert_same_run(summary, ref, out: Path) -> None:
     """`summary` (run in `out`) reached the uninterrupted `ref` run: history, steps, the card's sample predictions,
     exported weights."""

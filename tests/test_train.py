@@ -15,8 +15,8 @@ from flaxner.data.splits import Encoded
 from flaxner.data.labels import IGNORE
 from flaxner.runtime import setup_runtime
 from flaxner.training.step import TrainStep, init_state, loss_fn, make_optimizer, make_schedule
-from flaxner.training.train import Interrupted, loss_denominator, train
-from helpers import assert_same_run, fixed_batch, interrupt_at
+from flaxner.training.train import loss_denominator, train
+from helpers import assert_same_run, fixed_batch, interrupted_then_resumed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,12 +126,8 @@ def test_run_outputs_and_compile_bound(tiny_run, tiny_cfg):
 
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_cfg, tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
-    with monkeypatch.context() as m:
-        interrupt_at(m, 4)
-        with pytest.raises(Interrupted, match="at step 4"):
-            train(tiny_cfg, out)
     # the resumed run compiles its remaining shapes ahead, from the batch where it stopped
-    summary = train(replace(tiny_cfg, train={"compile_workers": 2}), out, resume=True)
+    summary = interrupted_then_resumed(tiny_cfg, out, monkeypatch, compile_workers=2)
     assert summary.steps == tiny_run.steps == 12 and summary.compile_workers == 2
     assert_same_run(summary, tiny_run, out)
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()

@@ -15,8 +15,8 @@ from flaxner.data.labels import IGNORE
 from flaxner.data.packing import best_fit, collate_packed, real_tokens
 from flaxner.data.splits import Encoded
 from flaxner.training.step import loss_fn
-from flaxner.training.train import Interrupted, train
-from helpers import assert_same_run, interrupt_at, model_and_params
+from flaxner.training.train import train
+from helpers import assert_same_run, interrupted_then_resumed, model_and_params
 
 BUCKETS = (8, 16, 24, 32, 48, 64)
 
@@ -153,11 +153,7 @@ def test_a_packed_run_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
     assert all(n == 32 or n > 32 for _, n in shapes) and len(shapes) <= ROW_COUNTS + 2
     assert any(rows < cfg.train.batch_size for rows, n in shapes if n == 32)
     out = tmp_path / "resumed"
-    with monkeypatch.context() as m:
-        interrupt_at(m, 4)
-        with pytest.raises(Interrupted, match="at step 4"):
-            train(cfg, out)
-    summary = train(replace(cfg, train={"compile_workers": 2}), out, resume=True)
+    summary = interrupted_then_resumed(cfg, out, monkeypatch, compile_workers=2)
     assert summary.steps == ref.steps == 12
     assert_same_run(summary, ref, out)
     assert all(len(s) == 2 for s in json.loads((out / "summary.json").read_text())["compiled_train_shapes"])
