@@ -19,11 +19,18 @@ def _dots(fn, *args) -> list[tuple[str, str]]:
     """The operand dtypes of every dot_general in fn's jaxpr (nested jaxprs included)."""
     eqns = []
 
+    def subjaxprs(params):  # the jaxprs an equation holds (jit, custom_vjp, scan bodies), on every jax version
+        for v in params.values():
+            for x in v if isinstance(v, (list, tuple)) else (v,):
+                inner = getattr(x, "jaxpr", x)
+                if hasattr(inner, "eqns"):
+                    yield inner
+
     def walk(jaxpr):
         for e in jaxpr.eqns:
             if e.primitive.name == "dot_general":
                 eqns.append(tuple(str(v.aval.dtype) for v in e.invars))
-            for sub in jax.core.jaxprs_in_params(e.params):
+            for sub in subjaxprs(e.params):
                 walk(sub)
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
     return eqns
