@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flaxner.config import DataConfig, TrainConfig
-from flaxner.data.packing import best_fit, collate_packed, pack_batch
+from flaxner.data.packing import collate_packed, pack_batch
 from flaxner.data.splits import DataError, Encoded
 from flaxner.data.labels import IGNORE
 
@@ -216,7 +216,7 @@ def eval_batches(lengths: np.ndarray, batch_size: int, buckets: Sequence[int],
     out = [(bucket_for(int(lengths[long[k]]), buckets), [[i] for i in long[k:k + batch_size]])
            for k in range(0, len(long), batch_size)]
     short = order[len(long):]
-    slots = [[int(short[i]) for i in s] for s in best_fit([int(lengths[i]) for i in short], pack_length)]
+    slots = [[int(short[i]) for i in s] for s in pack_batch(lengths[short], pack_length)]
     return out + [(pack_length, slots[k:k + batch_size]) for k in range(0, len(slots), batch_size)]
 
 

@@ -68,6 +68,12 @@ def position_ids_for(input_ids, config, segment_ids=None):
     return jnp.cumsum(real, axis=-1) * real + config.pad_token_id
 
 
+def pack_length_for(model, length: int) -> int:
+    """`length` for a model that keeps packed segments apart (`packs_rows`), else 0: one segment a row (a model
+    that mixes neighbouring tokens outside attention, e.g. DeBERTa's convolution)."""
+    return length if getattr(model, "packs_rows", False) else 0
+
+
 def batch_logits(apply_fn, batch: dict, **kw) -> jax.Array:
     """The logits [batch, seq, labels] of a collated batch: of packed rows when it carries `segment_ids`
     (`flaxner.data.packing`), else under its `attention_mask`."""

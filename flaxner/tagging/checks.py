@@ -27,11 +27,6 @@ def check_tag_config(cfg: TagConfig, max_positions: int) -> None:
     validate_tag(cfg)
 
 
-def check_tokenizer(tokenizer) -> None:
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("a fast tokenizer (tokenizer.json) is needed for word ids and character offsets")
-
-
 def resolve_dtype(dtype: str) -> str:
     """'auto': bfloat16 on accelerators; on CPU, mixed where it has bfloat16 matrix units (Intel AMX: the same F1
     at twice the speed, docs/benchmarks.md), else float32."""

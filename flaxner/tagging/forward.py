@@ -28,6 +28,7 @@ class CompiledForward:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
         from flaxner.models.heads import tag_scores
+        from flaxner.models.masks import pack_length_for
         from flaxner.models.matmul import bf16_kernels
 
         self.cfg, self.pad_id = cfg, pad_id
@@ -44,7 +45,7 @@ class CompiledForward:
         aggregation = cfg.aggregation
         # Windows share rows of this length (`tagging.packing`; 0: one window a row), the mask then holding
         # segment ids; a model that mixes neighbouring tokens outside attention cannot.
-        self.pack_length = cfg.pack_length if getattr(model, "packs_rows", False) else 0
+        self.pack_length = pack_length_for(model, cfg.pack_length)
         packed = self.pack_length > 0
 
         def forward(params, input_ids, attention_mask):

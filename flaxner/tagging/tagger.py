@@ -44,10 +44,11 @@ class Tagger:
         validate_tag(cfg)  # before loading: the model's positions are checked once it is loaded
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"{model_dir}: no such model folder")
-        if cfg.dtype == "auto" and resolve_dtype("auto") == "mixed":
+        dtype = resolve_dtype(cfg.dtype)
+        if cfg.dtype == "auto" and dtype == "mixed":
             logging.getLogger(__name__).info("dtype auto: mixed (bfloat16 products into float32: this CPU has "
                                              "bfloat16 matrix units; --dtype float32 to turn it off)")
-        cfg = resolve_context(dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype)), run)
+        cfg = resolve_context(dataclasses.replace(cfg, dtype=dtype), run)
         folder, model, params = load_trained_model(model_dir, cfg.dtype)
         # What load_trained's fast tokenizer holds, from the cache beside the compiled programs when it is there
         # (no transformers import).

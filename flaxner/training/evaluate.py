@@ -17,7 +17,7 @@ from flaxner.data.labels import spans_from_tags
 from flaxner.config import DataConfig, TrainConfig, check_fields, load_config
 from flaxner.data.splits import Encoded
 from flaxner.models.heads import loss_sum, predict_ids
-from flaxner.models.masks import batch_logits
+from flaxner.models.masks import batch_logits, pack_length_for
 from flaxner.training.distributed import fetch
 
 
@@ -158,5 +158,5 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
                   "document": cols.get("document")}, tokenizer, data, labels)
     metrics, pred = evaluate(jit_eval_step(model.__call__), params, enc, gold, labels, batch_size, data.buckets,
                              pad_id=tokenizer.pad_token_id or 0,
-                             pack_length=data.pack_length if getattr(model, "packs_rows", False) else 0)
+                             pack_length=pack_length_for(model, data.pack_length))
     return SplitPredictions(split, [list(t) for t in cols["tokens"]], gold, pred, metrics)
