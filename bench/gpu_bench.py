@@ -3,10 +3,11 @@
 Parts, each in its own process, in this order so that the goals come first when time runs short:
   train bfloat16  the seed recipe's shape: mBERT config (vocab 119,547, 12x768) with random weights, every
                   CoNLL-2003 train batch for 4 epochs plus the per-epoch evaluation, as `flaxner train` runs
-                  it; compile time, step time, epoch time, model FLOP utilisation against the measured bf16
+                  it, each batch's sentences packed into rows of 128 (`--pack-length`, data.pack_length);
+                  compile time, step time, epoch time, model FLOP utilisation against the measured bf16
                   matmul rate, wall time from process start to the last evaluation
   tag             flaxner's Tagger over a corpus of CoNLL sentences repeated, mixed with long documents
-                  (1 million lines); sub-word tokens/s
+                  (1 million lines), windows packed into rows (tag.pack_length); sub-word tokens/s
   tag_sharded     the same corpus and model in N processes at once, each tagging one shard
                   (`flaxner tag --shard k/N`), sharing the GPU: one process' Python host work caps the tag part
                   (bench.tag_host measures it), N processes multiply it
@@ -46,7 +47,7 @@ def load_cfg(args, dtype: str):
 
     name, overrides, keep_vocab = SIZES[args.size]
     extra = [f"model.dtype={dtype}", "train.compilation_cache=", f"train.epochs={args.epochs}",
-             f"train.compile_workers={args.compile_workers}"]
+             f"train.compile_workers={args.compile_workers}", f"data.pack_length={args.pack_length}"]
     extra += [f"model.tokenizer={args.tokenizer}"] if args.size == "mbert" else []
     extra += [f"data.limit={args.limit}"] if args.limit else []
     return load_config(name, [*overrides, *extra]), keep_vocab
@@ -100,7 +101,8 @@ def part_train(args) -> None:
     out = {"part": f"train_{args.dtype}", "dtype": args.dtype, "size": args.size, "devices": [str(d) for d in
            jax.devices()], "vocab_size": run.model.config.vocab_size, "steps_per_epoch": spe,
            "sentences": len(run.splits["train"].enc.input_ids), "load_s": time.perf_counter() - PART_T0[0],
-           "epochs": [], "compile_workers": pre.workers}
+           "epochs": [], "compile_workers": pre.workers,
+           "pack_length": run.plan.pack_length}
 
     def start_epoch() -> dict:
         return {"snap": counter.snapshot(), "t": time.perf_counter(), "wait0": pre.waited_s, "steps": 0, "real": 0,
@@ -111,8 +113,8 @@ def part_train(args) -> None:
         if isinstance(ev, StepEvent):
             ep["steps"] += 1
             ep["real"] += ev.tokens
-            ep["padded"] += tc.batch_size * ev.seq
-            ep["flops"] += train_flops(conf, tc.batch_size, ev.seq)
+            ep["padded"] += ev.rows * ev.seq  # packed batches: their rows of data.pack_length
+            ep["flops"] += train_flops(conf, ev.rows, ev.seq)
             ep["loss"] = ev.losses or ep["loss"]
             if ev.batch == spe:  # the epoch's last step: its training time ends when the device is done
                 jax.block_until_ready(ev.state)
@@ -313,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="train,tag,hf", help="comma-separated subset of train,tag,hf")
     p.add_argument("--dtypes", default="bfloat16,float32", help="train runs, in order (the first saves the model)")
     p.add_argument("--epochs", type=int, default=0, help="default 4 (tiny: 1)")
+    p.add_argument("--pack-length", type=int, default=128,
+                   help="data.pack_length of the train parts: each batch's sentences packed into rows of this "
+                        "length (issue 25; 0: a row per sentence, padded to the fitted lengths)")
     p.add_argument("--limit", type=int, default=0, help="training sentences per split (default all)")
     p.add_argument("--compile-workers", type=int, default=-1,
                    help="train.compile_workers: threads compiling shapes ahead (-1: auto, up to 8 on a GPU)")

@@ -17,6 +17,7 @@ bucket shape, which compiles), then runs `--repeats` timed passes over its batch
     python -m bench.train_speed --model electra-base-discriminator  # weights, the MiniLM tokenizer
     python -m bench.train_speed --model ModernBERT-base   # ModernBERT-base shape (22 layers, 8,192 positions), random
     python -m bench.train_speed --model deberta-v3-base   # DeBERTa-v3-base shape (vocab 128,100), random weights
+    python -m bench.train_speed --model distilbert-base-cased --torch-bf16 model.dtype=mixed   # both in bf16
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
         for idx in idx_list:
             batch = collator([features[int(i)] for i in idx])
             padded += batch["input_ids"].numel()
-            loss = model(**batch).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.torch_bf16):  # TrainingArguments(bf16=True)
+                loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
             opt.step()
@@ -262,6 +264,10 @@ def worker(args) -> None:
     label = CONTENDERS[args.worker]
     if args.worker == "a" and out.get("pack_length"):
         label = f"flaxner (rows of {out['pack_length']} packed, grouped)"
+    if args.worker != "a" and args.torch_bf16:
+        label += ", bf16 autocast"
+    if args.worker == "a" and cfg.model.dtype != "float32":
+        label += f", model.dtype {cfg.model.dtype}"
     out.update(contender=args.worker, label=label, steps=args.steps, sentences=len(subset),
                real_tokens=real, padding=1 - real / out["padded_tokens"], median_pass_s=pass_s,
                s_per_step=pass_s / args.steps, real_tok_s=real / pass_s, padded_tok_s=out["padded_tokens"] / pass_s,
@@ -295,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="", help="where to write the figures (default bench/out/train_speed-MODEL.json)")
     p.add_argument("--torch-malloc", choices=sorted(TORCH_ENV), default="system",
                    help="allocator settings for the PyTorch contenders (default glibc's own)")
+    p.add_argument("--torch-bf16", action="store_true", help="the PyTorch contenders' forward under bfloat16 "
+                   "autocast, as the Trainer's bf16=True runs it on a CPU (compare with flaxner's model.dtype=mixed)")
     p.add_argument("--in-process", action="store_true", help="run the contenders in this process, one after "
                    "the other (smoke tests only: they disturb each other)")
     p.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
@@ -318,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.compile_cache, "--worker", c, "--json", f"{tmp}/{c}.json")
             cmd += ["--config", args.config] if args.config else []
             cmd += ["--pack-length", str(args.pack_length)] if args.pack_length is not None else []
+            cmd += ["--torch-bf16"] if args.torch_bf16 else []
             if args.in_process:  # smoke tests: no interpreter start per contender, figures not comparable
                 worker(argparse.Namespace(**{**vars(args), "worker": c, "json": f"{tmp}/{c}.json"}))
                 results[c] = json.loads(Path(f"{tmp}/{c}.json").read_text())
@@ -333,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
     failed = [c for c, r in results.items() if "error" in r]
     write_json(json_path, {**info, "model": args.model, "batch_size": args.batch_size, "steps": args.steps,
+                           "torch_bf16": args.torch_bf16, "overrides": args.overrides,
                            "repeats": args.repeats, "contenders": results, "ratios": ratios})
     print(f"\nfigures: {json_path}")
     return 1 if failed else 0

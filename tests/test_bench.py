@@ -52,6 +52,19 @@ def test_train_speed_tiny(tmp_path):
     assert set(res["ratios"]) == {"a/b", "a/c"}
 
 
+def test_train_speed_bf16_tiny(tmp_path):
+    """The matched bfloat16 comparison: flaxner's model.dtype=mixed against the Trainer's bf16 autocast."""
+    pytest.importorskip("torch")
+    out = tmp_path / "train_speed.json"
+    run("train_speed", "--model", "tiny", "--in-process", "--repeats", "1", "--warmup", "1", "--only", "ab",
+        "--torch-bf16", "--json", str(out), "model.dtype=mixed")
+    res = json.loads(out.read_text())
+    assert res["torch_bf16"] is True and res["overrides"] == ["model.dtype=mixed"]
+    c = res["contenders"]
+    assert c["a"]["label"].endswith("model.dtype mixed") and c["b"]["label"].endswith("bf16 autocast")
+    assert all(r["real_tok_s"] > 0 and r["last_loss"] == r["last_loss"] for r in c.values())
+
+
 def test_gpu_bench_tiny(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "gb"
@@ -67,6 +80,7 @@ def test_gpu_bench_tiny(tmp_path):
     assert tr["compile_count"] >= 3 and tr["compile_s"] > 0  # the update, a train and an eval shape at least
     assert tr["compile_workers"] == 2 and sum(e["ahead_compiles"] for e in tr["epochs"]) >= 1
     assert tr["step_s"] > 0 and tr["real_tok_s"] > 0 and 0 <= tr["padding"] < 1
+    assert tr["pack_length"] == 128  # the train parts pack each batch's sentences (issue 25)
     assert tr["bf16_matmul_flop_s"] > 0 and 0 < tr["mfu"] < 1
     assert 0 <= tr["final_f1"] <= 1 and tr["recipe_wall_s"] >= tr["load_s"]
     assert (tmp_path / "work" / "model" / "config.json").is_file()

@@ -21,6 +21,7 @@ class StepEvent:
     state: dict
     losses: list[float] | None = None
     learning_rate: float | None = None
+    rows: int = 0  # rows of the batch: the batch size, or its packed rows (`data.pack_length`)
 
 
 @dataclass(frozen=True)

@@ -239,7 +239,7 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
                 if loop.unlogged >= tc.log_every or loop.batch == len(order) or run.step >= run.total_steps:
                     losses, lr = loop.take_window(), float(run.schedule(run.step))
                 yield StepEvent(run.step, epoch, loop.batch, epoch + loop.batch / plan.steps_per_epoch, seq,
-                                tokens, run.state, losses, lr)
+                                tokens, run.state, losses, lr, batch["input_ids"].shape[0])
                 group, tokens = [], 0
             timings.train_s += time.perf_counter() - t_ep
             if run.stopped:
