@@ -16,12 +16,12 @@ class StepEvent:
     epoch: int  # 0-based, the epoch this step belongs to
     batch: int  # batches of that epoch done
     epoch_progress: float  # epochs done, fractional
+    rows: int  # rows of the batch: the batch size, or its packed rows (`data.pack_length`)
     seq: int  # padded length of the batch (its row length when packed)
     tokens: int  # real (unpadded) tokens of the batch
     state: dict
     losses: list[float] | None = None
     learning_rate: float | None = None
-    rows: int = 0  # rows of the batch: the batch size, or its packed rows (`data.pack_length`)
 
 
 @dataclass(frozen=True)

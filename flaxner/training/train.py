@@ -223,7 +223,7 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
                 if run.step >= run.total_steps:
                     break
                 batch = plan.collate(train_enc, idx, run.pad_id)
-                shape, seq = plan.shape_of(batch), batch["input_ids"].shape[1]
+                shape, (rows, seq) = plan.shape_of(batch), batch["input_ids"].shape
                 if shape not in run.compiled_shapes:  # a new shape: wait for its compile if one is under way
                     timings.compile_wait_train_s += pre.claim(("train", shape), "update")
                     run.compiled_shapes.add(shape)
@@ -238,8 +238,8 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
                 losses = lr = None
                 if loop.unlogged >= tc.log_every or loop.batch == len(order) or run.step >= run.total_steps:
                     losses, lr = loop.take_window(), float(run.schedule(run.step))
-                yield StepEvent(run.step, epoch, loop.batch, epoch + loop.batch / plan.steps_per_epoch, seq,
-                                tokens, run.state, losses, lr, batch["input_ids"].shape[0])
+                yield StepEvent(run.step, epoch, loop.batch, epoch + loop.batch / plan.steps_per_epoch, rows,
+                                seq, tokens, run.state, losses, lr)
                 group, tokens = [], 0
             timings.train_s += time.perf_counter() - t_ep
             if run.stopped:
