@@ -102,6 +102,9 @@ class DataConfig:
     # sub-tokens of the sentence's document on each side, unlabelled. Tagging and evaluation follow the run's.
     context: TrainContext = "none"
     context_size: int = _min(64, 0, "0 or more sub-tokens")
+    # Training rows only (neighbours): each row's left and right context are each left out with this probability,
+    # redrawn every epoch from the seed (flair's context_dropout); evaluation and tagging rows keep theirs.
+    context_dropout: float = _checked(0.0, lambda v: 0 <= v <= 1, "in [0, 1]")
     # The document id of a JSON Lines words record or a dataset row (consecutive sentences with one id are one
     # document); CoNLL files mark documents with -DOCSTART-.
     document_column: str = "document_id"
@@ -236,9 +239,7 @@ class Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a config file (or the defaults), apply dotted overrides, and validate every key and type."""
-    raw: dict = {}
-    if path is not None:
-        raw = read_yaml(resolve_config_path(path))
+    raw: dict = read_yaml(resolve_config_path(path)) if path is not None else {}
     for item in overrides:
         keys, value = parse_override(item)
         node = raw
@@ -260,6 +261,8 @@ def validate(cfg: Config) -> None:
     _check_buckets(d.buckets, d.max_length, "data")
     if d.labels and (len(set(d.labels)) != len(d.labels) or "O" not in d.labels):
         raise ConfigError(f"data.labels: must list distinct tags including 'O', got {list(d.labels)}")
+    if d.context_dropout and d.context != "neighbours":
+        raise ConfigError(f"data.context_dropout {d.context_dropout}: needs data.context: neighbours, not {d.context}")
     validate_tag(cfg.tag)
     _validate_launch(cfg.train)
     if cfg.train.warmup_steps and cfg.train.warmup_ratio:
@@ -340,11 +343,7 @@ def absolute_paths(cfg: Config) -> Config:
 
 def replace(cfg: Config, **sections: Any) -> Config:
     """Copy of `cfg` with some fields of some sections replaced: replace(cfg, train={"epochs": 1})."""
-    changes = {}
-    for sec, fields in sections.items():
-        if isinstance(fields, dict):
-            changes[sec] = dataclasses.replace(getattr(cfg, sec), **fields)
-        else:
-            changes[sec] = fields
+    changes = {sec: dataclasses.replace(getattr(cfg, sec), **f) if isinstance(f, dict) else f
+               for sec, f in sections.items()}
     return dataclasses.replace(cfg, **changes)
 

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from flaxner.data.batching import (batch_order, bucket_for, collate, fit_buckets, padding_stats, plan_epochs,
-                              run_buckets)
+from flaxner.data.batching import (batch_order, bucket_for, collate, epoch_rows, fit_buckets, padding_stats,
+                                   plan_epochs, run_buckets)
 from flaxner.config import DataConfig, TrainConfig
 from flaxner.data.splits import DataError, encode, load_split
 from flaxner.data.labels import IGNORE
@@ -109,3 +109,50 @@ def test_epoch_plan_is_the_batches_the_loop_draws(tiny_cfg, tiny_tokenizer):
     assert got == expected and len(got) >= 2
     assert plan.first_uses(1, 5, steps=got[1][0]) == got[:1]
     assert set(plan.shapes()) <= set(plan.buckets)
+
+
+def _document_rows(tokenizer, dropout=0.0, context="neighbours"):
+    words = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"], ["BRUSSELS", "1996-08-22"],
+             ["The", "European", "Commission", "said", "on", "Thursday"], ["Only", "France"]] * 8
+    cols = {"tokens": words, "ner_tags": [list(range(1, len(w) + 1)) for w in words], "document": [0] * len(words)}
+    return encode(cols, tokenizer, DataConfig(max_length=64, context=context, context_size=5,
+                                              context_dropout=dropout))
+
+
+def test_context_dropout_leaves_out_whole_sides_per_epoch_and_keeps_every_labelled_token(tiny_tokenizer):
+    full, alone = _document_rows(tiny_tokenizer, 0.5), _document_rows(tiny_tokenizer, context="none")
+    assert epoch_rows(full, 0.0, 42, 0) is full and epoch_rows(alone, 0.5, 42, 0) is alone
+    seen = []
+    for epoch in (0, 1):
+        rows = epoch_rows(full, 0.5, 42, epoch)
+        again = epoch_rows(full, 0.5, 42, epoch)  # a pure function of (seed, epoch): a resume sees these rows
+        assert all((a == b).all() for a, b in zip(rows.input_ids, again.input_ids, strict=True))
+        sides = []
+        for i, (x, y, w) in enumerate(zip(rows.input_ids, rows.labels, rows.word_index, strict=True)):
+            own = full.labels[i] != IGNORE
+            # what the row predicts is untouched: the same tokens, labels and word starts as with whole context
+            assert (x[y != IGNORE] == full.input_ids[i][own]).all() and (y[y != IGNORE] == full.labels[i][own]).all()
+            assert (w[w >= 0] == full.word_index[i][full.word_index[i] >= 0]).all()
+            left, n_own = int(rows.context_left[i]), int(full.own_lengths[i])
+            right, full_right = len(x) - 2 - left - n_own, len(full.input_ids[i]) - 2 - full.context_left[i] - n_own
+            assert left in (0, full.context_left[i]) and right in (0, full_right)  # a side is whole or gone
+            assert (x[1:1 + left] == full.input_ids[i][1:1 + left]).all() and x[0] == full.input_ids[i][0]
+            assert len(x) - 2 - left - right == n_own and x[-1] == full.input_ids[i][-1]
+            sides.append((left == full.context_left[i], right == full_right))
+        kept = np.array(sides)
+        assert 0.3 < kept.mean() < 0.7  # about half of each side stays at p = 0.5
+        seen.append(kept)
+    assert (seen[0] != seen[1]).any()  # drawn anew every epoch
+    gone = epoch_rows(full, 1.0, 42, 0)  # p = 1: the rows of context `none`
+    assert all((a == b).all() for a, b in zip(gone.input_ids, alone.input_ids, strict=True))
+
+
+def test_the_plan_batches_each_epoch_by_its_own_rows(tiny_tokenizer):
+    enc = _document_rows(tiny_tokenizer, 0.5)
+    tc = TrainConfig(batch_size=4, epochs=3, seed=7)
+    per_epoch = [epoch_rows(enc, 0.5, 7, e) for e in range(3)]
+    plan = plan_epochs([r.lengths for r in per_epoch], DataConfig(fit_buckets=4), tc)
+    for e, rows in enumerate(per_epoch):
+        assert [b.tolist() for b in plan.orders[e]] == [b.tolist() for b in batch_order(rows.lengths, 4, 7, e)]
+        for b, idx in enumerate(plan.orders[e]):
+            assert plan.collate(rows, idx)["input_ids"].shape == (4, plan.shape(e, b))

@@ -54,6 +54,8 @@ def test_seed_recipe_values():
     ("train.adam_eps=-1e-8", "train.adam_eps"),
     ("train.weight_decay=-0.01", "train.weight_decay"),
     ("train.max_grad_norm=-1", "train.max_grad_norm"),
+    ("data.context_dropout=0.5", "data.context_dropout 0.5: needs data.context: neighbours, not none"),
+    ("data.context_dropout=1.5", r"data.context_dropout: must be in \[0, 1\]"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -100,6 +100,23 @@ def test_save_points_at_epoch_ends_and_stops_there_resume(small_cfg, small_run, 
     assert again.to_json() == json.loads((out / "summary.json").read_text())
 
 
+def test_context_dropout_redraws_rows_each_epoch_and_a_resume_reaches_the_uninterrupted_run(small_cfg, tmp_path,
+                                                                                           monkeypatch):
+    """The snippet is one document: with neighbours context and `data.context_dropout` each epoch's rows differ
+    (from the rows with whole context, too), and a run stopped mid-epoch resumes onto the very same rows."""
+    cfg = replace(small_cfg, data={"context": "neighbours", "context_size": 8, "context_dropout": 0.5},
+                  train={"save_every": 1})
+    ref = train(cfg, tmp_path / "ref")
+    whole = train(replace(cfg, data={"context_dropout": 0.0}), tmp_path / "whole")
+    assert [h["train_loss"] for h in ref.history] != [h["train_loss"] for h in whole.history]
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_at(m, 4)
+        with pytest.raises(Interrupted, match="at step 4;"):
+            train(cfg, out)
+    assert_same_run(train(cfg, out, resume=True), ref, out)
+
+
 def test_resume_of_a_finished_run_says_so_and_exits_0(small_cfg, small_run, tmp_path, capsys, caplog):
     out = tmp_path / "run"
     shutil.copytree(small_run.run_dir, out)

@@ -5,6 +5,7 @@ the same plan."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +79,27 @@ def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, mod
     short = [b for b in batches if len(b) < batch_size]
     order = rng.permutation(len(full))
     return [full[i] for i in order] + short
+
+
+def epoch_rows(enc: Encoded, dropout: float, seed: int, epoch: int) -> Encoded:
+    """The training rows of one epoch: `enc`'s, except that with `data.context_dropout` p > 0 each row's left and
+    right context (`data.context: neighbours`) are each left out with probability p, drawn from (seed, epoch)
+    alone, as flair's `context_dropout` (FLERT) does per batch: the model also learns sentences framed on one side
+    or none, and a resumed or multi-host run sees the very rows an unbroken one does."""
+    if not dropout or enc.context_left is None or enc.own_lengths is None:
+        return enc
+    drop = np.random.default_rng([seed, epoch, 1]).random((len(enc.input_ids), 2)) < dropout
+    ids, labels, words = [], [], []
+    for i, (x, y, w) in enumerate(zip(enc.input_ids, enc.labels, enc.word_index, strict=True)):
+        left = int(enc.context_left[i])
+        lo = 1 + left * drop[i, 0]  # after the first special token
+        hi = len(x) - 1 - (len(x) - 2 - left - int(enc.own_lengths[i])) * drop[i, 1]  # before the last
+        keep = np.r_[0, lo:hi, len(x) - 1]
+        ids.append(x[keep])
+        labels.append(y[keep])
+        words.append(w[keep])
+    return dataclasses.replace(enc, input_ids=ids, labels=labels, word_index=words,
+                               context_left=np.where(drop[:, 0], 0, enc.context_left))
 
 
 @dataclass(frozen=True)
@@ -167,16 +189,18 @@ class EpochPlan:
                 "shapes": sorted(set(shapes))}
 
 
-def plan_epochs(lengths: np.ndarray, data: DataConfig, train: TrainConfig, multiple: int = 1,
+def plan_epochs(lengths: np.ndarray | Sequence[np.ndarray], data: DataConfig, train: TrainConfig, multiple: int = 1,
                 devices: int = 1) -> EpochPlan:
     """The run's plan: `train.epochs` batch orders (`batch_order`), then the padded lengths: `data.buckets`, or
     with `data.fit_buckets` = k, the k lengths fitted to the batches of all epochs (`fit_buckets`) followed by
     the configured buckets above them for longer evaluation rows. With `data.pack_length` (rounded up to
     `multiple`), the lengths are fitted to the batches too long to pack, and each row length's `ROW_COUNTS`
-    row counts (multiples of `devices`) to its batches."""
-    orders = tuple(tuple(batch_order(lengths, train.batch_size, train.seed, epoch, train.batching))
+    row counts (multiples of `devices`) to its batches. `lengths`: the rows' lengths, or a list of each epoch's
+    (`epoch_rows`)."""
+    per_epoch = list(lengths) if isinstance(lengths, list | tuple) else [lengths] * train.epochs
+    orders = tuple(tuple(batch_order(per_epoch[epoch], train.batch_size, train.seed, epoch, train.batching))
                    for epoch in range(train.epochs))
-    maxima = [[int(lengths[idx].max()) for idx in ep] for ep in orders]
+    maxima = [[int(n[idx].max()) for idx in ep] for ep, n in zip(orders, per_epoch, strict=True)]
     pack = -(-data.pack_length // multiple) * multiple
     buckets = tuple(data.buckets)
     longer = [m for ep in maxima for m in ep if m > pack]
@@ -188,8 +212,8 @@ def plan_epochs(lengths: np.ndarray, data: DataConfig, train: TrainConfig, multi
                          tuple(tuple(bucket_for(m, buckets) for m in ep) for ep in maxima))
     plan = EpochPlan(train.batch_size, buckets, orders, (), pack)
     padded = tuple(tuple(plan.row_length(m) for m in ep) for ep in maxima)
-    used = [[len(pack_batch(lengths[idx], n)) for idx, n in zip(o, p, strict=True)]
-            for o, p in zip(orders, padded, strict=True)]
+    used = [[len(pack_batch(lens[idx], n)) for idx, n in zip(o, p, strict=True)]
+            for o, p, lens in zip(orders, padded, per_epoch, strict=True)]
     by_length: dict[int, list[int]] = {}
     for ep_used, ep_padded in zip(used, padded, strict=True):
         for u, n in zip(ep_used, ep_padded, strict=True):

@@ -259,6 +259,8 @@ class Encoded:
     n_split: int = 0
     # Sub-tokens each row predicts (its sentence or piece of one, without context and specials).
     own_lengths: np.ndarray | None = None
+    # Sub-tokens of context each row sees before what it predicts (after its first special token); None: no context.
+    context_left: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -279,7 +281,7 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
     context = side_context(cfg.context, cfg.context_size)
     # Each sentence's place in its document's sub-token stream, for the context around its rows.
     stream, offset = _document_streams(enc["input_ids"], cols.get("document"), context)
-    ids_out, lab_out, words_out, src, own = [], [], [], [], []
+    ids_out, lab_out, words_out, src, own, lefts = [], [], [], [], [], []
     n_split = 0
     for i in range(len(tokens_col)):
         ids = enc["input_ids"][i]
@@ -302,11 +304,12 @@ def encode(ds, tokenizer, cfg: DataConfig, labels: Sequence[str] = CONLL_LABELS)
             words_out.append(np.array([-1, *[-1] * len(left), *starts[a:b], *[-1] * len(right), -1], dtype=np.int32))
             src.append(i)
             own.append(b - a)
+            lefts.append(len(left))
     if n_split:
         log.info("split %d sentences longer than %d sub-tokens into pieces at word boundaries", n_split, cfg.max_length)
     n_words = np.array([len(t) for t in tokens_col], dtype=np.int64)
     return Encoded(ids_out, lab_out, words_out, np.array(src, dtype=np.int64), n_words, n_split,
-                   np.array(own, dtype=np.int64))
+                   np.array(own, dtype=np.int64), np.array(lefts, dtype=np.int64) if context else None)
 
 
 def _document_streams(ids: Sequence[Sequence[int]], documents: Sequence[int] | None,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from flaxner.config import Config, ConfigError, DataConfig, TagConfig, TrainConfig, absolute_paths, load_config, to_dict
-from flaxner.data.batching import EpochPlan, plan_epochs
+from flaxner.data.batching import EpochPlan, epoch_rows, plan_epochs
 from flaxner.data.report import data_report, log_report
 from flaxner.data.splits import Encoded, encode, load_dataset_splits
 from flaxner.data.labels import IGNORE
@@ -66,10 +66,13 @@ def loss_denominator(tc: TrainConfig, enc: Encoded) -> float | None:
     return labelled / -(-len(enc.input_ids) // tc.batch_size)  # over the epoch's batches
 
 
-def run_plan(cfg: Config, lengths: np.ndarray, packs_rows: bool, multiple: int = 1, devices: int = 1) -> EpochPlan:
-    """The run's epoch plan (`plan_epochs`), its sentences packed (`data.pack_length`) only for a model that
-    keeps segments apart (`packs_rows`); logs the padding it costs."""
-    data = cfg.data
+def run_plan(cfg: Config, enc: Encoded, packs_rows: bool, multiple: int = 1, devices: int = 1) -> EpochPlan:
+    """The run's epoch plan (`plan_epochs`) of the training rows `enc` as each epoch sees them (`epoch_rows`), its
+    sentences packed (`data.pack_length`) only for a model that keeps segments apart (`packs_rows`); logs the
+    padding it costs."""
+    data, tc = cfg.data, cfg.train
+    lengths = [epoch_rows(enc, data.context_dropout, tc.seed, e).lengths for e in range(tc.epochs)] \
+        if data.context_dropout else enc.lengths
     if data.pack_length and not packs_rows:
         log.info("data.pack_length %d: this model mixes neighbouring tokens outside attention, so it cannot "
                  "share rows; one sentence a row", data.pack_length)
@@ -77,7 +80,7 @@ def run_plan(cfg: Config, lengths: np.ndarray, packs_rows: bool, multiple: int =
     plan = plan_epochs(lengths, data, cfg.train, multiple, devices)
     packed = f", sentences packed in rows of {plan.pack_length}" if plan.pack_length else ""
     log.info("training batches: %d shapes, %.1f%% padding in epoch 1%s", len(plan.shapes()),
-             100 * plan.padding_stats(lengths)["padding"], packed)
+             100 * plan.padding_stats(lengths[0] if isinstance(lengths, list) else lengths)["padding"], packed)
     return plan
 
 

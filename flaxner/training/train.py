@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from flaxner.training import distributed, export
-from flaxner.data.batching import EpochPlan
+from flaxner.data.batching import EpochPlan, epoch_rows
 from flaxner.data.packing import real_tokens
 from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, absolute_paths, check_positions, save_config
@@ -175,7 +175,7 @@ def _build(cfg: Config, rd: RunDir, resume: bool, keep_model_vocab: bool, t0: fl
     if vocab:
         splits = {k: dataclasses.replace(s, enc=vocab.encode(s.enc)) for k, s in splits.items()}
     train_enc = splits["train"].enc
-    plan = run_plan(cfg, train_enc.lengths, train_model.packs_rows, rt.length_multiple, rt.n_devices)
+    plan = run_plan(cfg, train_enc, train_model.packs_rows, rt.length_multiple, rt.n_devices)
     total_steps = tc.max_steps or -(-plan.steps_per_epoch // tc.grad_accum) * tc.epochs  # optimizer steps
     tx = make_optimizer(tc, total_steps)
     state = init_state(params, tx, tc.seed, rt)
@@ -210,7 +210,7 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
         # An epoch whose steps are all done but which is not evaluated yet (stopped at its last step) still is.
         while loop.epoch < plan.epochs and (run.step < run.total_steps or loop.batch > 0) and not run.stopped:
             epoch = loop.epoch
-            order = plan.orders[epoch]
+            order, rows_seen = plan.orders[epoch], epoch_rows(train_enc, run.cfg.data.context_dropout, tc.seed, epoch)
             t_ep = time.perf_counter()
             group, tokens = [], 0  # the micro-batches of one optimizer step
             for idx in order[loop.batch:]:
@@ -222,7 +222,7 @@ def training_steps(run: Run, pre: Precompiler | None = None) -> Iterator[StepEve
                         break
                 if run.step >= run.total_steps:
                     break
-                batch = plan.collate(train_enc, idx, run.pad_id)
+                batch = plan.collate(rows_seen, idx, run.pad_id)
                 shape, (rows, seq) = plan.shape_of(batch), batch["input_ids"].shape
                 if shape not in run.compiled_shapes:  # a new shape: wait for its compile if one is under way
                     timings.compile_wait_train_s += pre.claim(("train", shape), "update")
