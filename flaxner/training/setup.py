@@ -71,8 +71,7 @@ def run_plan(cfg: Config, enc: Encoded, packs_rows: bool, multiple: int = 1, dev
     sentences packed (`data.pack_length`) only for a model that keeps segments apart (`packs_rows`); logs the
     padding it costs."""
     data, tc = cfg.data, cfg.train
-    lengths = [epoch_rows(enc, data.context_dropout, tc.seed, e).lengths for e in range(tc.epochs)] \
-        if data.context_dropout else enc.lengths
+    lengths = [epoch_rows(enc, data.context_dropout, tc.seed, e).lengths for e in range(tc.epochs)]
     if data.pack_length and not packs_rows:
         log.info("data.pack_length %d: this model mixes neighbouring tokens outside attention, so it cannot "
                  "share rows; one sentence a row", data.pack_length)
@@ -80,7 +79,7 @@ def run_plan(cfg: Config, enc: Encoded, packs_rows: bool, multiple: int = 1, dev
     plan = plan_epochs(lengths, data, cfg.train, multiple, devices)
     packed = f", sentences packed in rows of {plan.pack_length}" if plan.pack_length else ""
     log.info("training batches: %d shapes, %.1f%% padding in epoch 1%s", len(plan.shapes()),
-             100 * plan.padding_stats(lengths[0] if isinstance(lengths, list) else lengths)["padding"], packed)
+             100 * plan.padding_stats(lengths[0])["padding"], packed)
     return plan
 
 
