@@ -1,7 +1,7 @@
 """Raw text -> words, split the way CoNLL-2003 (Reuters) was tokenized, so that the tagger and the JSONL-spans
 reader see the words training saw: whitespace words with leading/trailing punctuation split off, `'s`/`n't`
-split off, and abbreviations (`U.S.`, `St.`, `Inc.`), hyphenated words (`Bre-X`) and numbers (`1,000`, `3.5`)
-kept whole."""
+split off, and abbreviations (`U.S.`, `St.`, `Inc.`, `Russian-U.S.`), hyphenated words (`Bre-X`), numbers
+(`1,000`, `3.5`) and list numbers (`2.` before a capitalised word) kept whole; and the sentences of a text."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ ABBREVIATIONS = frozenset("""
 """.split())
 # Letters joined by periods: U.S., U.N., a.m., F.C., N.J.; a single capital initial: M., J.
 _INITIALS = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]?\.?")
+_HYPHEN_INITIALS = re.compile(r".+-(?:[^\W\d_]\.){2,}")  # Russian-U.S., then-U.S.
 _CLITICS = ("n't", "'s", "'re", "'ve", "'ll", "'m", "'d")
 _LEADING = "\"([{'`$\u201c\u2018\u00ab"
 _TRAILING = ",;:!?)]}\"'\u201d\u2019\u00bb"
 _CHUNK = re.compile(r"\S+")
 _RUN = re.compile(r"(.)\1*")
+# A list number ("1.", "10."): one word when it opens a text or comes before a capitalised word, and it opens a
+# sentence (results tables: "... 25.76 points 2. Andrei Ivanov ( Russia ) 24.88 3. Ryan ...").
+_LIST_NUMBER = re.compile(r"\d{1,3}\.")
+_OPENS_CAPITAL = re.compile(r"[\"'(\u201c\u2018]*[^\W\d_]")
 
 
 def split_words(text: str) -> list[tuple[int, int]]:
@@ -30,6 +35,8 @@ def split_words(text: str) -> list[tuple[int, int]]:
     for k, (a, b) in enumerate(chunks):
         if text[a:b].isalnum():  # most words: no punctuation, no rule applies
             out.append((a, b))
+        elif _LIST_NUMBER.fullmatch(text, a, b) and k + 1 < len(chunks) and _capitalised(text, *chunks[k + 1]):
+            out.append((a, b))
         else:
             _split_chunk(text, a, b, out, first=k == 0, last=k == len(chunks) - 1)
     return out
@@ -38,6 +45,11 @@ def split_words(text: str) -> list[tuple[int, int]]:
 def words_of(text: str) -> list[str]:
     """The words of `text` as strings."""
     return [text[a:b] for a, b in split_words(text)]
+
+
+def _capitalised(text: str, a: int, b: int) -> bool:
+    m = _OPENS_CAPITAL.match(text, a, b)
+    return m is not None and text[m.end() - 1].isupper()
 
 
 def _is_punct(s: str) -> bool:
@@ -83,6 +95,7 @@ def _keeps_period(w: str, first: bool) -> bool:
     in "U.S." as `U.S` `.`.)"""
     stem = w[:-1]
     return (stem.lower() in ABBREVIATIONS or _INITIALS.fullmatch(w) is not None
+            or _HYPHEN_INITIALS.fullmatch(w) is not None
             or (first and stem.isdigit()))
 
 
@@ -96,7 +109,8 @@ _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 def sentence_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
     """Indices of the words (`spans`, as `split_words` gives them) that start a sentence, 0 first: a sentence ends
     after a word of only `.`, `!`, `?` (abbreviations and initials keep their period inside the word, so they never
-    end one) and the closing brackets or quotes after it, or at a blank line."""
+    end one) and the closing brackets or quotes after it, or at a blank line; a list number (`2.`, kept whole by
+    `split_words`) opens one."""
     if not spans:
         return []
     out = [0]
@@ -109,7 +123,7 @@ def sentence_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
                             (all(c in _QUOTES for c in w) and (quotes or a == spans[k - 1][1]))):
             quotes = False
             continue  # `. )`, `."` or `. "` closing an open quote: the mark belongs to the sentence that ended
-        if ended or _BLANK_LINE.search(text, spans[k - 1][1], a):
+        if ended or _BLANK_LINE.search(text, spans[k - 1][1], a) or _LIST_NUMBER.fullmatch(w):
             out.append(k)
             quotes = False
         ended = _is_terminal(text, spans[k])
