@@ -8,6 +8,7 @@
     model/          the best epoch's HF-format model
     README.md       the model card (also model/README.md)
     samples.html    the card's sample predictions as a page (also model/samples.html)
+    sentences.json  the sentence starts learnt from the training documents (flaxner.data.sentences), when it has any
     tensorboard/    TensorBoard event files, with train.report_to: [tensorboard]
     trackers.json   the MLflow and W&B run ids, with train.report_to: [mlflow] / [wandb] (a resumed run continues them)
     wandb/          W&B's local files, with train.report_to: [wandb] (unless WANDB_DIR is set)
@@ -42,6 +43,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / "summary.json"
+
+    @property
+    def sentences(self) -> Path:
+        return self.path / "sentences.json"
 
     @property
     def checkpoints(self) -> Path:
@@ -82,8 +87,8 @@ class RunDir:
     def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
         found there first (where `delete`: on one host of several sharing the folder)."""
-        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers, self.checkpoints,
-                  self.model, self.tensorboard, self.wandb, self.checkpoints / "last", self.checkpoints / "best"):
+        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers, self.sentences,
+                  self.checkpoints, self.model, self.tensorboard, self.wandb, self.checkpoints / "last", self.checkpoints / "best"):
             if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
                 raise RunDirError(f"{p}: is a symlink; flaxner writes no run file through a link it did not make: "
                                   f"remove the link (its target is kept) and run again")
@@ -98,7 +103,8 @@ class RunDir:
                 raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
                                   f"with --overwrite")
             if delete:
-                for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers):
+                for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers,
+                          self.sentences):
                     p.unlink(missing_ok=True)
                 for p in (self.checkpoints, self.model, self.tensorboard, self.wandb):
                     shutil.rmtree(p, ignore_errors=True)
@@ -107,7 +113,7 @@ class RunDir:
     def discard(self) -> None:
         """Remove what a run that failed to start wrote into this folder, which it created, and the folder when
         nothing else is left in it."""
-        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers):
+        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers, self.sentences):
             p.unlink(missing_ok=True)
         for p in (self.checkpoints, self.model, self.tensorboard, self.wandb):
             shutil.rmtree(p, ignore_errors=True)

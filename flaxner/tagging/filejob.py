@@ -43,6 +43,8 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
            "max_line_bytes": max_line_bytes}
     if spec.format != "jsonl":  # a jsonl output's resume key is what it was before formats
         key["output_format"] = spec.key()
+    if tagger.pipeline.sentences is not None:  # the run's learnt sentence starts cut its rows (as before: none)
+        key["sentences"] = tagger.pipeline.sentences.fitted
     whole = is_whole(spec.format) and not spec.staged
     writer = OutputWriter(output, key, resume, overwrite,
                           assemble=(lambda part, out: assemble_file(spec, [part], out)) if whole else None)

@@ -72,8 +72,9 @@ class Tokens:
 
 class Pipeline:
     def __init__(self, tokens: Tokens, forward: CompiledForward, cfg: TagConfig, labels: Sequence[str],
-                 stats: TagStats):
+                 stats: TagStats, sentences=None):
         self.tokens, self.forward, self.cfg, self.labels, self.stats = tokens, forward, cfg, list(labels), stats
+        self.sentences = sentences  # the run's learnt sentence starts (flaxner.data.sentences), None: the rules'
 
     def stream(self, records: Iterable[Record]) -> Iterator[tuple[Record, list[dict] | None]]:
         """(record, entities) in input order; records with an error come back with None."""
@@ -145,7 +146,7 @@ class Pipeline:
                 if not chunk:
                     break
                 chunk, held = split_last_document(chunk, cfg.lookahead) if fresh and cfg.document_field else (chunk, [])
-                docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context)
+                docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context, sentences=self.sentences)
                 rows = []
                 for doc in documents(docs, cfg.context, cfg.lookahead):
                     doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride,

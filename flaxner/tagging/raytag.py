@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from flaxner.config import Engine, choices
+from flaxner.data.sentences import load_for
 from flaxner.tagging import outpolicy
 from flaxner.tagging.formats import OutputSpec, check_spec, spec_of
 from flaxner.tagging.rayfolder import PLAN, check_outputs, create_file, fs_of, is_file_at, join_slices, \
@@ -199,6 +200,8 @@ def tag_files(inputs: list[str] | str, model_dir: str, out_dir: str, join: str |
     key["max_line_bytes"] = max_line_bytes
     if spec is not None:
         key["output_format"] = spec.key()
+    if (learnt := load_for(model_dir)) is not None:  # the run's learnt sentence starts cut the workers' rows
+        key["sentences"] = learnt.fitted
     filesystem, out = fs_of(out_dir)
     filesystem.create_dir(out, recursive=True)
     # one driver per output folder, as one writer per output locally (a local folder; object stores have no flock)

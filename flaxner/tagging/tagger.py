@@ -14,6 +14,7 @@ from typing import Any, overload
 import numpy as np
 
 from flaxner.config import TagConfig, validate_tag
+from flaxner.data.sentences import load_for
 from flaxner.tagging.checks import check_iob2, check_tag_config, resolve_context, resolve_dtype, run_config, \
     run_tag_config
 from flaxner.tagging.filejob import tag_file
@@ -66,7 +67,9 @@ class Tagger:
         self.tokens = Tokens(backend, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0)
         self.forward = CompiledForward(model, params, cfg, self.tokens.pad_id)
         self.stats = TagStats()
-        self.pipeline = Pipeline(self.tokens, self.forward, cfg, self.labels, self.stats)
+        # The run's learnt sentence starts (a run folder's sentences.json), beside the rules, where rows keep to
+        # sentences (flaxner.data.sentences).
+        self.pipeline = Pipeline(self.tokens, self.forward, cfg, self.labels, self.stats, load_for(model_dir))
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, config: TagConfig | None = None, **overrides) -> Tagger:

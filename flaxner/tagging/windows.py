@@ -183,7 +183,7 @@ def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: 
     return out
 
 
-def encode(backend, chunk: list, words: str = "tokenizer", context: str = "document") -> list[tuple]:
+def encode(backend, chunk: list, words: str = "tokenizer", context: str = "document", sentences=None) -> list[tuple]:
     """Tokenize the texts of a chunk of records in one Rust call (again one by one if that fails, so that only the
     failing line fails): (record, DocState) pairs, None for records with an error. The encodings are merged into
     one before they are read, so Python converts one long list per field, not short ones per record; character
@@ -192,7 +192,8 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
     `words`: "tokenizer" reads labels from the tokenizer's pre-tokenizer words (as HF's pipeline does); "conll"
     splits each text with `flaxner.data.words.split_words` first, the words CoNLL-style training data has.
     `context`: under a policy that keeps rows to sentences (`rows.cuts_sentences`), each text's sentences are found
-    (`DocState.segments`), so that no row owns tokens of two."""
+    (`DocState.segments`), so that no row owns tokens of two: by `words.sentence_starts`, or by `sentences` (the
+    run's `flaxner.data.sentences.SentenceModel`) when given."""
     todo = [r for r in chunk if r.error is None]
     if words == "conll":
         from flaxner.data.words import split_words
@@ -228,17 +229,21 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         for (r, e, st, sp), b in zip(good, ends, strict=True):
             doc = docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
             if cuts_sentences(context):
-                doc.segments = _sentence_segments(doc, sp)
+                doc.segments = _sentence_segments(doc, sp, sentences)
             a = b
     return [(r, docs.get(id(r))) for r in chunk]
 
 
-def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None) -> list[int]:
+def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None, sentences=None) -> list[int]:
     """The first sub-token of each sentence of `doc`. `spans`: its CoNLL-style words when the tokenizer was given
     those (its word ids then count them); None: find the words, then map each sentence's first character to the
-    sub-token holding it."""
-    from flaxner.data.words import sentence_starts, split_words
+    sub-token holding it. `sentences`: a SentenceModel whose starts replace `words.sentence_starts`."""
+    from flaxner.data.words import split_words
 
+    if sentences is None:
+        from flaxner.data.words import sentence_starts
+    else:
+        sentence_starts = sentences.starts
     if not len(doc.ids):
         return []
     if spans is not None:

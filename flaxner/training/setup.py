@@ -1,18 +1,22 @@
-"""The data side of a run's set-up, with no disk writes: the encoded splits, the loss normalisation they imply,
-and the check that a resumed run's config matches the one it was started with."""
+"""The data side of a run's set-up: the encoded splits, the loss normalisation they imply, the check that a resumed
+run's config matches the one it was started with, and the run files they decide (`save_run_files`, the only
+write here)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flaxner.config import Config, ConfigError, DataConfig, TagConfig, TrainConfig, absolute_paths, load_config, to_dict
+from flaxner.config import Config, ConfigError, DataConfig, TagConfig, TrainConfig, absolute_paths, load_config, \
+    save_config, to_dict
 from flaxner.data.batching import EpochPlan, epoch_rows, plan_epochs
 from flaxner.data.report import data_report, log_report
+from flaxner.data.sentences import SentenceModel, fit_columns
 from flaxner.data.splits import Encoded, encode, load_dataset_splits
 from flaxner.data.labels import IGNORE
 
@@ -36,6 +40,7 @@ class Split:
     enc: Encoded
     gold: list[list[str]]
     samples: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # the card's sentences: index -> words
+    sentences: SentenceModel | None = None  # the train split's: sentence starts learnt from its documents
 
 
 def card_samples(split: Split, loop) -> list[dict]:
@@ -157,8 +162,28 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
         gold = [[labels[t] for t in tags] for tags in cols["ner_tags"]]
         shown = [i for i, g in enumerate(gold) if len(g) <= CARD_WORDS and any(t != "O" for t in g)][:CARD_SAMPLES] \
             if role == "eval" else []
-        out[role] = Split(name, encode(cols, tokenizer, d, labels), gold, {i: list(cols["tokens"][i]) for i in shown})
+        out[role] = Split(name, encode(cols, tokenizer, d, labels), gold, {i: list(cols["tokens"][i]) for i in shown},
+                          fit_sentences(cols) if role == "train" else None)
     return out, tuple(labels)
+
+
+def fit_sentences(cols) -> SentenceModel | None:
+    """The sentence starts the tagger's rules miss, learnt from a split's documents (consecutive sentences with one
+    `document` id), None for data without documents or with nothing to learn (`flaxner.data.sentences.fit`)."""
+    model = fit_columns(cols)
+    if model is not None:
+        log.info("sentence starts without a mark: learnt from %(documents)d training documents (%(starts)d of "
+                 "%(gaps)d gaps the rules leave)", model.fitted)
+    return model
+
+
+def save_run_files(cfg: Config, labels: Sequence[str], splits: dict[str, Split], rd) -> None:
+    """The run's config.yaml with the label inventory it uses and its tagging defaults, so that eval and tag read
+    exactly those, and its learnt sentence starts (`sentences.json`) when it has any."""
+    save_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=tuple(labels)),
+                                    tag=tagging_defaults(cfg.tag, splits["train"].enc)), rd.config)
+    if splits["train"].sentences is not None:
+        splits["train"].sentences.save(rd.sentences)
 
 
 def tagging_defaults(tag: TagConfig, train: Encoded) -> TagConfig:

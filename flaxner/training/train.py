@@ -23,7 +23,7 @@ from flaxner.training import distributed, export
 from flaxner.data.batching import EpochPlan, epoch_rows
 from flaxner.data.packing import real_tokens
 from flaxner.training.checkpoint import Checkpointer, LoopState
-from flaxner.config import Config, absolute_paths, check_positions, save_config
+from flaxner.config import Config, absolute_paths, check_positions
 from flaxner.training.evaluate import evaluate, jit_eval_step
 from flaxner.models.checks import check_tokenizer_fits
 from flaxner import interrupts
@@ -37,7 +37,7 @@ from flaxner.training.events import EpochEvent, EvalEvent, StepEvent, Summary
 from flaxner.training.handlers import BestModel, Checkpoints, log_early_stop
 from flaxner.training.reporting import Reporters, check_reporters
 from flaxner.training.setup import Split, card_samples, check_resume_config, load_splits, loss_denominator, \
-    resolved_loss_norm, run_plan, tagging_defaults
+    resolved_loss_norm, run_plan, save_run_files
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,8 @@ def _build(cfg: Config, rd: RunDir, resume: bool, keep_model_vocab: bool, t0: fl
     tokenizer = make_tokenizer(cfg.model)
     check_positions("data.max_length", cfg.data.max_length, model_positions(cfg.model))
     splits, labels = load_splits(cfg, tokenizer, labels)
-    if distributed.is_primary():  # with the label inventory the run uses, so eval and tag read exactly it
-        save_config(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=tuple(labels)),
-                                        tag=tagging_defaults(cfg.tag, splits["train"].enc)), rd.config)
+    if distributed.is_primary():  # what eval and tag read: the labels it uses, tag defaults, learnt sentences
+        save_run_files(cfg, labels, splits, rd)
     ckpt = ckpt or Checkpointer(rd.checkpoints, tc.keep_checkpoints)
     model, full_params = make_model(cfg.model, list(labels), seed=tc.seed,
                                     vocab_size=None if keep_model_vocab else len(tokenizer))
