@@ -25,6 +25,7 @@ import numpy as np
 from flaxner.data.words import sentence_starts, split_words
 
 FILE = "sentences.json"
+EDGE = "<s>"  # the word before a text's first and after its last
 VERSION = 1
 _RUNS = re.compile(r"(.)\1{2,}")
 
@@ -36,18 +37,20 @@ def shape(w: str) -> str:
                                        for c in w))
 
 
-def gap_features(words: Sequence[str], k: int, vocab: frozenset[str] | set[str]) -> list[str]:
-    """The features of the gap before word `k`: the words (frequent ones) or shapes on each side, and shape pairs
-    and a triple around it."""
-    def at(i: int) -> str:
-        return words[i] if 0 <= i < len(words) else "<s>"
+def word_keys(words: Sequence[str], vocab: frozenset[str] | set[str]) -> tuple[list[str], list[str]]:
+    """Each word's shape and its lexical key (the word lowercased if frequent, else `~` and its shape), padded on
+    both sides with two of the text edge's (`<s>`, a word of its own): what `gap_features` reads."""
+    shapes = [shape(w) for w in [EDGE, *words, EDGE]]
+    lexes = [w if w in vocab else "~" + s for w, s in zip((w.lower() for w in [EDGE, *words, EDGE]), shapes, strict=True)]
+    return shapes[:1] + shapes + shapes[-1:], lexes[:1] + lexes + lexes[-1:]
 
-    def lex(w: str) -> str:
-        return w.lower() if w.lower() in vocab else "~" + shape(w)
 
-    p2, p1, n1, n2 = at(k - 2), at(k - 1), at(k), at(k + 1)
-    sp2, sp1, sn1, sn2 = shape(p2), shape(p1), shape(n1), shape(n2)
-    lp, ln = lex(p1), lex(n1)
+def gap_features(keys: tuple[list[str], list[str]], k: int) -> list[str]:
+    """The features of the gap before word `k` (`keys` from `word_keys`): the words (frequent ones) or shapes on
+    each side, and shape pairs and a triple around it."""
+    shapes, lexes = keys
+    sp2, sp1, sn1, sn2 = shapes[k:k + 4]
+    lp, ln = lexes[k + 1], lexes[k + 2]
     return [f"p={lp}", f"n={ln}", f"s={sp1}|{sn1}", f"t={sp2}|{sp1}|{sn1}", f"ps={lp}|{sn1}", f"sn={sp1}|{ln}",
             f"nn={sn1}|{sn2}", f"pn={lp}|{ln}"]
 
@@ -66,11 +69,11 @@ class SentenceModel:
         rules = sentence_starts(text, spans)
         if len(spans) < 2:
             return rules
-        words = [text[a:b] for a, b in spans]
+        keys = word_keys([text[a:b] for a, b in spans], self.vocab)
         have = set(rules)
         w, b = self.weights, self.bias
-        found = [k for k in range(1, len(words)) if k not in have
-                 and b + sum(w.get(f, 0.0) for f in gap_features(words, k, self.vocab)) > self._logit]
+        found = [k for k in range(1, len(spans)) if k not in have
+                 and b + sum(w.get(f, 0.0) for f in gap_features(keys, k)) > self._logit]
         return sorted(have.union(found))
 
     def to_json(self) -> dict:
@@ -143,8 +146,9 @@ def fit(documents: Iterable[Sequence[Sequence[str]]], *, min_count: int = 30, mi
     index: dict[str, int] = {}
     rows, y = [], []
     for words, gold, gaps in docs:
+        keys = word_keys(words, vocab)
         for k in gaps:
-            rows.append([index.setdefault(f, len(index)) for f in gap_features(words, k, vocab)])
+            rows.append([index.setdefault(f, len(index)) for f in gap_features(keys, k)])
             y.append(k in gold)
     x, t = np.asarray(rows, dtype=np.int64), np.asarray(y, dtype=np.float64)
     flat, n = x.ravel(), len(index)
