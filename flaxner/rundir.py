@@ -84,11 +84,27 @@ class RunDir:
         """The HF model folder of this run folder, or None when `path` is not a run folder with a model."""
         return self.model if (self.model / "config.json").is_file() else None
 
+    @property
+    def _files(self) -> tuple[Path, ...]:
+        """The files a run writes at the top of its folder."""
+        return self.config, self.metrics, self.summary, self.card, self.samples, self.trackers, self.sentences
+
+    @property
+    def _folders(self) -> tuple[Path, ...]:
+        """The folders a run writes."""
+        return self.checkpoints, self.model, self.tensorboard, self.wandb
+
+    def _remove(self) -> None:
+        """Remove every file and folder a run writes here (not the folder itself)."""
+        for p in self._files:
+            p.unlink(missing_ok=True)
+        for p in self._folders:
+            shutil.rmtree(p, ignore_errors=True)
+
     def prepare(self, resume: bool, overwrite: bool = False, delete: bool = True) -> None:
         """Check the folder suits a fresh run (or a resumed one) before anything loads; `overwrite` deletes the run
         found there first (where `delete`: on one host of several sharing the folder)."""
-        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers, self.sentences,
-                  self.checkpoints, self.model, self.tensorboard, self.wandb, self.checkpoints / "last", self.checkpoints / "best"):
+        for p in (*self._files, *self._folders, self.checkpoints / "last", self.checkpoints / "best"):
             if p.is_symlink():  # flaxner makes none: a planted one would be written (or removed) through
                 raise RunDirError(f"{p}: is a symlink; flaxner writes no run file through a link it did not make: "
                                   f"remove the link (its target is kept) and run again")
@@ -103,20 +119,13 @@ class RunDir:
                 raise RunDirError(f"{self.path} already holds a run; continue it with --resume, or replace it "
                                   f"with --overwrite")
             if delete:
-                for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers,
-                          self.sentences):
-                    p.unlink(missing_ok=True)
-                for p in (self.checkpoints, self.model, self.tensorboard, self.wandb):
-                    shutil.rmtree(p, ignore_errors=True)
+                self._remove()
         self.path.mkdir(parents=True, exist_ok=True)
 
     def discard(self) -> None:
         """Remove what a run that failed to start wrote into this folder, which it created, and the folder when
         nothing else is left in it."""
-        for p in (self.config, self.metrics, self.summary, self.card, self.samples, self.trackers, self.sentences):
-            p.unlink(missing_ok=True)
-        for p in (self.checkpoints, self.model, self.tensorboard, self.wandb):
-            shutil.rmtree(p, ignore_errors=True)
+        self._remove()
         try:
             self.path.rmdir()
         except OSError:  # something else is in it: keep it
