@@ -144,9 +144,11 @@ def check_split(model: str | Path, split: str, data=None) -> None:
     _check_only(data or (load_config(saved).data if saved.is_file() else DataConfig()), [split])
 
 
-def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[str, Split], tuple[str, ...]]:
+def load_splits(cfg: Config, tokenizer, labels: list[str] | None, sentences: bool = True
+                ) -> tuple[dict[str, Split], tuple[str, ...]]:
     """The encoded train and eval splits and, as `train.eval_test` says, test; and the label inventory. An empty
-    split is refused here, before any step."""
+    split is refused here, before any step. `sentences`: learn the train split's sentence starts (`Split.sentences`;
+    only the host that saves the run's files needs them)."""
     d, et = cfg.data, cfg.train.eval_test
     roles = {"train": d.train_split, "eval": d.eval_split}
     ds, labels = load_dataset_splits(d, *_needed(cfg), labels)
@@ -163,7 +165,7 @@ def load_splits(cfg: Config, tokenizer, labels: list[str] | None) -> tuple[dict[
         shown = [i for i, g in enumerate(gold) if len(g) <= CARD_WORDS and any(t != "O" for t in g)][:CARD_SAMPLES] \
             if role == "eval" else []
         out[role] = Split(name, encode(cols, tokenizer, d, labels), gold, {i: list(cols["tokens"][i]) for i in shown},
-                          fit_sentences(cols) if role == "train" else None)
+                          fit_sentences(cols) if role == "train" and sentences else None)
     return out, tuple(labels)
 
 

@@ -161,7 +161,7 @@ def _build(cfg: Config, rd: RunDir, resume: bool, keep_model_vocab: bool, t0: fl
         log.info("%s holds no checkpoint yet: starting from the first step", rd.path)
     tokenizer = make_tokenizer(cfg.model)
     check_positions("data.max_length", cfg.data.max_length, model_positions(cfg.model))
-    splits, labels = load_splits(cfg, tokenizer, labels)
+    splits, labels = load_splits(cfg, tokenizer, labels, sentences=distributed.is_primary())
     if distributed.is_primary():  # what eval and tag read: the labels it uses, tag defaults, learnt sentences
         save_run_files(cfg, labels, splits, rd)
     ckpt = ckpt or Checkpointer(rd.checkpoints, tc.keep_checkpoints)
