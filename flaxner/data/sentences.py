@@ -123,9 +123,10 @@ def _first_words(documents: Iterable[Sequence[Sequence[str]]], limit: int):
     """The documents up to `limit` words in all (the first one whatever its size)."""
     seen = 0
     for d in documents:
-        seen += sum(map(len, d))
-        if seen > limit and seen != sum(map(len, d)):
+        n = sum(map(len, d))
+        if seen and seen + n > limit:
             return
+        seen += n
         yield d
 
 

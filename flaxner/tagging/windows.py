@@ -238,19 +238,16 @@ def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None, sente
     """The first sub-token of each sentence of `doc`. `spans`: its CoNLL-style words when the tokenizer was given
     those (its word ids then count them); None: find the words, then map each sentence's first character to the
     sub-token holding it. `sentences`: a SentenceModel whose starts replace `words.sentence_starts`."""
-    from flaxner.data.words import split_words
+    from flaxner.data.words import sentence_starts, split_words
 
-    if sentences is None:
-        from flaxner.data.words import sentence_starts
-    else:
-        sentence_starts = sentences.starts
+    starts = sentence_starts if sentences is None else sentences.starts
     if not len(doc.ids):
         return []
     if spans is not None:
-        return sentence_token_starts(doc.word_ids, sentence_starts(doc.text, spans))
+        return sentence_token_starts(doc.word_ids, starts(doc.text, spans))
     spans = split_words(doc.text)
     out = [0]
-    for k in sentence_starts(doc.text, spans)[1:]:
+    for k in starts(doc.text, spans)[1:]:
         t = None
         for c in range(spans[k][0], spans[k][1]):  # a character the normaliser dropped has no sub-token
             t = doc.enc.char_to_token(c)
