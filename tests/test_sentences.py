@@ -62,8 +62,9 @@ def test_saved_model_loads_with_the_same_starts(tmp_path):
 
 
 def test_conll2003_validation_starts_learnt_carry_to_test():
-    """Fitted on CoNLL-2003's validation documents, the model finds a good part of the test documents' sentence
-    starts the rules miss, with few false ones."""
+    """Fitted on CoNLL-2003's validation documents, the model finds most of the test documents' sentence starts
+    the rules miss, with few false ones (956 of 1,557, and 112 false; with the words and shapes next to the gap
+    alone, without the classes of the words around it that read a results table's rows, 588 and 337)."""
     val = load_split(DataConfig(), "validation")[:]
     model = fit_columns(val)
     assert model is not None and model.fitted["documents"] > 200
@@ -85,7 +86,7 @@ def test_conll2003_validation_starts_learnt_carry_to_test():
         missed += len(gold - rules)
         found += len((learnt - rules) & gold)
         extra += len(learnt - rules - gold)
-    assert found > 0.3 * missed and extra < 0.75 * found, (found, extra, missed)
+    assert found > 0.5 * missed and extra < 0.25 * found, (found, extra, missed)
 
 
 def test_tagger_rows_follow_the_runs_sentence_model(tiny_ner_dir, tmp_path):

@@ -37,22 +37,38 @@ def shape(w: str) -> str:
                                        for c in w))
 
 
-def word_keys(words: Sequence[str], vocab: frozenset[str] | set[str]) -> tuple[list[str], list[str]]:
-    """Each word's shape and its lexical key (the word lowercased if frequent, else `~` and its shape), padded on
-    both sides with two of the text edge's (`<s>`, a word of its own): what `gap_features` reads."""
+def word_keys(words: Sequence[str], vocab: frozenset[str] | set[str]) -> tuple[list[str], list[str], str]:
+    """Each word's shape, its lexical key (the word lowercased if frequent, else `~` and its shape) and its class
+    (`X` capitalised, `x` lower case, `d` a number, `p` anything else, `<` the edge), padded on both sides with two
+    of the text edge's (`<s>`, a word of its own): what `gap_features` reads."""
     shapes = [shape(w) for w in [EDGE, *words, EDGE]]
     lexes = [w if w in vocab else "~" + s for w, s in zip((w.lower() for w in [EDGE, *words, EDGE]), shapes, strict=True)]
-    return shapes[:1] + shapes + shapes[-1:], lexes[:1] + lexes + lexes[-1:]
+    classes = "".join(s[0] if s[0] in "Xxd" else "p" for s in shapes[1:-1])
+    return shapes[:1] + shapes + shapes[-1:], lexes[:1] + lexes + lexes[-1:], "<<" + classes + "<<"
 
 
-def gap_features(keys: tuple[list[str], list[str]], k: int) -> list[str]:
+def gap_features(keys: tuple[list[str], list[str], str], k: int) -> list[str]:
     """The features of the gap before word `k` (`keys` from `word_keys`): the words (frequent ones) or shapes on
-    each side, and shape pairs and a triple around it."""
-    shapes, lexes = keys
+    each side, shape pairs and a triple around it (`word_features`), and the classes of the words around it
+    (`class_features`)."""
+    return word_features(keys, k) + class_features(keys[2], k)
+
+
+def word_features(keys: tuple[list[str], list[str], str], k: int) -> list[str]:
+    shapes, lexes, _ = keys
     sp2, sp1, sn1, sn2 = shapes[k:k + 4]
     lp, ln = lexes[k + 1], lexes[k + 2]
     return [f"p={lp}", f"n={ln}", f"s={sp1}|{sn1}", f"t={sp2}|{sp1}|{sn1}", f"ps={lp}|{sn1}", f"sn={sp1}|{ln}",
             f"nn={sn1}|{sn2}", f"pn={lp}|{ln}"]
+
+
+def class_features(classes: str, k: int) -> list[str]:
+    """The classes of up to seven words before the gap and two after it, which read a results table's rows
+    (`Crystal Palace 2 Oxford 2 | Huddersfield`, `JACKSONVILLE 6 7 0 263 288 | CINCINNATI`). They depend on
+    `classes[max(0, k - 5):k + 4]` alone (`SentenceModel` keeps their weight by it)."""
+    c7, c5, c3, n1, n2 = (classes[max(0, k - 5):k + 2], classes[max(0, k - 3):k + 2], classes[k - 1:k + 2],
+                          classes[k + 2], classes[k + 2:k + 4])
+    return [f"c7={c7}|{n1}", f"c5={c5}|{n1}", f"c3={c3}|{n1}", f"c5n2={c5}|{n2}", f"c3n2={c3}|{n2}"]
 
 
 class SentenceModel:
@@ -63,6 +79,7 @@ class SentenceModel:
         self.vocab, self.weights, self.bias, self.threshold = frozenset(vocab), weights, bias, threshold
         self.fitted = fitted or {}
         self._logit = math.log(threshold / (1 - threshold))
+        self._by_classes: dict[str, float] = {}  # the weight of `class_features` by the classes they read
 
     def starts(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
         """`words.sentence_starts` and the gaps this model finds (word indices into `spans`, 0 first)."""
@@ -71,9 +88,16 @@ class SentenceModel:
             return rules
         keys = word_keys([text[a:b] for a, b in spans], self.vocab)
         have = set(rules)
-        w, b = self.weights, self.bias
-        found = [k for k in range(1, len(spans)) if k not in have
-                 and b + sum(w.get(f, 0.0) for f in gap_features(keys, k)) > self._logit]
+        w, b, classes, cached = self.weights, self.bias, keys[2], self._by_classes
+        found = []
+        for k in range(1, len(spans)):
+            if k in have:
+                continue
+            around = classes[max(0, k - 5):k + 4]
+            if (z := cached.get(around)) is None:
+                z = cached[around] = sum(w.get(f, 0.0) for f in class_features(classes, k))
+            if b + z + sum(w.get(f, 0.0) for f in word_features(keys, k)) > self._logit:
+                found.append(k)
         return sorted(have.union(found))
 
     def to_json(self) -> dict:
