@@ -4,10 +4,11 @@
 together as text hide half of CoNLL-2003's sentence ends from those rules: headlines, bylines, datelines
 (`ROME 1996-12-06 Italy recalled ...`) and table rows (`Japan 2 Syria 1 ...`). A model trained on single sentences
 reads those run together and tags them worse. `SentenceModel` is a logistic regression over the shapes and frequent
-words on each side of a gap between two words, fitted (`fit`) on the training documents laid out as the tagger
-sees them (sentences joined by single spaces), on the gaps the rules leave, so that the tagger finds the sentences
-the way the training data was split. A run saves it as `sentences.json` (weights only: no code) when its training
-data has documents; the tagger adds its starts to the rules' (`starts`).
+words on each side of a gap between two words and the classes of the words around it, fitted (`fit`) on the
+training documents laid out as the tagger sees them (sentences joined by single spaces), on the gaps the rules
+leave, so that the tagger finds the sentences the way the training data was split. A run saves it as
+`sentences.json` (weights only: no code) when its training data has documents; the tagger adds its starts to the
+rules' (`starts`).
 """
 
 from __future__ import annotations
