@@ -7,8 +7,12 @@ Contenders, each in its own process (they would fight over the cores and the all
      dynamic padding (DataCollatorForTokenClassification): the HF Trainer's defaults, as the seed model was made
   c  the same PyTorch step on length-grouped batches (the Trainer's group_by_length)
 
-All three draw the same `--steps` x batch sentences of CoNLL-2003 train. Each warms up (for a: one step per
-bucket shape, which compiles), then runs `--repeats` timed passes over its batches; figures are medians.
+Each contender times `--steps` batches of CoNLL-2003 train drawn at random from the batches of its own epoch
+(`--draw epoch`, the default): flaxner's fitted, grouped epoch, the Trainer's random (b) or grouped (c) one, so each
+sample pads as its training run does. `--draw sentences` gives all three the same `--steps` x batch sentences,
+batched by each contender's rule within that sample (which pads a grouped contender more than its epoch would:
+50 batches are grouped at a time in a run). Each warms up (for a: one step per bucket shape, which compiles), then
+runs `--repeats` timed passes over its batches; figures are medians.
 
     python -m bench.train_speed --model minilm
     python -m bench.train_speed --model minilm --pack-length 128   # (a) on packed rows
@@ -88,6 +92,20 @@ def order(enc, subset, batch_size: int, seed: int, mode: str) -> list[np.ndarray
     return [subset[b] for b in batch_order(enc.lengths[subset], batch_size, seed, 0, mode)]
 
 
+def draw(args, enc, subset, batch_size: int, seed: int, mode: str) -> list[np.ndarray]:
+    """The timed batches (row indices of `enc`): `--draw sentences` batches the drawn sentences (`order`);
+    `--draw epoch` picks `--steps` of the full batches of the whole epoch `batch_order` makes (at random, by
+    `--seed`; repeated when the epoch has fewer)."""
+    if args.draw == "sentences":
+        return order(enc, subset, batch_size, seed, mode)
+    from flaxner.data.batching import batch_order
+
+    epoch = batch_order(enc.lengths, batch_size, seed, 0, mode)
+    full = [b for b in epoch if len(b) == batch_size] or epoch
+    pick = np.resize(np.random.default_rng(args.seed).permutation(len(full)), args.steps)
+    return [full[i] for i in pick]
+
+
 def epoch_padding(enc, batch_size: int, seed: int, mode: str, buckets=None) -> float:
     """Share of padding over one whole epoch of the full split (context for the sample's figure)."""
     from flaxner.data.batching import batch_order, bucket_for
@@ -122,7 +140,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
         run.ckpt.close()
     tc, rt, step_fn, pad_id, plan = cfg.train, run.rt, run.step_fn, run.pad_id, run.plan
     enc = run.splits["train"].enc  # the same rows as the caller's, in the compact vocabulary
-    batches = order(enc, subset, tc.batch_size, tc.seed, tc.batching)
+    batches = draw(args, enc, subset, tc.batch_size, tc.seed, tc.batching)
     state = run.state
     del run
 
@@ -159,6 +177,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     # shapes: padded lengths, or (rows, row length) of packed batches
     return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": n_compiles,
             "compile_s": compile_s, "recompiles_in_passes": counter.since(snap)[0],
+            "real_tokens": int(sum(enc.lengths[b].sum() for b in batches)),
             "shapes": sorted(first_of_shape), "buckets": list(plan.buckets), "pack_length": plan.pack_length,
             "last_loss": losses[-1], "epoch_padding": plan.padding_stats(enc.lengths)["padding"]
             if plan.pack_length else epoch_padding(enc, tc.batch_size, tc.seed, tc.batching, plan.buckets),
@@ -216,9 +235,9 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
     model.train()
     opt, sched = make_torch_optimizer(model, tc, args.total_steps)
     collator = DataCollatorForTokenClassification(tok)
+    batches = draw(args, enc, subset, tc.batch_size, tc.seed, mode)
     features = {int(i): {"input_ids": enc.input_ids[i].tolist(), "labels": enc.labels[i].tolist()}
-                for i in np.unique(subset)}
-    batches = order(enc, subset, tc.batch_size, tc.seed, mode)
+                for i in np.unique(np.concatenate(batches))}
 
     def one_pass(idx_list) -> tuple[list[float], int]:
         losses, pending, padded = [], [], 0
@@ -248,6 +267,7 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
         times.append(time.perf_counter() - t0)
     return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": 0, "compile_s": 0.0,
             "last_loss": losses[-1], "threads": torch.get_num_threads(),
+            "real_tokens": int(sum(enc.lengths[b].sum() for b in batches)),
             "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, mode)}
 
 
@@ -259,7 +279,7 @@ def worker(args) -> None:
         out = run_flaxner(args, cfg, tok, enc, subset, vocab)
     else:
         out = run_torch(args, cfg, tok, enc, subset, vocab, "random" if args.worker == "b" else "grouped")
-    real = int(enc.lengths[subset].sum())
+    real = out["real_tokens"]
     pass_s = median(out["pass_s"])
     label = CONTENDERS[args.worker]
     if args.worker == "a" and out.get("pack_length"):
@@ -268,7 +288,8 @@ def worker(args) -> None:
         label += ", bf16 autocast"
     if args.worker == "a" and cfg.model.dtype != "float32":
         label += f", model.dtype {cfg.model.dtype}"
-    out.update(contender=args.worker, label=label, steps=args.steps, sentences=len(subset),
+    out.update(contender=args.worker, label=label, steps=args.steps, draw=args.draw,
+               sentences=args.steps * args.batch_size,
                real_tokens=real, padding=1 - real / out["padded_tokens"], median_pass_s=pass_s,
                s_per_step=pass_s / args.steps, real_tok_s=real / pass_s, padded_tok_s=out["padded_tokens"] / pass_s,
                load_s=load_s, peak_rss_mib=peak_rss_mib(), malloc=malloc_status())
@@ -292,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed PyTorch steps first (flaxner: one per shape)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--total-steps", type=int, default=3512, help="schedule length (the seed recipe's 4 epochs)")
-    p.add_argument("--seed", type=int, default=0, help="which sentences are drawn")
+    p.add_argument("--seed", type=int, default=0, help="which batches (or sentences) are drawn")
+    p.add_argument("--draw", choices=("epoch", "sentences"), default="epoch", help="time batches drawn from each "
+                   "contender's own epoch (default), or the same sentences batched by each contender's rule")
     p.add_argument("--compile-cache", default="", help="JAX persistent cache dir; default none, so compile "
                    "time is the cold figure")
     p.add_argument("--only", default="abc", help="contenders to run, e.g. 'ab'")
@@ -322,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in args.only:
             cmd = bench_command("train_speed", "--model", args.model, "--steps", str(args.steps), "--repeats",
                                 str(args.repeats), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-                                "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--compile-cache",
-                                args.compile_cache, "--worker", c, "--json", f"{tmp}/{c}.json")
+                                "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--draw", args.draw,
+                                "--compile-cache", args.compile_cache, "--worker", c, "--json", f"{tmp}/{c}.json")
             cmd += ["--config", args.config] if args.config else []
             cmd += ["--pack-length", str(args.pack_length)] if args.pack_length is not None else []
             cmd += ["--torch-bf16"] if args.torch_bf16 else []
@@ -336,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {f"{x}/{y}": results[x]["real_tok_s"] / results[y]["real_tok_s"]
               for x, y in (("a", "b"), ("a", "c")) if "real_tok_s" in results.get(x, {})
               and "real_tok_s" in results.get(y, {})}
+    drawn = "each contender's epoch" if args.draw == "epoch" else "the same sentences"
     print(f"\n## Training throughput: {args.model}, batch {args.batch_size}, {args.steps} steps x "
-          f"{args.repeats} passes (medians)\n")
+          f"{args.repeats} passes (medians), batches drawn from {drawn}\n")
     print(markdown_table([{"contender": c, **r} for c, r in results.items() if "real_tok_s" in r], COLUMNS))
     print("\n" + "  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
     failed = [c for c, r in results.items() if "error" in r]

@@ -28,7 +28,7 @@ def test_train_speed_tiny(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "train_speed.json"
     proc = run("train_speed", "--model", "tiny", "--in-process", "--repeats", "2", "--warmup", "1",
-               "--json", str(out))
+               "--draw", "sentences", "--json", str(out))
     assert "a/b =" in proc.stdout and "# versions:" in proc.stdout
     res = json.loads(out.read_text())
     assert res["machine"]["cores"] >= 1 and res["versions"]["jax"]
@@ -50,6 +50,19 @@ def test_train_speed_tiny(tmp_path):
     assert c["c"]["padding"] <= c["b"]["padding"]
     assert res["ratios"]["a/b"] == pytest.approx(c["a"]["real_tok_s"] / c["b"]["real_tok_s"])
     assert set(res["ratios"]) == {"a/b", "a/c"}
+
+
+def test_train_speed_draws_from_each_epoch(tmp_path):
+    """The default draw: each contender times full batches of its own epoch (flaxner's in its fitted lengths)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "train_speed.json"
+    proc = run("train_speed", "--model", "tiny", "--in-process", "--repeats", "1", "--warmup", "1", "--only", "ab",
+               "--steps", "4", "--json", str(out))
+    assert "drawn from each contender's epoch" in proc.stdout
+    c = json.loads(out.read_text())["contenders"]
+    for r in c.values():
+        assert r["draw"] == "epoch" and r["sentences"] == 4 * 16 and 0 < r["real_tokens"] < r["padded_tokens"]
+    assert set(c["a"]["shapes"]) <= set(c["a"]["buckets"])
 
 
 def test_train_speed_bf16_tiny(tmp_path):
