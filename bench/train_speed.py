@@ -106,6 +106,12 @@ def draw(args, enc, subset, batch_size: int, seed: int, mode: str) -> list[np.nd
     return [full[i] for i in pick]
 
 
+def sample_size(enc, batches: list[np.ndarray]) -> dict:
+    """The timed batches' sentences and real (non-pad) tokens."""
+    return {"sentences": int(sum(len(b) for b in batches)),
+            "real_tokens": int(sum(enc.lengths[b].sum() for b in batches))}
+
+
 def epoch_padding(enc, batch_size: int, seed: int, mode: str, buckets=None) -> float:
     """Share of padding over one whole epoch of the full split (context for the sample's figure)."""
     from flaxner.data.batching import batch_order, bucket_for
@@ -177,7 +183,7 @@ def run_flaxner(args, cfg, tok, enc, subset, vocab) -> dict:
     # shapes: padded lengths, or (rows, row length) of packed batches
     return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": n_compiles,
             "compile_s": compile_s, "recompiles_in_passes": counter.since(snap)[0],
-            "real_tokens": int(sum(enc.lengths[b].sum() for b in batches)),
+            **sample_size(enc, batches),
             "shapes": sorted(first_of_shape), "buckets": list(plan.buckets), "pack_length": plan.pack_length,
             "last_loss": losses[-1], "epoch_padding": plan.padding_stats(enc.lengths)["padding"]
             if plan.pack_length else epoch_padding(enc, tc.batch_size, tc.seed, tc.batching, plan.buckets),
@@ -267,8 +273,7 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
         times.append(time.perf_counter() - t0)
     return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": 0, "compile_s": 0.0,
             "last_loss": losses[-1], "threads": torch.get_num_threads(),
-            "real_tokens": int(sum(enc.lengths[b].sum() for b in batches)),
-            "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, mode)}
+            **sample_size(enc, batches), "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, mode)}
 
 
 def worker(args) -> None:
@@ -289,8 +294,7 @@ def worker(args) -> None:
     if args.worker == "a" and cfg.model.dtype != "float32":
         label += f", model.dtype {cfg.model.dtype}"
     out.update(contender=args.worker, label=label, steps=args.steps, draw=args.draw,
-               sentences=args.steps * args.batch_size,
-               real_tokens=real, padding=1 - real / out["padded_tokens"], median_pass_s=pass_s,
+               padding=1 - real / out["padded_tokens"], median_pass_s=pass_s,
                s_per_step=pass_s / args.steps, real_tok_s=real / pass_s, padded_tok_s=out["padded_tokens"] / pass_s,
                load_s=load_s, peak_rss_mib=peak_rss_mib(), malloc=malloc_status())
     write_json(args.json, out)
