@@ -112,10 +112,12 @@ def run_documents(args) -> dict:
     loaded = load_trained(args.model)
     out, rows = {"model": args.model, "splits": {}}, []
     extra = {"segment_length": args.segment_length} if args.segment_length is not None else {}
-    taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, document_field="document", **extra)
+    views = tuple(args.context_views.split(",")) if args.context_views else None
+    taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, document_field="document", **extra,
+                                         **({"context_views": views} if views and c == "neighbours" else {}))
                for c in args.context}
     for split in args.splits:
-        ev = predict_split(loaded, split=split, limit=args.limit, data=run_data(args.model))
+        ev = predict_split(loaded, split=split, limit=args.limit, data=run_data(args.model), views=views)
         docs = documents_of(split, ev.tokens)
         res = {"eval": ev.metrics["f1"], "sentences": len(ev.gold), "documents": len(docs)}
         for layout in (*LAYOUTS, "lines"):
@@ -205,6 +207,9 @@ def main() -> None:
     p.add_argument("--context", nargs="+", default=["none", "document"], help="with --documents: the policies")
     p.add_argument("--segment-length", type=int, default=None,
                    help="with --documents: tag.segment_length (default: the run's)")
+    p.add_argument("--context-views", default=None, metavar="VIEWS",
+                   help="with --documents: data.context_views of flaxner eval and of the neighbours tagger, e.g. "
+                        "full,none (default: the run's)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     out = {"header": header(), **(run_documents(args) if args.documents else run(args))}

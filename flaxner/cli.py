@@ -98,9 +98,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         with interrupts.PromptExit("eval", "while loading, compiling or scoring; nothing written"):
             out = predict_split(args.model, split=args.split, limit=args.limit or 0, data=data,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, views=args.context_views)
     except ConfigError as e:
-        given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else ""}
+        given = {"train.eval_batch_size": "--batch-size", "data.limit": "--limit" if args.limit is not None else "",
+                 "data.context_views": "--context-views"}
         raise as_options(e, {k: v for k, v in given.items() if v}) from None
     from flaxner.training.export import per_type_table
 
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data.source: builtin, a CoNLL folder or a hub name (default: the run's, else builtin)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="score only the first N sentences (default: all)")
+    p.add_argument("--context-views", type=lambda s: tuple(v for v in s.split(",") if v), default=None,
+                   metavar="VIEWS", help="neighbours: read each sentence once per view (comma-separated: full, left, "
+                                         "right, none), words labelled by the mean (default: the run's)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("data", help="what the data of a config holds (labels, counts per type and split, lengths), "
                                     "without loading a model")

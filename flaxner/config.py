@@ -27,6 +27,7 @@ Words = Literal["conll", "tokenizer"]
 TrainContext = Literal["none", "neighbours"]
 Context = Literal[TrainContext, "document"]
 TagContext = Literal["auto", Context]
+ContextView = Literal["full", "left", "right", "none"]  # a row's context kept: both sides, one, or none
 DataFormat = Literal["auto", "conll", "jsonl", "label-studio", "label-studio-min", "prodigy", "doccano", "spacy"]
 # Options of `flaxner tag` that are not TagConfig fields (output formats: flaxner.tagging.formats).
 InputFormat = Literal["auto", "jsonl", "txt"]
@@ -55,6 +56,7 @@ def _min(default: Any, low: float, says: str = "") -> Any:
 _STEPS = "0 (off) or a step count"
 _WORKERS = "-1 (auto), 0 (off) or a thread count"
 _LENGTH = "at least 3 (the two special tokens and one sub-token)"
+_VIEWS = "distinct views out of full, left, right, none"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class DataConfig:
     # Training rows only (neighbours): each row's left and right context are each left out with this probability,
     # redrawn every epoch from the seed (flair's context_dropout); evaluation and tagging rows keep theirs.
     context_dropout: float = _checked(0.0, lambda v: 0 <= v <= 1, "in [0, 1]")
+    # Evaluation and tagging rows (neighbours): each sentence is read once per view and each word takes the label of
+    # its mean probabilities over them (the views context_dropout trains on; flaxner.data.batching.view_rows).
+    context_views: tuple[ContextView, ...] = _checked(("full",), lambda v: len(set(v)) == len(v) > 0, _VIEWS)
     # The document id of a JSON Lines words record or a dataset row (consecutive sentences with one id are one
     # document); CoNLL files mark documents with -DOCSTART-.
     document_column: str = "document_id"
@@ -148,22 +153,17 @@ class TrainConfig:
     # Linear warm-up over warmup_steps optimizer steps, or over this fraction of them (set one, or neither).
     warmup_steps: int = _min(0, 0, _STEPS)
     warmup_ratio: float = _checked(0.0, lambda v: 0 <= v < 1, "in [0, 1)")
-    # Micro-batches of batch_size per optimizer step: the loss is the mean over all their labelled tokens.
-    grad_accum: int = _min(1, 1)
-    # Clip gradients to this global norm; 0: no clipping.
-    max_grad_norm: float = _min(1.0, 0, "0 (no clipping) or more")
-    # Any integer (JAX's PRNGKey takes it as is).
-    seed: int = 42
+    grad_accum: int = _min(1, 1)  # micro-batches of batch_size per optimizer step; the loss: their mean
+    max_grad_norm: float = _min(1.0, 0, "0 (no clipping) or more")  # the global norm clipped to
+    seed: int = 42  # any integer (JAX's PRNGKey takes it as is)
     # "grouped": length-grouped batches reshuffled every epoch; "random": plain shuffled batches as the seed run.
     batching: Batching = "grouped"
     # Loss divisor: "batch" = labelled tokens of the batch (the Trainer's mean); "dataset" = mean labelled tokens
     # per batch over the epoch, so every token weighs the same in length-grouped batches too; "auto" = dataset
     # for grouped batches, batch for random ones (the seed run exactly).
     loss_norm: LossNorm = "auto"
-    # Stop after this many optimizer steps (0: run all epochs); for smoke tests.
-    max_steps: int = _min(0, 0, _STEPS)
-    # Save a checkpoint every this many steps (0: only at each epoch's end).
-    save_every: int = _min(500, 0, _STEPS)
+    max_steps: int = _min(0, 0, _STEPS)  # stop after this many optimizer steps (0: all epochs); smoke tests
+    save_every: int = _min(500, 0, _STEPS)  # a checkpoint every this many steps (0: at each epoch's end only)
     keep_checkpoints: int = _min(2, 1)
     log_every: int = _min(20, 1)
     # Evaluate on validation every this many optimizer steps as well as after every epoch (0: epochs only).
@@ -197,8 +197,7 @@ class TagConfig:
     # Sub-tokens shared by neighbouring windows; below max_length - 2.
     stride: int = _min(128, 0, "0 or more")
     aggregation: Aggregation = "first"
-    # Documents read ahead and sorted by length.
-    lookahead: int = _min(2048, 1)
+    lookahead: int = _min(2048, 1)  # documents read ahead and sorted by length
     buckets: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 384, 512)
     # Padded tokens per batch: short windows go many to a batch, long ones few; 0 = always batch_size rows.
     batch_tokens: int = _min(2048, 0, "0 (batch_size rows) or more")
@@ -206,8 +205,7 @@ class TagConfig:
     pack_length: int = _min(64, 0, "0 (off) or a row length")
     # "auto": bfloat16 on accelerators; CPU: mixed with AMX (flaxner.models.matmul), else float32.
     dtype: TagDtype = "auto"
-    # Batches tokenized ahead of the device.
-    prefetch: int = _min(4, 1)
+    prefetch: int = _min(4, 1)  # batches tokenized ahead of the device
     compilation_cache: str = "~/.cache/flaxner/jax"
     # Threads compiling the batch shapes ahead of their first batch; 0: on first use; -1: auto (none on CPU).
     compile_workers: int = _min(-1, -1, _WORKERS)
@@ -220,6 +218,7 @@ class TagConfig:
     context: TagContext = "auto"
     # Sub-tokens of context on each side for "neighbours"; 0: the run's data.context_size.
     context_size: int = _min(0, 0, "0 (the run's data.context_size) or more sub-tokens")
+    context_views: tuple[ContextView, ...] = _checked((), lambda v: len(set(v)) == len(v), _VIEWS)  # (): the run's
     # Contexts none and neighbours: the most sub-tokens a row predicts, one sentence's worth (a longer sentence,
     # or text without sentence marks, is windowed at this length). 0: max_length; training records the 99th
     # percentile of its sentences' lengths here, the rows its model learnt on.
@@ -261,8 +260,9 @@ def validate(cfg: Config) -> None:
     _check_buckets(d.buckets, d.max_length, "data")
     if d.labels and (len(set(d.labels)) != len(d.labels) or "O" not in d.labels):
         raise ConfigError(f"data.labels: must list distinct tags including 'O', got {list(d.labels)}")
-    if d.context_dropout and d.context != "neighbours":
-        raise ConfigError(f"data.context_dropout {d.context_dropout}: needs data.context: neighbours, not {d.context}")
+    for key, on in (("context_dropout", d.context_dropout), ("context_views", d.context_views != ("full",))):
+        if on and d.context != "neighbours":
+            raise ConfigError(f"data.{key} {getattr(d, key)}: needs data.context: neighbours, not {d.context}")
     validate_tag(cfg.tag)
     _validate_launch(cfg.train)
     if cfg.train.warmup_steps and cfg.train.warmup_ratio:

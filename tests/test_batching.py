@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flaxner.data.batching import (batch_order, bucket_for, collate, epoch_rows, fit_buckets, padding_stats,
-                                   plan_epochs, run_buckets)
+                                   plan_epochs, run_buckets, view_rows)
 from flaxner.config import DataConfig, TrainConfig
 from flaxner.data.splits import DataError, encode, load_split
 from flaxner.data.labels import IGNORE
@@ -156,3 +156,24 @@ def test_the_plan_batches_each_epoch_by_its_own_rows(tiny_tokenizer):
         assert [b.tolist() for b in plan.orders[e]] == [b.tolist() for b in batch_order(rows.lengths, 4, 7, e)]
         for b, idx in enumerate(plan.orders[e]):
             assert plan.collate(rows, idx)["input_ids"].shape == (4, plan.shape(e, b))
+
+
+def test_context_views_frame_each_row_as_context_dropout_can(tiny_tokenizer):
+    full, alone = _document_rows(tiny_tokenizer), _document_rows(tiny_tokenizer, context="none")
+    assert view_rows(full, "full") is full and view_rows(alone, "left") is alone  # no context: nothing to leave out
+    none, left, right = (view_rows(full, v) for v in ("none", "left", "right"))
+    assert all((a == b).all() for a, b in zip(none.input_ids, alone.input_ids, strict=True))
+    assert all((a == b).all() for a, b in zip(none.word_index, alone.word_index, strict=True))
+    right_context = full.lengths - 2 - full.context_left - full.own_lengths
+    assert (full.context_left > 0).sum() > 10 and (right_context > 0).sum() > 10  # context on both sides to leave out
+    for i, x in enumerate(full.input_ids):
+        lc, n = int(full.context_left[i]), int(full.own_lengths[i])
+        assert (left.input_ids[i] == np.r_[x[:1 + lc + n], x[-1:]]).all() and left.context_left[i] == lc
+        assert (right.input_ids[i] == np.r_[x[:1], x[1 + lc:]]).all() and right.context_left[i] == 0
+        for v in (left, right):  # what a row predicts keeps its labels and word starts
+            assert (v.labels[i][v.labels[i] != IGNORE] == full.labels[i][full.labels[i] != IGNORE]).all()
+            assert (v.word_index[i][v.word_index[i] >= 0] == full.word_index[i][full.word_index[i] >= 0]).all()
+    # the four views are the four framings context_dropout draws from
+    drop = epoch_rows(full, 0.5, 42, 0)
+    framings = {tuple(x) for v in (full, none, left, right) for x in map(tuple, v.input_ids)}
+    assert {tuple(x) for x in drop.input_ids} <= framings

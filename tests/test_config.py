@@ -56,6 +56,11 @@ def test_seed_recipe_values():
     ("train.max_grad_norm=-1", "train.max_grad_norm"),
     ("data.context_dropout=0.5", "data.context_dropout 0.5: needs data.context: neighbours, not none"),
     ("data.context_dropout=1.5", r"data.context_dropout: must be in \[0, 1\]"),
+    ("data.context_views=[full,none]", r"data.context_views \('full', 'none'\): needs data.context: neighbours"),
+    ("data.context_views=[]", r"data.context_views: must be distinct views out of full, left, right, none, got \(\)"),
+    ("data.context_views=[none,none]", "data.context_views: must be distinct views"),
+    ("data.context_views=[middle]", r"data.context_views\[0\]: expected one of full, left, right, none, got 'middle'"),
+    ("tag.context_views=[left,left]", "tag.context_views: must be distinct views"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -81,3 +81,42 @@ def test_the_eval_step_is_compiled_under_its_exported_name(tiny_model, compile_e
     assert ("jaxpr_trace_duration", EVAL_STEP_NAME) in seen, seen
     assert any(kind == "backend_compile_duration" and EVAL_STEP_NAME in n for kind, n in seen), seen
     assert not any(t in n for t in TRAIN_STEP_NAMES for _, n in seen)
+
+
+def test_context_views_label_each_word_by_its_mean_probabilities(tiny_model, tiny_tokenizer, snippet):
+    import jax
+
+    from flaxner.data.batching import view_rows
+    from flaxner.training.evaluate import predict
+
+    model, params = tiny_model
+    ds = load_split(DataConfig(source=str(snippet.parent), train_split="snippet", limit=16), "snippet")
+    data = DataConfig(max_length=64, context="neighbours", context_size=8)
+    enc = encode(ds, tiny_tokenizer, data)
+    buckets = (16, 32, 64)
+
+    probs = jax.jit(lambda ids, mask: jax.nn.softmax(model(ids, mask, params=params, train=False).logits))
+
+    def by_hand(view):  # each row alone in a row of 64: the probabilities of every word's first sub-token
+        rows = view_rows(enc, view)
+        out = [np.zeros((n, len(CONLL_LABELS)), np.float32) for n in enc.n_words]
+        for i, x in enumerate(rows.input_ids):
+            ids, mask = np.zeros((1, 64), np.int32), np.zeros((1, 64), np.int32)
+            ids[0, :len(x)], mask[0, :len(x)] = x, 1
+            w = rows.word_index[i]
+            out[rows.source[i]][w[w >= 0]] = np.asarray(probs(ids, mask))[0, :len(x)][w >= 0]
+        return out
+
+    full, none = by_hand("full"), by_hand("none")
+    assert any((f.argmax(-1) != n.argmax(-1)).any() for f, n in zip(full, none))  # the views disagree somewhere
+    got, _ = predict(jit_eval_step(model.__call__, probs=True), params, enc, 4, buckets, views=("full", "none"))
+    for g, f, n in zip(got, full, none, strict=True):
+        mean = (f + n) / 2
+        top = np.sort(mean, -1)
+        clear = top[:, -1] - top[:, -2] > 1e-4  # padding moves the probabilities by float rounding only
+        assert (g[clear] == mean.argmax(-1)[clear]).all()
+    # one view reads as the rows of that framing: `none` is context none's rows
+    step = jit_eval_step(model.__call__)
+    alone, _ = predict(step, params, encode(ds, tiny_tokenizer, DataConfig(max_length=64)), 4, buckets)
+    single, _ = predict(step, params, enc, 4, buckets, views=("none",))
+    assert all((a == b).all() for a, b in zip(alone, single, strict=True))

@@ -189,10 +189,14 @@ def test_processes_children_get_every_shared_option():
     from flaxner.cli import TAG_OPTIONS, build_parser, tag_child_args
 
     args = build_parser().parse_args(["tag", "in.jsonl", "--model", "m", "--text-field", "body", "--keep-fields",
-                                      "--max-line-bytes", "5", "--stride", "8", "--processes", "2", "--overwrite"])
+                                      "--max-line-bytes", "5", "--stride", "8", "--processes", "2", "--overwrite",
+                                      "--context-views", "full,none"])
     got = tag_child_args(args)
     assert got == ["--text-field", "body", "--id-field", "id", "--keep-fields", "--input-format", "auto", "--format",
-                   "jsonl", "--stride", "8", "--max-line-bytes", "5", "--commit-every", "5.0", "--on-error", "record"]
+                   "jsonl", "--context-views", "full,none", "--stride", "8", "--max-line-bytes", "5",
+                   "--commit-every", "5.0", "--on-error", "record"]
+    assert args.context_views == ("full", "none") and build_parser().parse_args(["tag", "x", "--model", "m", *got]) \
+        .context_views == ("full", "none")  # a child reads its parent's views back
     passed = {f[-1] for f, _, engines in TAG_OPTIONS if "p" in engines}
     assert {"--model", "--output", "--shard", "--resume", "--processes"}.isdisjoint(passed)
 

@@ -566,6 +566,44 @@ def test_context_auto_follows_the_runs_data_context(tiny_ner_dir, tmp_path):
     assert Tagger.from_pretrained(run, _tag_config()).cfg.context == "none"
 
 
+def test_context_views_label_each_token_by_the_mean_of_its_framings(tiny_ner_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import flaxner.tagging.pipeline as pipeline
+    from flaxner.config import ConfigError, load_config, save_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ner_dir, run / "model")
+    save_config(load_config("tiny", ["data.context=neighbours", "data.context_size=8",
+                                     "data.context_views=[full,none]"]), run / "config.yaml")
+    seen: list = []
+    real = pipeline.entities_many
+    monkeypatch.setattr(pipeline, "entities_many", lambda docs, *a: seen.extend(
+        (d.pred.copy(), None if d.score is None else d.score.copy()) for d in docs) or real(docs, *a))
+    doc = " ".join(s for s in SENTENCES if s.endswith(" ."))
+    probs = {}
+    for view in ("full", "none"):  # each framing alone, as probabilities of every label
+        one = Tagger.from_pretrained(run, _tag_config(aggregation="average", context_views=(view,)))
+        one.tag(doc)
+        probs[view] = seen.pop()[0]
+    assert probs["full"].shape == probs["none"].shape and probs["full"].ndim == 2
+    assert (probs["full"].argmax(-1) != probs["none"].argmax(-1)).any()  # the framings disagree somewhere
+    both = Tagger.from_pretrained(run, _tag_config())
+    assert both.cfg.context_views == ("full", "none")  # the run's
+    ents = both.tag(doc)
+    pred, score = seen.pop()
+    mean = (probs["full"] + probs["none"]) / 2
+    top = np.sort(mean, -1)
+    clear = top[:, -1] - top[:, -2] > 1e-4
+    assert (pred[clear] == mean.argmax(-1)[clear]).all() and pred.dtype == np.int32
+    np.testing.assert_allclose(score, mean.max(-1), atol=1e-5)
+    assert both.stats.windows == 2 * one.stats.windows == 8  # each sentence once per view
+    assert all(doc[e["start"]:e["end"]] == e["text"] for e in ents)
+    with pytest.raises(ConfigError, match=r"tag.context_views \['full', 'none'\]: needs context neighbours, not none"):
+        Tagger.from_pretrained(run, _tag_config(context="none", context_views=("full", "none")))
+    assert Tagger.from_pretrained(run, _tag_config(context="none")).cfg.context_views == ("full",)
+
+
 @pytest.mark.parametrize("override, message", [
     (dict(lookahead=0), "tag.lookahead: must be positive, got 0"),  # was an empty result
     (dict(prefetch=0), "tag.prefetch: must be positive, got 0"),  # was an unbounded queue

@@ -88,7 +88,23 @@ def epoch_rows(enc: Encoded, dropout: float, seed: int, epoch: int) -> Encoded:
     or none, and a resumed or multi-host run sees the very rows an unbroken one does."""
     if not dropout or enc.context_left is None or enc.own_lengths is None:
         return enc
-    drop = np.random.default_rng([seed, epoch, 1]).random((len(enc.input_ids), 2)) < dropout
+    return drop_context(enc, np.random.default_rng([seed, epoch, 1]).random((len(enc.input_ids), 2)) < dropout)
+
+
+# The context sides each view of `data.context_views` leaves out: (left, right).
+VIEW_DROPS = {"full": (False, False), "left": (False, True), "right": (True, False), "none": (True, True)}
+
+
+def view_rows(enc: Encoded, view: str) -> Encoded:
+    """Every row of `enc` as one context view sees it (`data.context_views`): `full` as encoded, `left` or `right`
+    with only that side's context, `none` with only the sentence it predicts: the rows `context_dropout` trains on."""
+    if view == "full" or enc.context_left is None or enc.own_lengths is None:
+        return enc
+    return drop_context(enc, np.tile(np.array(VIEW_DROPS[view], dtype=bool), (len(enc.input_ids), 1)))
+
+
+def drop_context(enc: Encoded, drop: np.ndarray) -> Encoded:
+    """`enc` with the left (`drop[i, 0]`) and right (`drop[i, 1]`) context of each row i left out."""
     ids, labels, words = [], [], []
     for i, (x, y, w) in enumerate(zip(enc.input_ids, enc.labels, enc.word_index, strict=True)):
         left = int(enc.context_left[i])

@@ -80,11 +80,14 @@ def tag_overrides(model_dir: str | Path, options: dict) -> dict:
 
 
 def resolve_context(cfg: TagConfig, run: Config | None) -> TagConfig:
-    """`context: auto` and `context_size: 0` made concrete from the run's data config (`run_config`): the rows its
-    model was trained on (a folder without a run config, and every run before contexts existed, trained on
-    sentences)."""
-    if cfg.context != "auto" and cfg.context_size:
-        return cfg
+    """`context: auto`, `context_size: 0` and `context_views: ()` made concrete from the run's data config
+    (`run_config`): the rows its model was trained on (a folder without a run config, and every run before
+    contexts existed, trained on sentences). Views other than `full` need context `neighbours`: given for
+    another context they are an error, taken from a run whose context was overridden they are dropped."""
     data = run.data if run else DataConfig()
-    return dataclasses.replace(cfg, context=data.context if cfg.context == "auto" else cfg.context,
-                               context_size=cfg.context_size or data.context_size)
+    context = data.context if cfg.context == "auto" else cfg.context
+    views = cfg.context_views or (data.context_views if context == "neighbours" else ("full",))
+    if views != ("full",) and context != "neighbours":
+        raise ConfigError(f"tag.context_views {list(views)}: needs context neighbours, not {context}")
+    return dataclasses.replace(cfg, context=context, context_size=cfg.context_size or data.context_size,
+                               context_views=views)

@@ -41,6 +41,8 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
            "context_size": tagger.cfg.context_size, "segment_length": tagger.cfg.segment_length,
            "document_field": tagger.cfg.document_field,
            "max_line_bytes": max_line_bytes}
+    if tagger.cfg.context_views != ("full",):  # a key without it: one view, as before views
+        key["context_views"] = list(tagger.cfg.context_views)
     if spec.format != "jsonl":  # a jsonl output's resume key is what it was before formats
         key["output_format"] = spec.key()
     if tagger.pipeline.sentences is not None:  # the run's learnt sentence starts cut its rows (as before: none)

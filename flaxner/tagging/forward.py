@@ -16,7 +16,8 @@ class CompiledForward:
 
     `fn` is the program every batch runs, `fn(params, input_ids, attention_mask)` with `params` this object's
     (device-placed) `params` and int32 [rows, length] ids and mask; it returns int32 label ids and float32 scores,
-    each [rows, length], when `cfg.aggregation` is "first", else float32 probabilities [rows, length, labels].
+    each [rows, length], when `cfg.aggregation` is "first" (and one context view), else float32 probabilities
+    [rows, length, labels].
     A caller may replace `fn` with another function of that contract, e.g. a stand-in model that costs nothing,
     to time the host-side work around it (bench.tag_host); `run`, `precompile` and `compile_ahead` call whatever
     it holds. It should be `jax.jit`-compiled (`compile_ahead`, used when `tag.compile_workers` is not 0, calls
@@ -42,7 +43,8 @@ class CompiledForward:
             params = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                                   params)
         self.params = jax.device_put(params, repl)
-        aggregation = cfg.aggregation
+        # Several context views add up probabilities (`windows.view_rows`), whatever the words then read.
+        aggregation = cfg.aggregation if len(cfg.context_views) <= 1 else "average"
         # Windows share rows of this length (`tagging.packing`; 0: one window a row), the mask then holding
         # segment ids; a model that mixes neighbouring tokens outside attention cannot.
         self.pack_length = pack_length_for(model, cfg.pack_length)

@@ -8,6 +8,12 @@ import argparse
 
 from flaxner.config import Aggregation, Context, InputFormat, OnError, OutputFormat, TagDtype, Words, choices
 
+
+def _views(text: str) -> tuple[str, ...]:
+    """--context-views full,none: the views as a tuple (checked with the rest of the tag config)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 # The options of `flaxner tag`: (flags, argparse keywords, engines). Engines: l the local engine, p passed on to
 # each child of --processes, r --engine ray (an option without r is refused there).
 TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
@@ -37,6 +43,10 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
                                "across sentences"), "lpr"),
     (("--context-size",), dict(type=int, default=None, help="sub-tokens of context each side for neighbours"),
      "lpr"),
+    (("--context-views",), dict(type=_views, default=None, metavar="VIEWS",
+                                help="neighbours: read each sentence once per view (comma-separated: full, left, "
+                                     "right, none) and label words by the mean (default: the run's "
+                                     "data.context_views)"), "lpr"),
     (("--segment-length",), dict(type=int, default=None,
                                  help="none/neighbours: most sub-tokens a row predicts; a longer sentence is windowed "
                                       "(default: what the run's training sentences held)"), "lpr"),
@@ -95,5 +105,6 @@ def tag_child_args(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flags[-1].lstrip("-").replace("-", "_"), None)
         if "p" not in engines or value is None or value is False:
             continue
-        out += [flags[-1]] if kw.get("action") == "store_true" else [flags[-1], str(value)]
+        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        out += [flags[-1]] if kw.get("action") == "store_true" else [flags[-1], text]
     return out

@@ -20,7 +20,8 @@ from flaxner.data.rows import cuts_sentences, side_context
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.reading import Record
 from flaxner.tagging.packing import collate, pack
-from flaxner.tagging.windows import DocState, Row, encode, entities_many, join_lines, rows_for, split_parts
+from flaxner.tagging.windows import DocState, Row, encode, entities_many, join_lines, rows_for, split_parts, \
+    view_rows
 
 
 @dataclass
@@ -149,8 +150,10 @@ class Pipeline:
                 docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context, sentences=self.sentences)
                 rows = []
                 for doc in documents(docs, cfg.context, cfg.lookahead):
-                    doc_rows = rows_for(doc, cfg.max_length - 2, cfg.stride,
-                                        side_context(cfg.context, cfg.context_size), cfg.segment_length)
+                    doc_rows = view_rows(rows_for(doc, cfg.max_length - 2, cfg.stride,
+                                                  side_context(cfg.context, cfg.context_size), cfg.segment_length),
+                                         cfg.context_views)
+                    doc.argmax_at_end = len(cfg.context_views) > 1 and cfg.aggregation == "first"
                     doc.pending = len(doc_rows)
                     if not doc_rows and doc.parts is not None:
                         split_parts(doc)

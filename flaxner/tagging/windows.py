@@ -34,6 +34,8 @@ class DocState:
     segments: list[int] | None = None
     # A document of several input lines (`join_lines`): each line's DocState and where its sub-tokens start here.
     parts: list[tuple[DocState, int]] | None = None
+    # Its rows add weighted probabilities (`view_rows`), and "first" reads label ids and scores: made at the end.
+    argmax_at_end: bool = False
 
     def token_chars(self, t: int) -> tuple[int, int]:
         """Character offsets of sub-token `t` in `text` (read from the Encoding only for the few tokens that start
@@ -59,6 +61,7 @@ class Row:
     slot: int = 0
     offset: int = 0
     segment: int = 1
+    weight: float = 0.0  # > 0: one of several context views, its probabilities added at this weight (`view_rows`)
 
     @property
     def length(self) -> int:
@@ -77,8 +80,21 @@ def rows_for(doc: DocState, size: int, stride: int, context: int = 0, segment: i
                                             segments=doc.segments, context=context, total=size)]
 
 
+def view_rows(rows: list[Row], views: Sequence[str]) -> list[Row]:
+    """Each row once per context view (`data.context_views`): `full` as planned, `left` or `right` with only that
+    side's context, `none` with only what it owns; each of several views' probabilities counts 1 / len(views)
+    (`scatter`)."""
+    if tuple(views) in ((), ("full",)):  # (): a TagConfig not resolved against its run reads as today
+        return rows
+    w = 1.0 / len(views) if len(views) > 1 else 0.0
+    return [Row(r.doc, r.own_start if v in ("right", "none") else r.start,
+                r.own_end if v in ("left", "none") else r.end, r.own_start, r.own_end, weight=w)
+            for r in rows for v in views]
+
+
 def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
-    """Copy one row's predictions for the tokens it owns into its document; True when the document is complete.
+    """Copy one row's predictions for the tokens it owns into its document (a view's row, `weight` > 0: add its
+    weighted probabilities); True when the document is complete.
 
     `pred` is the row's [bucket] label ids (with `score` its [bucket] probabilities) or [bucket, C] probabilities."""
     doc = row.doc
@@ -88,10 +104,15 @@ def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
         if score is not None:
             doc.score = np.zeros(n, dtype=np.float32)
     lo, hi = 1 + row.own_start - row.start, 1 + row.own_end - row.start
-    doc.pred[row.own_start:row.own_end] = pred[lo:hi]
+    if row.weight:
+        doc.pred[row.own_start:row.own_end] += row.weight * pred[lo:hi]
+    else:
+        doc.pred[row.own_start:row.own_end] = pred[lo:hi]
     if score is not None:
         doc.score[row.own_start:row.own_end] = score[lo:hi]
     doc.pending -= 1
+    if doc.pending == 0 and doc.argmax_at_end:
+        doc.score, doc.pred = doc.pred.max(-1), doc.pred.argmax(-1).astype(np.int32)
     if doc.pending == 0 and doc.parts is not None:
         split_parts(doc)
     return doc.pending == 0

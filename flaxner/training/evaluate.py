@@ -11,30 +11,54 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxner.data.batching import eval_batches, iter_batches
+from flaxner.data.batching import eval_batches, iter_batches, view_rows
 from flaxner.data.packing import collate_packed
 from flaxner.data.labels import spans_from_tags
-from flaxner.config import DataConfig, TrainConfig, check_fields, load_config
+from flaxner.config import Config, DataConfig, TrainConfig, check_fields, load_config, validate
 from flaxner.data.splits import Encoded
 from flaxner.models.heads import loss_sum, predict_ids
 from flaxner.models.masks import batch_logits, pack_length_for
 from flaxner.training.distributed import fetch
 
 
-def eval_step(params, batch: dict, apply_fn: Callable) -> dict:
-    """Forward without dropout: the head's predictions and summed loss over labelled tokens."""
+def eval_step(params, batch: dict, apply_fn: Callable, probs: bool = False) -> dict:
+    """Forward without dropout: the head's predictions and summed loss over labelled tokens (with `probs`, also
+    the label probabilities, which context views average)."""
     logits = batch_logits(apply_fn, batch, params=params, train=False)
     total, count = loss_sum(logits, batch["labels"])  # logits: [batch, seq, num_labels]
-    return {"pred": predict_ids(logits), "loss_sum": total, "count": count}
+    out = {"pred": predict_ids(logits), "loss_sum": total, "count": count}
+    if probs:
+        out["probs"] = jax.nn.softmax(logits.astype(jax.numpy.float32), axis=-1)
+    return out
 
 
 def predict(step_fn: Callable, params, enc: Encoded, batch_size: int, buckets: Sequence[int],
-            put: Callable = lambda b: b, pad_id: int = 0, pack_length: int = 0) -> tuple[list[np.ndarray], float]:
+            put: Callable = lambda b: b, pad_id: int = 0, pack_length: int = 0,
+            views: Sequence[str] = ("full",)) -> tuple[list[np.ndarray], float]:
     """Predicted label id of every word of every sentence (input order; the first sub-token's prediction, 0 for a
     word with no sub-token), and the mean loss per labelled token. Rows are sorted by length into bucketed
     batches (`eval_batches`; with `pack_length`, rows that fit share packed rows); a batch's missing rows are
-    padded and masked."""
-    words: list[np.ndarray] = [np.zeros(int(n), np.int32) for n in enc.n_words]
+    padded and masked. With several context `views` (`data.context_views`; `step_fn` from
+    `jit_eval_step(probs=True)`), every row is read once per view, and a word's label is the argmax of its mean
+    probabilities; the loss is the full view's (else the first view's)."""
+    views = tuple(views)
+    words: list = [np.zeros(int(n), np.int32) for n in enc.n_words]
+    if len(views) == 1:
+        loss = _predict_view(step_fn, params, view_rows(enc, views[0]), batch_size, buckets, put, pad_id,
+                             pack_length, "pred", words)
+        return words, loss
+    losses = {}
+    for view in views:  # one view's batches at a time: the host holds one sum of probabilities
+        losses[view] = _predict_view(step_fn, params, view_rows(enc, view), batch_size, buckets, put, pad_id,
+                                     pack_length, "probs", words)
+    return [w.argmax(-1).astype(np.int32) if w.ndim == 2 else w for w in words], losses.get("full", losses[views[0]])
+
+
+def _predict_view(step_fn, params, enc: Encoded, batch_size, buckets, put, pad_id, pack_length, key: str,
+                  out: list[np.ndarray]) -> float:
+    """Run the rows of `enc` and write (`pred`: label ids) or add (`probs`: probabilities; an `out` entry of label
+    ids becomes their sum) each sentence's words' first sub-token outputs into `out`; the mean loss per labelled
+    token."""
     loss_sum, count = 0.0, 0
     # each batch with the sentences of each of its rows, in the order they sit in the row
     if pack_length:
@@ -44,19 +68,26 @@ def predict(step_fn: Callable, params, enc: Encoded, batch_size: int, buckets: S
         batches = [(batch, [[i] for i in idx])
                    for idx, batch in iter_batches(enc, batch_size, buckets, shuffle=False, pad_id=pad_id)]
     pending = [(slots, step_fn(params, put(batch))) for batch, slots in batches]
-    for slots, out in pending:
-        out = fetch(out)  # rows held by other hosts' devices too
-        pred = out["pred"]
-        loss_sum += float(out["loss_sum"])
-        count += int(out["count"])
+    for slots, res in pending:
+        res = fetch(res)  # rows held by other hosts' devices too
+        pred = res[key]
+        loss_sum += float(res["loss_sum"])
+        count += int(res["count"])
         for r, members in enumerate(slots):
             at = 0
             for i in members:
                 w = enc.word_index[i]
                 keep = w >= 0
-                words[enc.source[i]][w[keep]] = pred[r, at:at + len(w)][keep]
+                got = pred[r, at:at + len(w)][keep]
+                if key == "pred":
+                    out[enc.source[i]][w[keep]] = got
+                else:
+                    dest = out[enc.source[i]]
+                    if dest.ndim == 1:
+                        dest = out[enc.source[i]] = np.zeros((len(dest), got.shape[-1]), np.float32)
+                    dest[w[keep]] += got
                 at += len(enc.input_ids[i])
-    return words, loss_sum / max(count, 1)
+    return loss_sum / max(count, 1)
 
 
 def _prf(correct: int, pred: int, true: int) -> tuple[float, float, float]:
@@ -92,9 +123,9 @@ def compute_metrics(true_tags: list[list[str]], pred_tags: list[list[str]]) -> d
 
 def evaluate(step_fn: Callable, params, enc: Encoded, true_tags: list[list[str]], labels: Sequence[str],
              batch_size: int, buckets: Sequence[int], put: Callable = lambda b: b, pad_id: int = 0,
-             pack_length: int = 0) -> tuple[dict, list[list[str]]]:
+             pack_length: int = 0, views: Sequence[str] = ("full",)) -> tuple[dict, list[list[str]]]:
     """Scores of `params` on an encoded split against its word-level gold tags; also the predicted tags."""
-    preds, loss = predict(step_fn, params, enc, batch_size, buckets, put, pad_id, pack_length)
+    preds, loss = predict(step_fn, params, enc, batch_size, buckets, put, pad_id, pack_length, views)
     pred_tags = [[labels[int(p)] for p in row] for row in preds]
     metrics = compute_metrics(true_tags, pred_tags)
     metrics["loss"] = loss
@@ -106,9 +137,10 @@ def evaluate(step_fn: Callable, params, enc: Encoded, true_tags: list[list[str]]
 EVAL_STEP_NAME = eval_step.__name__
 
 
-def jit_eval_step(apply_fn: Callable) -> Callable:
-    """The evaluation forward `eval_step(params, batch)`, compiled once per batch shape (named EVAL_STEP_NAME)."""
-    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn))
+def jit_eval_step(apply_fn: Callable, probs: bool = False) -> Callable:
+    """The evaluation forward `eval_step(params, batch)`, compiled once per batch shape (named EVAL_STEP_NAME);
+    `probs`: it also returns the label probabilities (for several context views)."""
+    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, probs=probs))
 
 
 @dataclass
@@ -123,10 +155,11 @@ class SplitPredictions:
 
 
 def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation", limit: int | None = None,
-                  data: DataConfig | None = None, batch_size: int | None = None) -> SplitPredictions:
+                  data: DataConfig | None = None, batch_size: int | None = None,
+                  views: Sequence[str] | None = None) -> SplitPredictions:
     """Load a trained model (a run folder, an HF folder, or the tuple `flaxner.models.loading.load_trained` returns) and
     predict a split of its data: the run's `config.yaml` data section unless `data` is given, `limit`
-    sentences (None: the config's limit, 0: all)."""
+    sentences (None: the config's limit, 0: all), its `data.context_views` unless `views` are given."""
     from flaxner.data.splits import encode, load_split
     from flaxner.data.labels import check_labels
     from flaxner.models.loading import load_trained
@@ -146,6 +179,9 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
     data = data or (saved.data if saved else DataConfig())
     if limit is not None:
         data = replace(data, limit=limit)
+    if views:
+        data = replace(data, context_views=tuple(views))
+        validate(Config(data=data))
     batch_size = batch_size or (saved.train.eval_batch_size if saved else 16)
     ds = load_split(data, split, labels=labels)  # a tag outside the model's labels: DataError at its file:line
     names = ds.features["ner_tags"].feature.names
@@ -156,7 +192,7 @@ def predict_split(run_dir_or_model: str | Path | tuple, split: str = "validation
     to_model = {lab: i for i, lab in enumerate(labels)}
     enc = encode({"tokens": cols["tokens"], "ner_tags": [[to_model[t] for t in tags] for tags in gold],
                   "document": cols.get("document")}, tokenizer, data, labels)
-    metrics, pred = evaluate(jit_eval_step(model.__call__), params, enc, gold, labels, batch_size, data.buckets,
-                             pad_id=tokenizer.pad_token_id or 0,
-                             pack_length=pack_length_for(model, data.pack_length))
+    metrics, pred = evaluate(jit_eval_step(model.__call__, len(data.context_views) > 1), params, enc, gold, labels,
+                             batch_size, data.buckets, pad_id=tokenizer.pad_token_id or 0,
+                             pack_length=pack_length_for(model, data.pack_length), views=data.context_views)
     return SplitPredictions(split, [list(t) for t in cols["tokens"]], gold, pred, metrics)

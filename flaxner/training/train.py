@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from flaxner.training import distributed, export
-from flaxner.data.batching import EpochPlan, epoch_rows
+from flaxner.data.batching import EpochPlan, epoch_rows, view_rows
 from flaxner.data.packing import real_tokens
 from flaxner.training.checkpoint import Checkpointer, LoopState
 from flaxner.config import Config, absolute_paths, check_positions
@@ -108,14 +108,15 @@ class Run:
     def eval_shapes(self) -> dict[str, list[int]]:
         """Padded lengths of each evaluated split's batches."""
         bs = self.cfg.train.eval_batch_size
-        return {k: self.plan.eval_shapes(s.enc.lengths, bs) for k, s in self.splits.items() if k != "train"}
+        return {k: sorted({n for v in self.cfg.data.context_views for n in self.plan.eval_shapes(
+            view_rows(s.enc, v).lengths, bs)}) for k, s in self.splits.items() if k != "train"}
 
     def evaluate(self, split: str, params=None) -> tuple[dict, list[list[str]]]:
         """seqeval scores and loss of `params` (default: the state's) on one split, and the predicted tags."""
         s = self.splits[split]
         params = self.state["params"] if params is None else params
         return evaluate(self.eval_fn, params, s.enc, s.gold, self.labels, self.cfg.train.eval_batch_size,
-                        self.plan.buckets, self.rt.put, self.pad_id, self.plan.pack_length)
+                        self.plan.buckets, self.rt.put, self.pad_id, self.plan.pack_length, self.cfg.data.context_views)
 
     def export_params(self, params) -> dict:
         """`params` on the host, in the full model's shape (the vocabulary expanded back)."""
@@ -190,9 +191,9 @@ def _build(cfg: Config, rd: RunDir, resume: bool, keep_model_vocab: bool, t0: fl
     pad_id = int(vocab.remap[tokenizer.pad_token_id]) if vocab else tokenizer.pad_token_id or 0
     return Run(cfg=cfg, dir=rd, rt=rt, labels=labels, tokenizer=tokenizer, model=model, full_params=full_params,
                vocab=vocab, train_model=train_model, splits=splits, plan=plan, total_steps=total_steps,
-               schedule=make_schedule(tc, total_steps),
+               schedule=make_schedule(tc, total_steps), state=state, loop=loop, ckpt=ckpt, pad_id=pad_id,
                step_fn=TrainStep(train_model.__call__, tx, rt, loss_denominator(tc, train_enc), tc.grad_accum),
-               eval_fn=jit_eval_step(train_model.__call__), state=state, loop=loop, ckpt=ckpt, pad_id=pad_id,
+               eval_fn=jit_eval_step(train_model.__call__, len(cfg.data.context_views) > 1),
                timings=Timings(load_s=time.perf_counter() - t0), compiles0=compiles0, t0=t0, step=int(state["step"]))
 
 
