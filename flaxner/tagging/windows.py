@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
+from flaxner.data.batching import VIEW_DROPS
 from flaxner.data.labels import spans_from_ids
 from flaxner.data.rows import cuts_sentences, plan_rows, sentence_token_starts
 
@@ -87,9 +88,9 @@ def view_rows(rows: list[Row], views: Sequence[str]) -> list[Row]:
     if tuple(views) in ((), ("full",)):  # (): a TagConfig not resolved against its run reads as today
         return rows
     w = 1.0 / len(views) if len(views) > 1 else 0.0
-    return [Row(r.doc, r.own_start if v in ("right", "none") else r.start,
-                r.own_end if v in ("left", "none") else r.end, r.own_start, r.own_end, weight=w)
-            for r in rows for v in views]
+    drops = [VIEW_DROPS[v] for v in views]  # the sides evaluation's `batching.view_rows` leaves out
+    return [Row(r.doc, r.own_start if left else r.start, r.own_end if right else r.end, r.own_start, r.own_end,
+                weight=w) for r in rows for left, right in drops]
 
 
 def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
