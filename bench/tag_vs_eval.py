@@ -112,6 +112,8 @@ def run_documents(args) -> dict:
     loaded = load_trained(args.model)
     out, rows = {"model": args.model, "splits": {}}, []
     extra = {"segment_length": args.segment_length} if args.segment_length is not None else {}
+    if args.sentence_thresholds is not None:
+        extra["sentence_thresholds"] = tuple(float(t) for t in args.sentence_thresholds.split(",") if t)
     views = tuple(args.context_views.split(",")) if args.context_views else None
     taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, document_field="document", **extra,
                                          **({"context_views": views} if views and c == "neighbours" else {}))
@@ -124,7 +126,7 @@ def run_documents(args) -> dict:
             joined = [join_document([ev.tokens[i] for i in d], "spaces" if layout == "lines" else layout)
                       for d in docs]
             for c, tagger in taggers.items():
-                t0 = time.perf_counter()
+                t0, windows = time.perf_counter(), tagger.stats.windows
                 pred: list[list[str]] = [[] for _ in ev.gold]
                 if layout == "lines":
                     pred = tag_lines(tagger, docs, [ev.tokens[i] for d in docs for i in d], len(ev.gold))
@@ -137,6 +139,7 @@ def run_documents(args) -> dict:
                 seconds = time.perf_counter() - t0
                 res[f"tag_{c}_{layout}"] = compute_metrics(ev.gold, pred)["f1"]
                 res[f"seconds_{c}_{layout}"] = round(seconds, 2)
+                res[f"rows_{c}_{layout}"] = tagger.stats.windows - windows  # model rows read (windows, views, cuts)
                 rows.append({"split": split, "layout": layout, "context": c, "eval": 100 * res["eval"],
                              "tag": 100 * res[f"tag_{c}_{layout}"],
                              "gap": 100 * (res[f"tag_{c}_{layout}"] - res["eval"])})
@@ -210,6 +213,8 @@ def main() -> None:
     p.add_argument("--context-views", default=None, metavar="VIEWS",
                    help="with --documents: data.context_views of flaxner eval and of the neighbours tagger, e.g. "
                         "full,none (default: the run's)")
+    p.add_argument("--sentence-thresholds", default=None, metavar="P,...",
+                   help="with --documents: tag.sentence_thresholds (default: the tagger's)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     out = {"header": header(), **(run_documents(args) if args.documents else run(args))}

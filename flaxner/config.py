@@ -4,6 +4,7 @@ overrides (`flaxner.configfile`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +224,10 @@ class TagConfig:
     # or text without sentence marks, is windowed at this length). 0: max_length; training records the 99th
     # percentile of its sentences' lengths here, the rows its model learnt on.
     segment_length: int = _min(0, 0, "0 (max_length) or a sub-token count")
+    # Contexts none and neighbours, a run with learnt sentence starts (sentences.json): a text is cut into sentences
+    # at each of these probabilities of a start, and each token labelled by its mean over the cuts (one: one cut).
+    sentence_thresholds: tuple[float, ...] = _checked((0.2, 0.5, 0.8), lambda v: len(set(v)) == len(v) and all(
+        0 < t < 1 for t in v), "distinct probabilities between 0 and 1 (none: the model's own)")
     # JSONL: consecutive lines with one value of this field are one document for context (docs/tagging.md); "": off.
     document_field: str = ""
 
@@ -308,13 +313,7 @@ def _validate_launch(t: TrainConfig) -> None:
 
 def to_dict(cfg: Config) -> dict:
     """The config as plain YAML-ready data (tuples become lists)."""
-    def conv(x: Any) -> Any:
-        if isinstance(x, tuple):
-            return [conv(v) for v in x]
-        if isinstance(x, dict):
-            return {k: conv(v) for k, v in x.items()}
-        return x
-    return conv(dataclasses.asdict(cfg))
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 # Per-launch settings, not saved with a run: a resume may start on other hosts, each reading process 0's config.yaml.

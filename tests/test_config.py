@@ -61,6 +61,8 @@ def test_seed_recipe_values():
     ("data.context_views=[none,none]", "data.context_views: must be distinct views"),
     ("data.context_views=[middle]", r"data.context_views\[0\]: expected one of full, left, right, none, got 'middle'"),
     ("tag.context_views=[left,left]", "tag.context_views: must be distinct views"),
+    ("tag.sentence_thresholds=[0.5,1.0]", r"tag.sentence_thresholds: must be distinct probabilities between 0 and 1"),
+    ("tag.sentence_thresholds=[0.5,0.5]", r"tag.sentence_thresholds: must be distinct probabilities"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ConfigError, match=message):

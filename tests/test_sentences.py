@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from flaxner.config import DataConfig
@@ -115,9 +116,71 @@ def test_tagger_rows_follow_the_runs_sentence_model(tiny_ner_dir, tmp_path):
     assert tagger.stats.windows == len(split_words(text))
 
 
-def test_a_run_folder_keeps_its_sentence_model_and_overwrite_removes_it(tiny_cfg, tmp_path):
-    import numpy as np
+def test_segmentations_are_the_starts_at_each_threshold():
+    model = fit(_dateline_docs(100))
+    text = "OSLO 1996-01-02 Ito said it won . BERN 1996-01-03 Rossi lost . PARIS Brown 1996-02-01 said ."
+    spans = split_words(text)
+    ts = (0.05, 0.2, 0.5, 0.8, 0.95)
+    cuts = model.segmentations(text, spans, ts)
+    assert cuts == [SentenceModel(model.vocab, model.weights, model.bias, t).starts(text, spans) for t in ts]
+    assert len(set(map(tuple, cuts))) > 1 and cuts[2] == model.starts(text, spans)  # thresholds change the cuts
+    assert all(set(sentence_starts(text, spans)) <= set(c) for c in cuts)  # the rules' starts stay in every cut
 
+
+def test_sentence_thresholds_label_each_token_by_the_mean_of_its_cuts(tiny_ner_dir, tmp_path, monkeypatch):
+    """Tagged under several cuts into sentences (`tag.sentence_thresholds`), a token's label is the mean of its
+    probabilities under each cut alone; a row that two cuts plan is read once."""
+    from helpers import tag_config
+
+    import flaxner.tagging.pipeline as pipeline
+    from flaxner.tagging.tagger import Tagger
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ner_dir, run)
+    SentenceModel([], {}, bias=0.0).save(run / FILE)  # every gap the rules leave starts a sentence with p = 0.5
+    text = "MADRID 1996-12-06 Garcia said it won . The team lost ."
+    seen: list = []
+    real = pipeline.entities_many
+    monkeypatch.setattr(pipeline, "entities_many", lambda docs, *a: seen.extend(
+        (d.pred.copy(), None if d.score is None else d.score.copy()) for d in docs) or real(docs, *a))
+    probs, windows = {}, {}
+    for t in (0.3, 0.7):  # each word a sentence; the rules' two sentences
+        one = Tagger.from_pretrained(run, tag_config(context="none", words="conll", aggregation="average",
+                                                     sentence_thresholds=(t,)))
+        one.tag(text)
+        probs[t], windows[t] = seen.pop()[0], one.stats.windows
+    assert windows == {0.3: len(split_words(text)), 0.7: 2}
+    assert (probs[0.3].argmax(-1) != probs[0.7].argmax(-1)).any()  # the cuts disagree somewhere
+    # two cuts; three, two of them the same (each cut counts: the rules' rows weigh 2/3)
+    for ts, mean in (((0.3, 0.7), (probs[0.3] + probs[0.7]) / 2), ((0.6, 0.3, 0.7), (probs[0.3] + 2 * probs[0.7]) / 3)):
+        both = Tagger.from_pretrained(run, tag_config(context="none", words="conll", sentence_thresholds=ts))
+        ents = both.tag(text)
+        pred, score = seen.pop()
+        top = np.sort(mean, -1)
+        clear = top[:, -1] - top[:, -2] > 1e-4
+        assert (pred[clear] == mean.argmax(-1)[clear]).all() and pred.dtype == np.int32
+        np.testing.assert_allclose(score, mean.max(-1), atol=1e-5)
+        assert both.stats.windows == windows[0.3] + windows[0.7]  # a row two cuts plan is read once
+        assert all(text[e["start"]:e["end"]] == e["text"] for e in ents)
+    same = Tagger.from_pretrained(run, tag_config(context="none", words="conll", sentence_thresholds=(0.6, 0.7)))
+    same.tag(text)
+    assert same.stats.windows == 2  # two equal cuts: one set of rows
+    for cfg in (tag_config(context="document", sentence_thresholds=(0.3, 0.7)), tag_config(context="none")):
+        plain = Tagger.from_pretrained(run if cfg.context == "document" else tiny_ner_dir, cfg)
+        assert plain.cfg.sentence_thresholds == ()  # rows across sentences, or no sentence model: one cut
+
+
+def test_lines_joined_into_a_document_keep_each_cut():
+    from flaxner.tagging.windows import DocState, join_lines
+
+    a = DocState(0, "", np.arange(6, dtype=np.int32), np.arange(6, dtype=np.int32), segments=[0, 3],
+                 more_segments=[[0, 2, 3], [0]])
+    b = DocState(1, "", np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32), segments=[0])
+    doc = join_lines([a, b], cuts_sentences=True)
+    assert doc.segments == [0, 3, 6] and doc.more_segments == [[0, 2, 3, 6], [0, 6]]
+
+
+def test_a_run_folder_keeps_its_sentence_model_and_overwrite_removes_it(tiny_cfg, tmp_path):
     from flaxner.data.splits import Encoded
     from flaxner.rundir import RunDir, RunDirError
     from flaxner.training.setup import Split, save_run_files

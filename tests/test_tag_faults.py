@@ -190,13 +190,14 @@ def test_processes_children_get_every_shared_option():
 
     args = build_parser().parse_args(["tag", "in.jsonl", "--model", "m", "--text-field", "body", "--keep-fields",
                                       "--max-line-bytes", "5", "--stride", "8", "--processes", "2", "--overwrite",
-                                      "--context-views", "full,none"])
+                                      "--context-views", "full,none", "--sentence-thresholds", "0.3,0.7"])
     got = tag_child_args(args)
     assert got == ["--text-field", "body", "--id-field", "id", "--keep-fields", "--input-format", "auto", "--format",
-                   "jsonl", "--context-views", "full,none", "--stride", "8", "--max-line-bytes", "5",
-                   "--commit-every", "5.0", "--on-error", "record"]
-    assert args.context_views == ("full", "none") and build_parser().parse_args(["tag", "x", "--model", "m", *got]) \
-        .context_views == ("full", "none")  # a child reads its parent's views back
+                   "jsonl", "--context-views", "full,none", "--sentence-thresholds", "0.3,0.7", "--stride", "8",
+                   "--max-line-bytes", "5", "--commit-every", "5.0", "--on-error", "record"]
+    child = build_parser().parse_args(["tag", "x", "--model", "m", *got])
+    assert args.context_views == child.context_views == ("full", "none")  # a child reads its parent's views back
+    assert args.sentence_thresholds == child.sentence_thresholds == (0.3, 0.7)
     passed = {f[-1] for f, _, engines in TAG_OPTIONS if "p" in engines}
     assert {"--model", "--output", "--shard", "--resume", "--processes"}.isdisjoint(passed)
 

@@ -79,27 +79,31 @@ class SentenceModel:
                  fitted: dict | None = None):
         self.vocab, self.weights, self.bias, self.threshold = frozenset(vocab), weights, bias, threshold
         self.fitted = fitted or {}
-        self._logit = math.log(threshold / (1 - threshold))
         self._by_classes: dict[str, float] = {}  # the weight of `class_features` by the classes they read
 
     def starts(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
         """`words.sentence_starts` and the gaps this model finds (word indices into `spans`, 0 first)."""
+        return self.segmentations(text, spans, (self.threshold,))[0]
+
+    def segmentations(self, text: str, spans: list[tuple[int, int]], thresholds: Sequence[float]) -> list[list[int]]:
+        """`starts` with each of `thresholds` in place of the model's own (one pass over the gaps)."""
         rules = sentence_starts(text, spans)
         if len(spans) < 2:
-            return rules
+            return [rules for _ in thresholds]
         keys = word_keys([text[a:b] for a, b in spans], self.vocab)
         have = set(rules)
         w, b, classes, cached = self.weights, self.bias, keys[2], self._by_classes
-        found = []
+        gaps, logits = [], []
         for k in range(1, len(spans)):
             if k in have:
                 continue
             around = classes[max(0, k - 5):k + 4]
             if (z := cached.get(around)) is None:
                 z = cached[around] = sum(w.get(f, 0.0) for f in class_features(classes, k))
-            if b + z + sum(w.get(f, 0.0) for f in word_features(keys, k)) > self._logit:
-                found.append(k)
-        return sorted(have.union(found))
+            gaps.append(k)
+            logits.append(b + z + sum(w.get(f, 0.0) for f in word_features(keys, k)))
+        return [sorted(have.union(k for k, z in zip(gaps, logits, strict=True) if z > math.log(t / (1 - t))))
+                for t in thresholds]
 
     def to_json(self) -> dict:
         return {"version": VERSION, "threshold": self.threshold, "bias": self.bias, "fitted": self.fitted,

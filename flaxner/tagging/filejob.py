@@ -45,8 +45,10 @@ def tag_file(tagger, path: str, output: str | None = None, *, id_field: str = "i
         key["context_views"] = list(tagger.cfg.context_views)
     if spec.format != "jsonl":  # a jsonl output's resume key is what it was before formats
         key["output_format"] = spec.key()
-    if tagger.pipeline.sentences is not None:  # the run's learnt sentence starts cut its rows (as before: none)
-        key["sentences"] = tagger.pipeline.sentences.fitted
+    if (sentences := tagger.pipeline.sentences) is not None:  # the run's learnt sentence starts (as before: none)
+        key["sentences"] = sentences.fitted
+        if tagger.cfg.sentence_thresholds not in ((), (sentences.threshold,)):  # without: the model's one cut
+            key["sentence_thresholds"] = list(tagger.cfg.sentence_thresholds)
     whole = is_whole(spec.format) and not spec.staged
     writer = OutputWriter(output, key, resume, overwrite,
                           assemble=(lambda part, out: assemble_file(spec, [part], out)) if whole else None)

@@ -8,7 +8,7 @@ import numpy as np
 
 from flaxner.config import TagConfig
 from flaxner.tagging.packing import rows_per_batch, small_rows
-from flaxner.tagging.windows import scatter
+from flaxner.tagging.windows import averages, scatter
 
 
 class CompiledForward:
@@ -43,8 +43,8 @@ class CompiledForward:
             params = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                                   params)
         self.params = jax.device_put(params, repl)
-        # Several context views add up probabilities (`windows.view_rows`), whatever the words then read.
-        aggregation = cfg.aggregation if len(cfg.context_views) <= 1 else "average"
+        # Several context views or sentence cuts add up probabilities (`windows.averages`), whatever the words read.
+        aggregation = "average" if averages(cfg) else cfg.aggregation
         # Windows share rows of this length (`tagging.packing`; 0: one window a row), the mask then holding
         # segment ids; a model that mixes neighbouring tokens outside attention cannot.
         self.pack_length = pack_length_for(model, cfg.pack_length)

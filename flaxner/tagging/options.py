@@ -14,6 +14,14 @@ def _views(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _thresholds(text: str) -> tuple[float, ...]:
+    """--sentence-thresholds 0.2,0.5,0.8: the probabilities as a tuple (checked with the rest of the tag config)."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated probabilities, got {text!r}") from None
+
+
 # The options of `flaxner tag`: (flags, argparse keywords, engines). Engines: l the local engine, p passed on to
 # each child of --processes, r --engine ray (an option without r is refused there).
 TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
@@ -47,6 +55,10 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
                                 help="neighbours: read each sentence once per view (comma-separated: full, left, "
                                      "right, none) and label words by the mean (default: the run's "
                                      "data.context_views)"), "lpr"),
+    (("--sentence-thresholds",), dict(type=_thresholds, default=None, metavar="P,...",
+                                      help="none/neighbours, a run with learnt sentence starts: cut texts into "
+                                           "sentences at each probability and label tokens by the mean (default "
+                                           "0.2,0.5,0.8)"), "lpr"),
     (("--segment-length",), dict(type=int, default=None,
                                  help="none/neighbours: most sub-tokens a row predicts; a longer sentence is windowed "
                                       "(default: what the run's training sentences held)"), "lpr"),
@@ -105,6 +117,6 @@ def tag_child_args(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flags[-1].lstrip("-").replace("-", "_"), None)
         if "p" not in engines or value is None or value is False:
             continue
-        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         out += [flags[-1]] if kw.get("action") == "store_true" else [flags[-1], text]
     return out

@@ -20,7 +20,7 @@ from flaxner.data.rows import cuts_sentences, side_context
 from flaxner.tagging.forward import CompiledForward
 from flaxner.tagging.reading import Record
 from flaxner.tagging.packing import collate, pack
-from flaxner.tagging.windows import DocState, Row, encode, entities_many, join_lines, rows_for, split_parts, \
+from flaxner.tagging.windows import DocState, Row, averages, encode, entities_many, join_lines, rows_for, split_parts, \
     view_rows
 
 
@@ -147,13 +147,14 @@ class Pipeline:
                 if not chunk:
                     break
                 chunk, held = split_last_document(chunk, cfg.lookahead) if fresh and cfg.document_field else (chunk, [])
-                docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context, sentences=self.sentences)
+                docs = encode(tok.backend, chunk, words=cfg.words, context=cfg.context, sentences=self.sentences,
+                              thresholds=cfg.sentence_thresholds)
                 rows = []
                 for doc in documents(docs, cfg.context, cfg.lookahead):
                     doc_rows = view_rows(rows_for(doc, cfg.max_length - 2, cfg.stride,
                                                   side_context(cfg.context, cfg.context_size), cfg.segment_length),
                                          cfg.context_views)
-                    doc.argmax_at_end = len(cfg.context_views) > 1 and cfg.aggregation == "first"
+                    doc.argmax_at_end = averages(cfg) and cfg.aggregation == "first"
                     doc.pending = len(doc_rows)
                     if not doc_rows and doc.parts is not None:
                         split_parts(doc)

@@ -67,7 +67,8 @@ from flaxner.tagging.reading import MAX_LINE_BYTES, input_format
 _FAULT_ENV = "FLAXNER_RAYTAG_FAULT"  # test hook: "die:K:MARKER" (crash once after K slices) or "sleep:S"
 # The TagConfig options of `flaxner tag`, for both engines (the local one reads this tuple too, so they cannot drift)
 OVERRIDES = ("aggregation", "max_length", "stride", "batch_size", "batch_tokens", "pack_length", "lookahead", "dtype",
-             "words", "context", "context_size", "context_views", "segment_length", "document_field")
+             "words", "context", "context_size", "context_views", "sentence_thresholds", "segment_length",
+             "document_field")
 
 
 class _SliceTagger:

@@ -14,6 +14,7 @@ from typing import Any, overload
 import numpy as np
 
 from flaxner.config import TagConfig, validate_tag
+from flaxner.data.rows import cuts_sentences
 from flaxner.data.sentences import load_for
 from flaxner.tagging.checks import check_iob2, check_tag_config, resolve_context, resolve_dtype, run_config, \
     run_tag_config
@@ -50,6 +51,11 @@ class Tagger:
             logging.getLogger(__name__).info("dtype auto: mixed (bfloat16 products into float32: this CPU has "
                                              "bfloat16 matrix units; --dtype float32 to turn it off)")
         cfg = resolve_context(dataclasses.replace(cfg, dtype=dtype), run)
+        # The run's learnt sentence starts (a run folder's sentences.json), beside the rules, where rows keep to
+        # sentences (flaxner.data.sentences); without them (or rows that do not keep to sentences) one cut or none.
+        sentences = load_for(model_dir)
+        if sentences is None or not cuts_sentences(cfg.context):
+            cfg = dataclasses.replace(cfg, sentence_thresholds=())
         folder, model, params = load_trained_model(model_dir, cfg.dtype)
         # What load_trained's fast tokenizer holds, from the cache beside the compiled programs when it is there
         # (no transformers import).
@@ -67,9 +73,7 @@ class Tagger:
         self.tokens = Tokens(backend, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0)
         self.forward = CompiledForward(model, params, cfg, self.tokens.pad_id)
         self.stats = TagStats()
-        # The run's learnt sentence starts (a run folder's sentences.json), beside the rules, where rows keep to
-        # sentences (flaxner.data.sentences).
-        self.pipeline = Pipeline(self.tokens, self.forward, cfg, self.labels, self.stats, load_for(model_dir))
+        self.pipeline = Pipeline(self.tokens, self.forward, cfg, self.labels, self.stats, sentences)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, config: TagConfig | None = None, **overrides) -> Tagger:

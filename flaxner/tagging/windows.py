@@ -33,6 +33,8 @@ class DocState:
     word_starts: np.ndarray | None = None
     # First sub-token of each sentence, when rows must keep to sentences (`rows.cuts_sentences`); None: one segment.
     segments: list[int] | None = None
+    # Its other cuts into sentences (`tag.sentence_thresholds`): rows are planned for each (`rows_for`).
+    more_segments: list[list[int]] | None = None
     # A document of several input lines (`join_lines`): each line's DocState and where its sub-tokens start here.
     parts: list[tuple[DocState, int]] | None = None
     # Its rows add weighted probabilities (`view_rows`), and "first" reads label ids and scores: made at the end.
@@ -73,24 +75,43 @@ def rows_for(doc: DocState, size: int, stride: int, context: int = 0, segment: i
     """The windows of one document as batch rows (none for a document without sub-tokens). With `segments` (its
     sentences), a row owns at most `segment` sub-tokens of one sentence (0: `size`; a longer sentence, or a text
     with no sentence marks, is cut into windows of that length overlapping by a quarter) and sees `context` more on
-    each side, within `size` in all."""
-    if doc.segments is None or not segment or segment >= size:
+    each side, within `size` in all. With `more_segments` too, the rows of each cut: a row that several cuts plan
+    is read once, and each counts the share of the cuts that plan it (`Row.weight`, summed by `scatter`)."""
+    if not doc.more_segments:
+        return _windows(doc, doc.segments, size, stride, context, segment)
+    rows: dict[tuple[int, int, int, int], Row] = {}
+    cuts = [doc.segments, *doc.more_segments]
+    for segments in cuts:
+        for r in _windows(doc, segments, size, stride, context, segment):
+            rows.setdefault((r.start, r.end, r.own_start, r.own_end), r).weight += 1 / len(cuts)
+    return list(rows.values())
+
+
+def _windows(doc: DocState, segments: list[int] | None, size: int, stride: int, context: int,
+             segment: int) -> list[Row]:
+    if segments is None or not segment or segment >= size:
         return [Row(doc, *w) for w in plan_rows(len(doc.ids), size, "windows", stride=stride,
-                                                segments=doc.segments, context=context)]
+                                                segments=segments, context=context)]
     return [Row(doc, *w) for w in plan_rows(len(doc.ids), segment, "windows", stride=segment // 4,
-                                            segments=doc.segments, context=context, total=size)]
+                                            segments=segments, context=context, total=size)]
 
 
 def view_rows(rows: list[Row], views: Sequence[str]) -> list[Row]:
     """Each row once per context view (`data.context_views`): `full` as planned, `left` or `right` with only that
     side's context, `none` with only what it owns; each of several views' probabilities counts 1 / len(views)
-    (`scatter`)."""
+    of its row's (`scatter`)."""
     if tuple(views) in ((), ("full",)):  # (): a TagConfig not resolved against its run reads as today
         return rows
-    w = 1.0 / len(views) if len(views) > 1 else 0.0
     drops = [VIEW_DROPS[v] for v in views]  # the sides evaluation's `batching.view_rows` leaves out
     return [Row(r.doc, r.own_start if left else r.start, r.own_end if right else r.end, r.own_start, r.own_end,
-                weight=w) for r in rows for left, right in drops]
+                weight=(r.weight or 1.0) / len(views) if len(views) > 1 else r.weight)
+            for r in rows for left, right in drops]
+
+
+def averages(cfg) -> bool:
+    """Whether a TagConfig's rows add up probabilities (several context views or sentence cuts): the forward then
+    returns every label's probabilities, and a document with label ids reads them at its end."""
+    return len(cfg.context_views) > 1 or len(cfg.sentence_thresholds) > 1
 
 
 def scatter(row: Row, pred: np.ndarray, score: np.ndarray | None) -> bool:
@@ -130,7 +151,10 @@ def join_lines(members: Sequence[DocState], cuts_sentences: bool) -> DocState:
                    np.concatenate([m.word_ids for m in members]))
     doc.parts = list(zip(members, starts, strict=True))
     if cuts_sentences:
-        doc.segments = sorted({a + s for m, a in doc.parts if len(m.ids) for s in (m.segments or [0])})
+        cuts = [[m.segments or [0], *(m.more_segments or [])] for m in members]
+        doc.segments, *more = [sorted({a + s for (m, a), c in zip(doc.parts, cuts, strict=True) if len(m.ids)
+                                       for s in c[min(j, len(c) - 1)]}) for j in range(max(map(len, cuts)))]
+        doc.more_segments = more or None
     for m in members:
         m.pending = 1  # until the joined document is complete
     return doc
@@ -205,7 +229,8 @@ def entities_many(docs: Sequence[DocState], labels: Sequence[str], aggregation: 
     return out
 
 
-def encode(backend, chunk: list, words: str = "tokenizer", context: str = "document", sentences=None) -> list[tuple]:
+def encode(backend, chunk: list, words: str = "tokenizer", context: str = "document", sentences=None,
+           thresholds: Sequence[float] = ()) -> list[tuple]:
     """Tokenize the texts of a chunk of records in one Rust call (again one by one if that fails, so that only the
     failing line fails): (record, DocState) pairs, None for records with an error. The encodings are merged into
     one before they are read, so Python converts one long list per field, not short ones per record; character
@@ -215,7 +240,8 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
     splits each text with `flaxner.data.words.split_words` first, the words CoNLL-style training data has.
     `context`: under a policy that keeps rows to sentences (`rows.cuts_sentences`), each text's sentences are found
     (`DocState.segments`), so that no row owns tokens of two: by `words.sentence_starts`, or by `sentences` (the
-    run's `flaxner.data.sentences.SentenceModel`) when given."""
+    run's `flaxner.data.sentences.SentenceModel`) when given, at each of `thresholds` (several: `more_segments`;
+    none: the model's own)."""
     todo = [r for r in chunk if r.error is None]
     if words == "conll":
         from flaxner.data.words import split_words
@@ -251,25 +277,35 @@ def encode(backend, chunk: list, words: str = "tokenizer", context: str = "docum
         for (r, e, st, sp), b in zip(good, ends, strict=True):
             doc = docs[id(r)] = DocState(r.line, r.text, ids[a:b], word_ids[a:b], enc=e, word_starts=st)
             if cuts_sentences(context):
-                doc.segments = _sentence_segments(doc, sp, sentences)
+                doc.segments, *more = _sentence_segments(doc, sp, sentences, thresholds)
+                doc.more_segments = more if any(c != doc.segments for c in more) else None  # each cut counts
             a = b
     return [(r, docs.get(id(r))) for r in chunk]
 
 
-def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None, sentences=None) -> list[int]:
-    """The first sub-token of each sentence of `doc`. `spans`: its CoNLL-style words when the tokenizer was given
-    those (its word ids then count them); None: find the words, then map each sentence's first character to the
-    sub-token holding it. `sentences`: a SentenceModel whose starts replace `words.sentence_starts`."""
+def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None, sentences=None,
+                       thresholds: Sequence[float] = ()) -> list[list[int]]:
+    """The first sub-token of each sentence of `doc`, for each cut into sentences. `spans`: its CoNLL-style words
+    when the tokenizer was given those (its word ids then count them); None: find the words, then map each
+    sentence's first character to the sub-token holding it. `sentences`: a SentenceModel whose starts at each of
+    `thresholds` (none: its own) replace `words.sentence_starts`."""
     from flaxner.data.words import sentence_starts, split_words
 
-    starts = sentence_starts if sentences is None else sentences.starts
     if not len(doc.ids):
-        return []
+        return [[]]
+    words = spans if spans is not None else split_words(doc.text)
+    if sentences is None:
+        cuts = [sentence_starts(doc.text, words)]
+    else:
+        cuts = sentences.segmentations(doc.text, words, thresholds or (sentences.threshold,))
     if spans is not None:
-        return sentence_token_starts(doc.word_ids, starts(doc.text, spans))
-    spans = split_words(doc.text)
+        return [sentence_token_starts(doc.word_ids, c) for c in cuts]
+    return [_char_starts(doc, words, c) for c in cuts]
+
+
+def _char_starts(doc: DocState, spans: list[tuple[int, int]], starts: list[int]) -> list[int]:
     out = [0]
-    for k in starts(doc.text, spans)[1:]:
+    for k in starts[1:]:
         t = None
         for c in range(spans[k][0], spans[k][1]):  # a character the normaliser dropped has no sub-token
             t = doc.enc.char_to_token(c)
