@@ -226,8 +226,9 @@ class TagConfig:
     segment_length: int = _min(0, 0, "0 (max_length) or a sub-token count")
     # Contexts none and neighbours, a run with learnt sentence starts (sentences.json): a text is cut into sentences
     # at each of these probabilities of a start, and each token labelled by its mean over the cuts (one: one cut).
-    sentence_thresholds: tuple[float, ...] = _checked((0.2, 0.5, 0.8), lambda v: len(set(v)) == len(v) and all(
-        0 < t < 1 for t in v), "distinct probabilities between 0 and 1 (none: the model's own)")
+    sentence_thresholds: tuple[float, ...] = _checked(
+        (0.1, 0.3, 0.5, 0.7, 0.9), lambda v: len(set(v)) == len(v) and all(0 < t < 1 for t in v),
+        "distinct probabilities between 0 and 1 (none: the model's own)")
     # JSONL: consecutive lines with one value of this field are one document for context (docs/tagging.md); "": off.
     document_field: str = ""
 

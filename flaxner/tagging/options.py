@@ -58,7 +58,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
     (("--sentence-thresholds",), dict(type=_thresholds, default=None, metavar="P,...",
                                       help="none/neighbours, a run with learnt sentence starts: cut texts into "
                                            "sentences at each probability and label tokens by the mean (default "
-                                           "0.2,0.5,0.8)"), "lpr"),
+                                           "0.1,0.3,0.5,0.7,0.9)"), "lpr"),
     (("--segment-length",), dict(type=int, default=None,
                                  help="none/neighbours: most sub-tokens a row predicts; a longer sentence is windowed "
                                       "(default: what the run's training sentences held)"), "lpr"),
