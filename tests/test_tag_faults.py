@@ -781,3 +781,36 @@ def test_resume_refuses_other_rows_than_the_output_was_started_with(tagger, tiny
         with pytest.raises(ValueError, match="--resume: .* was written for"):
             other.tag_file(str(src), str(out), progress=False, resume=True)
     assert tagger.tag_file(str(src), str(out), progress=False, resume=True)["lines"] == 30
+
+
+def test_resume_keeps_the_cuts_into_sentences_the_output_was_started_with(tiny_ner_dir, tmp_path, monkeypatch):
+    """A run with learnt sentence starts: other `sentence_thresholds` are other rows; one cut at the model's own
+    threshold is the key outputs had before the option, so they resume with `--sentence-thresholds 0.5`."""
+    import shutil
+
+    from helpers import tag_config
+
+    import flaxner.tagging.filejob as filejob
+    from flaxner.data.sentences import FILE, SentenceModel
+    from flaxner.tagging.tagger import Tagger
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ner_dir, run)
+    SentenceModel([], {}, bias=0.0).save(run / FILE)
+    src = _write_jsonl(tmp_path / "c.jsonl", _corpus(30, seed=3))
+    out = tmp_path / "o.jsonl"
+    one = Tagger.from_pretrained(run, tag_config(context="none", sentence_thresholds=(0.5,)))
+    keys: list = []
+    real = filejob.OutputWriter
+    monkeypatch.setattr(filejob, "OutputWriter", lambda output, key, *a, **kw: keys.append(key) or real(output, key,
+                                                                                                    *a, **kw))
+    _interrupt_after(monkeypatch, 10)
+    with pytest.raises(TagInterrupted):
+        one.tag_file(str(src), str(out), progress=False, commit_every=0.0)
+    monkeypatch.undo()
+    assert "sentences" in keys[0] and "sentence_thresholds" not in keys[0]  # one cut: the key outputs had before
+    five = Tagger.from_pretrained(run, tag_config(context="none"))
+    assert five.cfg.sentence_thresholds == (0.1, 0.3, 0.5, 0.7, 0.9)
+    with pytest.raises(ValueError, match="--resume: .* was written for"):
+        five.tag_file(str(src), str(out), progress=False, resume=True)
+    assert one.tag_file(str(src), str(out), progress=False, resume=True)["lines"] == 30
