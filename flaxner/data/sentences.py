@@ -102,8 +102,8 @@ class SentenceModel:
                 z = cached[around] = sum(w.get(f, 0.0) for f in class_features(classes, k))
             gaps.append(k)
             logits.append(b + z + sum(w.get(f, 0.0) for f in word_features(keys, k)))
-        return [sorted(have.union(k for k, z in zip(gaps, logits, strict=True) if z > math.log(t / (1 - t))))
-                for t in thresholds]
+        return [sorted(have.union(k for k, z in zip(gaps, logits, strict=True) if z > cut))
+                for cut in [math.log(t / (1 - t)) for t in thresholds]]
 
     def to_json(self) -> dict:
         return {"version": VERSION, "threshold": self.threshold, "bias": self.bias, "fitted": self.fitted,
