@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench.common import header, markdown_table, write_json
+from flaxner.tagging.options import _thresholds as sentence_thresholds  # flaxner tag's parser (no JAX)
 
 NO_SPACE_BEFORE = frozenset({",", ".", ";", ":", ")", "'s"})
 LAYOUTS = ("spaces", "running")
@@ -113,7 +114,7 @@ def run_documents(args) -> dict:
     out, rows = {"model": args.model, "splits": {}}, []
     extra = {"segment_length": args.segment_length} if args.segment_length is not None else {}
     if args.sentence_thresholds is not None:
-        extra["sentence_thresholds"] = tuple(float(t) for t in args.sentence_thresholds.split(",") if t)
+        extra["sentence_thresholds"] = args.sentence_thresholds
     views = tuple(args.context_views.split(",")) if args.context_views else None
     taggers = {c: Tagger.from_pretrained(args.model, words="conll", context=c, document_field="document", **extra,
                                          **({"context_views": views} if views and c == "neighbours" else {}))
@@ -213,7 +214,7 @@ def main() -> None:
     p.add_argument("--context-views", default=None, metavar="VIEWS",
                    help="with --documents: data.context_views of flaxner eval and of the neighbours tagger, e.g. "
                         "full,none (default: the run's)")
-    p.add_argument("--sentence-thresholds", default=None, metavar="P,...",
+    p.add_argument("--sentence-thresholds", type=sentence_thresholds, default=None, metavar="P,...",
                    help="with --documents: tag.sentence_thresholds (default: the tagger's)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
