@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.common import header, markdown_table, write_json
-from flaxner.tagging.options import _thresholds as sentence_thresholds  # flaxner tag's parser (no JAX)
+from flaxner.tagging.options import parse_thresholds as sentence_thresholds  # flaxner tag's parser (no JAX)
 
 NO_SPACE_BEFORE = frozenset({",", ".", ";", ":", ")", "'s"})
 LAYOUTS = ("spaces", "running")

@@ -14,7 +14,7 @@ def _views(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _thresholds(text: str) -> tuple[float, ...]:
+def parse_thresholds(text: str) -> tuple[float, ...]:
     """--sentence-thresholds 0.2,0.5,0.8: the probabilities as a tuple (checked with the rest of the tag config)."""
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -55,7 +55,7 @@ TAG_OPTIONS: list[tuple[tuple[str, ...], dict, str]] = [
                                 help="neighbours: read each sentence once per view (comma-separated: full, left, "
                                      "right, none) and label words by the mean (default: the run's "
                                      "data.context_views)"), "lpr"),
-    (("--sentence-thresholds",), dict(type=_thresholds, default=None, metavar="P,...",
+    (("--sentence-thresholds",), dict(type=parse_thresholds, default=None, metavar="P,...",
                                       help="none/neighbours, a run with learnt sentence starts: cut texts into "
                                            "sentences at each probability and label tokens by the mean (default "
                                            "0.1,0.3,0.5,0.7,0.9)"), "lpr"),
