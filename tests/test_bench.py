@@ -78,6 +78,35 @@ def test_train_speed_bf16_tiny(tmp_path):
     assert all(r["real_tok_s"] > 0 and r["last_loss"] == r["last_loss"] for r in c.values())
 
 
+def test_step_shapes_tiny(tmp_path):
+    """Both contenders step in turns at each fixed length, every position real; the ratio is that of the medians."""
+    pytest.importorskip("torch")
+    out = tmp_path / "step_shapes.json"
+    proc = run("step_shapes", "--model", "tiny", "--lengths", "8,16", "--repeats", "2", "--warmup", "1",
+               "--json", str(out))
+    assert "| L |" in proc.stdout and "# versions:" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["length"] for r in rows] == [8, 16]
+    for r in rows:
+        assert len(r["a_s"]) == len(r["b_s"]) == 2 and min(r["a_s"] + r["b_s"]) > 0
+        assert r["a_pos_s"] == pytest.approx(16 * r["length"] / r["a_median_s"])
+        assert r["a_over_b"] == pytest.approx(r["a_pos_s"] / r["b_pos_s"])
+
+
+def test_step_shapes_cuts_the_same_rows_for_both_contenders():
+    import numpy as np
+
+    from bench.step_shapes import cut, rows_of_length
+
+    lengths = np.array([3, 9, 5, 12, 7])
+    assert rows_of_length(lengths, 6, 2).tolist() == [4, 1]  # the shortest rows of 6 or more
+    assert rows_of_length(lengths, 10, 2).tolist() == [1, 3]  # too few that long: the longest
+    ids = [np.arange(n) + 1 for n in lengths]
+    b = cut(ids, [np.zeros(n, int) for n in lengths], np.array([0, 3]), 6, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 0, 0, 0], [1, 2, 3, 4, 5, 6]]
+    assert b["attention_mask"].sum(1).tolist() == [3, 6] and b["labels"][0].tolist() == [0, 0, 0, -100, -100, -100]
+
+
 def test_gpu_bench_tiny(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "gb"
