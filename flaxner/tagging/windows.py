@@ -298,9 +298,11 @@ def _sentence_segments(doc: DocState, spans: list[tuple[int, int]] | None, sente
         cuts = [sentence_starts(doc.text, words)]
     else:
         cuts = sentences.segmentations(doc.text, words, thresholds or (sentences.threshold,))
-    if spans is not None:
-        return [sentence_token_starts(doc.word_ids, c) for c in cuts]
-    return [_char_starts(doc, words, c) for c in cuts]
+    # thresholds often cut alike: each distinct cut is mapped to sub-tokens once
+    to_tokens = (lambda c: sentence_token_starts(doc.word_ids, c)) if spans is not None else \
+        (lambda c: _char_starts(doc, words, c))
+    mapped = {c: to_tokens(list(c)) for c in dict.fromkeys(map(tuple, cuts))}
+    return [mapped[tuple(c)] for c in cuts]
 
 
 def _char_starts(doc: DocState, spans: list[tuple[int, int]], starts: list[int]) -> list[int]:
