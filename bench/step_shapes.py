@@ -15,12 +15,14 @@ worker processes that wait on a pipe while the other works: flaxner step, PyTorc
     python -m bench.step_shapes --model electra-base-discriminator
 
 Reported per length: each contender's median and minimum seconds a step, positions/s at the median, and a/b.
+With a GPU both run on it (`bench.train_speed`'s note on precision applies).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import bench_command, header, markdown_table, median, write_json
-from bench.train_speed import MODELS, load, make_torch_optimizer, torch_model
+from bench.train_speed import MODELS, load, make_torch_optimizer, synchronize, torch_device, torch_model
 
 
 def rows_of_length(lengths: np.ndarray, length: int, batch_size: int) -> np.ndarray:
@@ -82,20 +84,25 @@ def torch_stepper(args, cfg, tok, enc, vocab):
 
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    model = torch_model(cfg, vocab)
+    device = torch_device()
+    model = torch_model(cfg, vocab).to(device)
     model.train()
     opt, sched = make_torch_optimizer(model, tc, args.total_steps)
 
     def step(length: int) -> float:
         rows = rows_of_length(enc.lengths, length, tc.batch_size)
-        batch = {k: torch.from_numpy(v.astype(np.int64))
+        batch = {k: torch.from_numpy(v.astype(np.int64)).to(device)
                  for k, v in cut(enc.input_ids, enc.labels, rows, length, tok.pad_token_id or 0).items()}
+        synchronize(device)
         t0 = time.perf_counter()
-        model(**batch).loss.backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.torch_bf16):  # the Trainer's bf16=True
+            loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
         opt.step()
         sched.step()
         model.zero_grad()
+        synchronize(device)
         return time.perf_counter() - t0
 
     return step
@@ -116,8 +123,11 @@ class Contender:
     def __init__(self, args, name: str):
         cmd = bench_command("step_shapes", "--model", args.model, "--batch-size", str(args.batch_size),
                             "--total-steps", str(args.total_steps), "--worker", name,
-                            *(["--config", args.config] if args.config else []), "--", *args.overrides)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            *(["--config", args.config] if args.config else []),
+                            *(["--torch-bf16"] if args.torch_bf16 else []), "--", *args.overrides)
+        # both workers live at once: JAX must not take most of a GPU's memory up front (no effect on a CPU)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
         self._expect("ready")
 
     def _expect(self, word: str) -> None:
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per length and contender first")
     p.add_argument("--total-steps", type=int, default=3512, help="schedule length (the seed recipe's 4 epochs)")
     p.add_argument("--json", default="", help="where to write the figures (default bench/out/step_shapes-MODEL.json)")
+    p.add_argument("--torch-bf16", action="store_true", help="the PyTorch step's forward under bf16 autocast, as "
+                   "the Trainer's bf16=True (compare with flaxner's model.dtype=mixed)")
     p.add_argument("--worker", choices=("a", "b"), help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for both contenders")
     args = p.parse_args(argv)
@@ -186,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         for c in contenders.values():
             c.close()
     print(f"\n## One train step at fixed shapes: {args.model}, batch {args.batch_size}, every position real, "
-          f"{args.repeats} rounds in turns (medians)\n")
+          f"{args.repeats} rounds in turns (medians){', PyTorch under bf16 autocast' if args.torch_bf16 else ''}\n")
     print(markdown_table(rows, COLUMNS))
     json_path = Path(args.json or Path(__file__).parent / "out" / f"step_shapes-{args.model}.json")
     write_json(json_path, {**info, "model": args.model, "batch_size": args.batch_size, "repeats": args.repeats,
-                           "warmup": args.warmup, "overrides": args.overrides, "rows": rows})
+                           "warmup": args.warmup, "torch_bf16": args.torch_bf16, "overrides": args.overrides,
+                           "rows": rows})
     print(f"\nfigures: {json_path}")
     return 0
 

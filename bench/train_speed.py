@@ -22,6 +22,10 @@ runs `--repeats` timed passes over its batches; figures are medians.
     python -m bench.train_speed --model ModernBERT-base   # ModernBERT-base shape (22 layers, 8,192 positions), random
     python -m bench.train_speed --model deberta-v3-base   # DeBERTa-v3-base shape (vocab 128,100), random weights
     python -m bench.train_speed --model distilbert-base-cased --torch-bf16 model.dtype=mixed   # both in bf16
+
+On a machine with a GPU both contenders run on it: flaxner on JAX's default backend, PyTorch on `cuda` (as the
+Trainer would), each step timed to the end of its queued work. Compare there in bf16 on both sides (`--torch-bf16
+model.dtype=mixed`): JAX's float32 products on a GPU default to TF32, PyTorch's to full float32.
 """
 
 from __future__ import annotations
@@ -213,6 +217,21 @@ def torch_model(cfg, vocab, names=None):
     return AutoModelForTokenClassification.from_config(AutoConfig.for_model(d.pop("model_type"), **d))
 
 
+def torch_device():
+    """Where the PyTorch contenders run: the GPU when PyTorch sees one (the Trainer would use it), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (nothing to wait for on the CPU), so a timer stops when a step has run."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def make_torch_optimizer(model, tc, total_steps: int):
     """The optimizer and schedule the HF Trainer builds for these arguments (its class and kwargs, its
     no-decay groups, its linear schedule)."""
@@ -237,7 +256,8 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
 
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    model = torch_model(cfg, vocab)
+    device = torch_device()
+    model = torch_model(cfg, vocab).to(device)
     model.train()
     opt, sched = make_torch_optimizer(model, tc, args.total_steps)
     collator = DataCollatorForTokenClassification(tok)
@@ -248,9 +268,9 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
     def one_pass(idx_list) -> tuple[list[float], int]:
         losses, pending, padded = [], [], 0
         for idx in idx_list:
-            batch = collator([features[int(i)] for i in idx])
+            batch = {k: v.to(device) for k, v in collator([features[int(i)] for i in idx]).items()}
             padded += batch["input_ids"].numel()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.torch_bf16):  # TrainingArguments(bf16=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.torch_bf16):  # TrainingArguments(bf16=True)
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -261,6 +281,7 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
             if len(pending) >= tc.log_every:
                 losses += [float(x) for x in pending]
                 pending.clear()
+        synchronize(device)  # the last step's update too, on a GPU
         return losses + [float(x) for x in pending], padded
 
     t0 = time.perf_counter()
@@ -272,7 +293,7 @@ def run_torch(args, cfg, tok, enc, subset, vocab, mode: str) -> dict:
         losses, padded = one_pass(batches)
         times.append(time.perf_counter() - t0)
     return {"pass_s": times, "padded_tokens": padded, "warmup_s": warm_s, "compile_count": 0, "compile_s": 0.0,
-            "last_loss": losses[-1], "threads": torch.get_num_threads(),
+            "last_loss": losses[-1], "threads": torch.get_num_threads(), "torch_device": str(device),
             **sample_size(enc, batches), "epoch_padding": epoch_padding(enc, tc.batch_size, tc.seed, mode)}
 
 

@@ -46,6 +46,10 @@ def test_train_speed_tiny(tmp_path):
     # timed; PyTorch compiles nothing
     assert c["a"]["compile_count"] == len(c["a"]["shapes"]) + 1 >= 2 and c["a"]["recompiles_in_passes"] == 0
     assert c["b"]["compile_count"] == c["c"]["compile_count"] == 0
+    # the PyTorch contenders run where the Trainer would: the GPU if there is one, else the CPU
+    import torch
+
+    assert c["b"]["torch_device"] == c["c"]["torch_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     # grouping by length pads less than random batches on the same sentences
     assert c["c"]["padding"] <= c["b"]["padding"]
     assert res["ratios"]["a/b"] == pytest.approx(c["a"]["real_tok_s"] / c["b"]["real_tok_s"])
@@ -79,13 +83,16 @@ def test_train_speed_bf16_tiny(tmp_path):
 
 
 def test_step_shapes_tiny(tmp_path):
-    """Both contenders step in turns at each fixed length, every position real; the ratio is that of the medians."""
+    """Both contenders step in turns at each fixed length, every position real; the ratio is that of the medians.
+    Both in bf16 (PyTorch's forward under autocast, flaxner's `model.dtype=mixed`), the matched comparison."""
     pytest.importorskip("torch")
     out = tmp_path / "step_shapes.json"
     proc = run("step_shapes", "--model", "tiny", "--lengths", "8,16", "--repeats", "2", "--warmup", "1",
-               "--json", str(out))
-    assert "| L |" in proc.stdout and "# versions:" in proc.stdout
-    rows = json.loads(out.read_text())["rows"]
+               "--json", str(out), "--torch-bf16", "model.dtype=mixed")
+    assert "| L |" in proc.stdout and "# versions:" in proc.stdout and "under bf16 autocast" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["torch_bf16"] is True and res["overrides"] == ["model.dtype=mixed"]
+    rows = res["rows"]
     assert [r["length"] for r in rows] == [8, 16]
     for r in rows:
         assert len(r["a_s"]) == len(r["b_s"]) == 2 and min(r["a_s"] + r["b_s"]) > 0
